@@ -1,0 +1,219 @@
+"""Running buildctl: reachability check, the solve itself, and what it produced."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TextIO
+
+from ..config import BuilderEndpoint, BuildRequest
+from ..errors import BuildFailed, BuilderUnreachable, Cancelled, RegistryRefused, ToolMissing, WarmbuildError
+from .command import build_argv, connection_args
+from .phases import SolvePhases, is_export_step, solve_phases
+from .progress import CacheStats, ProgressTracker, StepResult
+
+CONNECT_TIMEOUT_SECONDS = 5.0
+CANCEL_GRACE_SECONDS = 3.0
+PUSH_REFUSAL_MARKERS = (
+    "failed to push",
+    "unexpected status from push",
+    "push access denied",
+    "insufficient_scope",
+    "unauthorized",
+    "denied",
+    "401 unauthorized",
+    "403 forbidden",
+    "405 method not allowed",
+)
+
+
+@dataclass(frozen=True)
+class SolveOutcome:
+    image_digest: str | None
+    config_digest: str | None
+    image_names: tuple[str, ...]
+    steps: tuple[StepResult, ...]
+    cache: CacheStats
+    phases: SolvePhases
+    seconds: float
+    warnings: tuple[str, ...]
+    failure: WarmbuildError | None = None  # set when the solve failed or was cancelled
+
+
+def find_buildctl(explicit: str | None = None) -> str:
+    candidate = explicit or os.environ.get("WARMBUILD_BUILDCTL") or "buildctl"
+    path = shutil.which(candidate)
+    if path is None:
+        raise ToolMissing(
+            f"buildctl not found ('{candidate}'): install BuildKit's buildctl on PATH or set WARMBUILD_BUILDCTL"
+        )
+    return path
+
+
+def check_reachable(builder: BuilderEndpoint, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
+    """Fail within `timeout` seconds if nothing accepts connections at the builder's address."""
+    host_port = builder.host_port
+    try:
+        if host_port is not None:
+            with socket.create_connection(host_port, timeout=timeout):
+                return
+        else:
+            path = builder.address.removeprefix("unix://")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(path)
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise BuilderUnreachable(
+            f"builder {builder.address} is unreachable ({reason}): check that buildkitd runs there and the address is right"
+        ) from None
+
+
+def check_buildkit_answers(buildctl: str, builder: BuilderEndpoint, timeout: float = 15.0) -> None:
+    """A TCP listener is not proof of buildkitd (or of matching TLS): ask it for its workers."""
+    argv = connection_args(buildctl, builder) + ["--timeout", str(int(timeout)), "debug", "workers"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 5, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise BuilderUnreachable(f"builder {builder.address} accepted a connection but did not answer as buildkitd within {timeout:.0f}s") from None
+    if done.returncode != 0:
+        detail = _last_line(done.stderr) or f"exit status {done.returncode}"
+        raise BuilderUnreachable(f"builder {builder.address} did not answer as buildkitd: {detail}")
+
+
+def run_solve(
+    buildctl: str,
+    builder: BuilderEndpoint,
+    request: BuildRequest,
+    progress_out: TextIO = sys.stderr,
+    on_started: Callable[[subprocess.Popen], None] | None = None,
+) -> SolveOutcome:
+    """Run one `buildctl build`, streaming plain progress lines to `progress_out`.
+
+    A failed solve is returned, not raised, with `failure` set, so the steps seen so far still
+    reach the report. SIGINT, SIGTERM and SIGHUP received meanwhile are passed to buildctl, which
+    cancels the solve; `failure` is then `Cancelled` (exit 128+signal).
+    """
+    tracker = ProgressTracker()
+    with tempfile.TemporaryDirectory(prefix="warmbuild-") as tmp:
+        metadata_file = Path(tmp) / "metadata.json"
+        argv = build_argv(buildctl, builder, request, metadata_file)
+        started = time.monotonic()
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,  # signals reach it only through us, once
+        )
+        if on_started is not None:
+            on_started(process)
+        received: list[int] = []
+
+        def forward(signum, _frame):
+            received.append(signum)
+            if process.poll() is not None:
+                return
+            if len(received) == 1:
+                process.send_signal(signal.SIGINT)  # buildctl cancels the solve on the daemon
+                # A cancel that hangs must not hold the CI job: kill buildctl after a grace period.
+                threading.Timer(CANCEL_GRACE_SECONDS, _kill_if_running, args=(process,)).start()
+            else:
+                process.kill()
+
+        previous = _install_handlers(forward)
+        try:
+            assert process.stderr is not None
+            for line in process.stderr:
+                for plain in tracker.feed_line(line):
+                    print(plain, file=progress_out, flush=True)
+            returncode = process.wait()
+        finally:
+            _restore_handlers(previous)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        seconds = time.monotonic() - started
+        failure: WarmbuildError | None = None
+        if received:
+            failure = Cancelled(received[0], signal.Signals(received[0]).name)
+        elif returncode != 0:
+            failure = _failure(tracker, returncode, request)
+        metadata = _read_metadata(metadata_file) if failure is None else {}
+
+    return SolveOutcome(
+        image_digest=metadata.get("containerimage.digest"),
+        config_digest=metadata.get("containerimage.config.digest"),
+        image_names=tuple(n for n in str(metadata.get("image.name", "")).split(",") if n),
+        steps=tracker.steps(),
+        cache=tracker.cache_stats(),
+        phases=solve_phases(tracker.steps(), tracker.sub_statuses()),
+        seconds=round(seconds, 3),
+        warnings=tuple(tracker.warnings),
+        failure=failure,
+    )
+
+
+def _kill_if_running(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+
+
+def _install_handlers(handler):
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread: the caller handles signals
+            break
+    return previous
+
+
+def _restore_handlers(previous) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _read_metadata(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _failure(tracker: ProgressTracker, returncode: int, request: BuildRequest) -> Exception:
+    failed = tracker.failed_step()
+    buildctl_message = _last_line("\n".join(tracker.unparsed))
+    if failed is not None and is_export_step(failed.name):
+        error = failed.error or buildctl_message
+        if request.push and any(m in error.lower() for m in PUSH_REFUSAL_MARKERS):
+            return RegistryRefused(f"the registry refused the push of {', '.join(request.tags)}: {error}")
+        return BuildFailed(f"step '{failed.name}' failed: {error}")
+    if failed is not None:
+        return BuildFailed(
+            f"step '{failed.name}' failed: {failed.error}", log_tail=tracker.log_tail(failed.digest)
+        )
+    lowered = buildctl_message.lower()
+    if request.push and any(m in lowered for m in PUSH_REFUSAL_MARKERS) and "push" in lowered:
+        return RegistryRefused(f"the registry refused the push of {', '.join(request.tags)}: {buildctl_message}")
+    if "connection refused" in lowered or "unavailable" in lowered or "deadline exceeded" in lowered:
+        return BuilderUnreachable(f"lost the builder during the build: {buildctl_message}")
+    return BuildFailed(f"buildctl exited with status {returncode}: {buildctl_message or 'no message'}")

@@ -1,0 +1,45 @@
+"""GitLab CI: a dotenv report (artifacts:reports:dotenv) with the build's outputs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from ..report import BuildResult
+from .outputs import output_values
+
+DOTENV_NAMES = {
+    "digest": "IMAGE_DIGEST",
+    "imageid": "IMAGE_ID",
+    "builder": "BUILDER",
+    "path": "BUILD_PATH",
+    "queue-seconds": "QUEUE_SECONDS",
+    "startup-seconds": "STARTUP_SECONDS",
+    "build-seconds": "BUILD_SECONDS",
+    "push-seconds": "PUSH_SECONDS",
+    "total-seconds": "TOTAL_SECONDS",
+    "cache-hit-ratio": "CACHE_HIT_RATIO",
+}
+
+
+def dotenv_text(values: Mapping[str, str]) -> str:
+    """GitLab's dotenv: one KEY=VALUE per line, values on a single line."""
+    lines = []
+    for name, key in DOTENV_NAMES.items():
+        value = re.sub(r"[\r\n]+", " ", values.get(name, ""))
+        lines.append(f"{key}={value}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class GitLabPublisher:
+    dotenv_file: Path
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "GitLabPublisher":
+        return cls(Path(environ.get("WARMBUILD_DOTENV", "build.env")))
+
+    def publish(self, result: BuildResult, result_document: dict) -> None:
+        self.dotenv_file.write_text(dotenv_text(output_values(result, result_document)), encoding="utf-8")

@@ -1,0 +1,222 @@
+"""Build inputs: parsing and validation. No network access here.
+
+Every problem is an `InputError` with one line that says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import InputError
+
+# Docker image reference grammar (distribution/reference), anchored.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_REFERENCE = re.compile(
+    rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
+)
+BUILD_ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+PLATFORM = re.compile(r"^[a-z0-9_]+/[a-z0-9_]+(?:/[a-z0-9_.]+)?$")
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    id: str
+    src: Path | None = None
+    env: str | None = None
+
+    def buildctl_value(self) -> str:
+        if self.env is not None:
+            return f"id={self.id},env={self.env}"
+        return f"id={self.id},src={self.src}"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
+class BuilderEndpoint:
+    address: str  # tcp://host:port or unix:///path
+    tls: TlsFiles | None = None
+
+    @property
+    def host_port(self) -> tuple[str, int] | None:
+        parts = urlsplit(self.address)
+        if parts.scheme != "tcp":
+            return None
+        return parts.hostname or "", parts.port or 1234
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    context: Path
+    dockerfile: Path
+    tags: tuple[str, ...] = ()
+    build_args: tuple[tuple[str, str], ...] = ()
+    secrets: tuple[SecretSpec, ...] = ()
+    target: str | None = None
+    platforms: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    push: bool = False
+    cache_from: tuple[str, ...] = ()
+    cache_to: tuple[str, ...] = ()
+    no_cache: bool = False
+    result_file: Path = field(default=Path("build-result.json"))
+
+
+def validate_image_reference(tag: str) -> str:
+    if not IMAGE_REFERENCE.match(tag) or len(tag) > 255:
+        raise InputError(
+            f"invalid tag '{tag}': use [registry[:port]/]name[:tag] with a lowercase name, e.g. 127.0.0.1:5000/team/app:1.2"
+        )
+    return tag
+
+
+def parse_key_value(text: str, flag: str, environ: dict[str, str]) -> tuple[str, str]:
+    """KEY=VALUE; a bare KEY takes its value from the environment, as `docker build` does."""
+    key, sep, value = text.partition("=")
+    if not BUILD_ARG_NAME.match(key):
+        raise InputError(f"invalid {flag} '{key}': write {flag} NAME=VALUE where NAME is letters, digits and underscores")
+    if not sep:
+        if key not in environ:
+            raise InputError(f"{flag} {key} has no value and no environment variable {key} is set: write {flag} {key}=VALUE")
+        value = environ[key]
+    return key, value
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not key or not sep:
+        raise InputError(f"invalid --label '{text}': write --label KEY=VALUE")
+    return key, value
+
+
+def parse_secret(text: str, environ: dict[str, str]) -> SecretSpec:
+    """BuildKit syntax: id=NAME,src=PATH | id=NAME,env=VAR (type= and source= accepted too)."""
+    fields: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise InputError(f"invalid --secret '{_redact_secret_text(text)}': write id=NAME,src=PATH or id=NAME,env=VAR")
+        fields[key.strip()] = value.strip()
+    secret_id = fields.pop("id", "")
+    src = fields.pop("src", None) or fields.pop("source", None)
+    env = fields.pop("env", None)
+    kind = fields.pop("type", None)
+    if fields:
+        raise InputError(f"--secret id={secret_id}: unknown field(s) {', '.join(sorted(fields))}; allowed: id, src, env, type")
+    if not secret_id or not SECRET_ID.match(secret_id):
+        raise InputError("--secret needs id=NAME (letters, digits, '.', '_', '-'), e.g. --secret id=hf_token,env=HF_TOKEN")
+    if kind == "env" and env is None:
+        env, src = src, None
+    if (src is None) == (env is None):
+        raise InputError(f"--secret id={secret_id}: give exactly one of src=PATH or env=VAR")
+    if env is not None:
+        if env not in environ:
+            raise InputError(f"--secret id={secret_id}: environment variable {env} is not set")
+        return SecretSpec(id=secret_id, env=env)
+    path = Path(src).expanduser()
+    if not path.is_file():
+        raise InputError(f"--secret id={secret_id}: file {path} does not exist")
+    return SecretSpec(id=secret_id, src=path.resolve())
+
+
+def _redact_secret_text(text: str) -> str:
+    # Someone may paste a value where a path belongs: never echo values back.
+    return ",".join(p.split("=", 1)[0] + ("=…" if "=" in p else "") for p in text.split(","))
+
+
+def parse_builder(address: str, tls: TlsFiles | None) -> BuilderEndpoint:
+    parts = urlsplit(address)
+    if parts.scheme == "tcp":
+        if not parts.hostname:
+            raise InputError(f"invalid --builder '{address}': write tcp://HOST:PORT, e.g. tcp://127.0.0.2:1234")
+        try:
+            parts.port
+        except ValueError:
+            raise InputError(f"invalid --builder '{address}': the port is not a number") from None
+    elif parts.scheme == "unix":
+        if not parts.path:
+            raise InputError(f"invalid --builder '{address}': write unix:///path/to/buildkitd.sock")
+    else:
+        raise InputError(f"invalid --builder '{address}': use tcp://HOST:PORT or unix:///path/to/buildkitd.sock")
+    if tls is not None:
+        for name, path in (("--tls-ca", tls.ca), ("--tls-cert", tls.cert), ("--tls-key", tls.key)):
+            if path is not None and not path.is_file():
+                raise InputError(f"{name} {path} does not exist")
+        if (tls.cert is None) != (tls.key is None):
+            raise InputError("--tls-cert and --tls-key go together: give both or neither")
+    return BuilderEndpoint(address=address, tls=tls)
+
+
+def build_request(
+    *,
+    context: str,
+    file: str | None = None,
+    tags: list[str] | tuple[str, ...] = (),
+    build_args: list[str] | tuple[str, ...] = (),
+    secrets: list[str] | tuple[str, ...] = (),
+    target: str | None = None,
+    platforms: list[str] | tuple[str, ...] = (),
+    labels: list[str] | tuple[str, ...] = (),
+    push: bool = False,
+    cache_from: list[str] | tuple[str, ...] = (),
+    cache_to: list[str] | tuple[str, ...] = (),
+    no_cache: bool = False,
+    result_file: str = "build-result.json",
+    environ: dict[str, str] | None = None,
+) -> BuildRequest:
+    """Validate raw inputs (CLI flags or CI inputs) into a BuildRequest."""
+    environ = dict(os.environ) if environ is None else environ
+    context_dir = Path(context).expanduser()
+    if not context_dir.is_dir():
+        raise InputError(f"build context '{context}' is not a directory: pass the folder that holds your sources")
+    dockerfile = Path(file).expanduser() if file else context_dir / "Dockerfile"
+    if not dockerfile.is_file():
+        hint = "pass --file PATH" if not file else "check the --file path"
+        raise InputError(f"Dockerfile '{dockerfile}' not found: {hint}")
+    tag_list = tuple(validate_image_reference(t.strip()) for t in _split_list(tags))
+    if push and not tag_list:
+        raise InputError("--push needs at least one --tag naming where to push, e.g. --tag 127.0.0.1:5000/team/app:dev")
+    platform_list = tuple(_split_list(platforms))
+    for platform in platform_list:
+        if not PLATFORM.match(platform):
+            raise InputError(f"invalid --platform '{platform}': write os/arch[/variant], e.g. linux/amd64")
+    if target is not None and not re.match(r"^[A-Za-z0-9_.-]+$", target):
+        raise InputError(f"invalid --target '{target}': name a build stage (letters, digits, '.', '_', '-')")
+    return BuildRequest(
+        context=context_dir.resolve(),
+        dockerfile=dockerfile.resolve(),
+        tags=tag_list,
+        build_args=tuple(parse_key_value(a, "--build-arg", environ) for a in build_args),
+        secrets=tuple(parse_secret(s, environ) for s in secrets),
+        target=target or None,
+        platforms=platform_list,
+        labels=tuple(parse_label(label) for label in labels),
+        push=push,
+        cache_from=tuple(cache_from),
+        cache_to=tuple(cache_to),
+        no_cache=no_cache,
+        result_file=Path(result_file),
+    )
+
+
+def _split_list(values) -> list[str]:
+    """Accept repeated flags and comma- or newline-separated lists (CI inputs use both)."""
+    items: list[str] = []
+    for value in values:
+        items.extend(v.strip() for v in re.split(r"[,\n]", value) if v.strip())
+    return items

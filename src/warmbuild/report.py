@@ -1,0 +1,202 @@
+"""BuildResult and its renderings: build-result.json, the stderr table, a Markdown summary.
+
+The timings are computed elsewhere (buildkit, placement); this module only arranges them.
+The JSON schema is versioned: `schema_version` changes when a field changes meaning or goes away;
+new fields may be added within a version. See docs/build-result.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .buildkit.progress import CacheStats, StepResult
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds per phase of one build. queue + startup happen before the solve; the rest inside it."""
+
+    queue_seconds: float = 0.0  # waiting for a slot
+    startup_seconds: float = 0.0  # starting a builder (ephemeral pods)
+    context_seconds: float = 0.0  # sending the build context and Dockerfile
+    build_seconds: float = 0.0  # running the steps
+    export_seconds: float = 0.0  # writing the image and cache, push included
+    push_seconds: float = 0.0  # sending layers and manifests to the registry
+    total_seconds: float = 0.0  # wall clock from start to finish
+
+
+@dataclass(frozen=True)
+class Placement:
+    builder: str  # address the build ran on
+    path: str  # direct | warm | spill | ephemeral
+    builder_name: str | None = None
+    affine: bool | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    status: str  # success | failed | cancelled
+    placement: Placement
+    timings: Timings
+    cache: CacheStats
+    steps: tuple[StepResult, ...] = ()
+    image_digest: str | None = None
+    config_digest: str | None = None
+    image_names: tuple[str, ...] = ()
+    pushed: bool = False
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    exit_code: int = 0
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def result_to_dict(result: BuildResult, version: str) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "warmbuild_version": version,
+        "status": result.status,
+        "exit_code": result.exit_code,
+        "error": result.error,
+        "image": {
+            "digest": result.image_digest,
+            "config_digest": result.config_digest,
+            "names": list(result.image_names),
+            "pushed": result.pushed,
+        },
+        "placement": {
+            "builder": result.placement.builder,
+            "builder_name": result.placement.builder_name,
+            "path": result.placement.path,
+            "affine": result.placement.affine,
+            "reason": result.placement.reason,
+        },
+        "timings": {
+            "queue_seconds": result.timings.queue_seconds,
+            "startup_seconds": result.timings.startup_seconds,
+            "context_seconds": result.timings.context_seconds,
+            "build_seconds": result.timings.build_seconds,
+            "export_seconds": result.timings.export_seconds,
+            "push_seconds": result.timings.push_seconds,
+            "total_seconds": result.timings.total_seconds,
+        },
+        "cache": {
+            "cached_steps": result.cache.cached_steps,
+            "total_steps": result.cache.total_steps,
+            "ratio": round(result.cache.ratio, 4),
+        },
+        "steps": [
+            {
+                "name": s.name,
+                "cached": s.cached,
+                "seconds": round(s.duration_seconds, 3),
+                "started": _iso(s.started),
+                "completed": _iso(s.completed),
+                "error": s.error,
+            }
+            for s in result.steps
+        ],
+        "warnings": list(result.warnings),
+        "started_at": _iso(result.started_at),
+        "finished_at": _iso(result.finished_at),
+    }
+
+
+def write_result_file(result: BuildResult, path: Path, version: str) -> None:
+    """Write atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result_to_dict(result, version), indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}s"
+
+
+def phase_rows(result: BuildResult) -> list[tuple[str, str]]:
+    t = result.timings
+    return [
+        ("queue", _seconds(t.queue_seconds)),
+        ("startup", _seconds(t.startup_seconds)),
+        ("context", _seconds(t.context_seconds)),
+        ("build", _seconds(t.build_seconds)),
+        ("export", _seconds(t.export_seconds)),
+        ("  of which push", _seconds(t.push_seconds)),
+        ("total", _seconds(t.total_seconds)),
+    ]
+
+
+def slowest_steps(result: BuildResult, count: int = 5) -> list[StepResult]:
+    real = [s for s in result.steps if not s.cached and s.duration_seconds > 0]
+    return sorted(real, key=lambda s: s.duration_seconds, reverse=True)[:count]
+
+
+def render_table(result: BuildResult) -> str:
+    """The readable summary printed to stderr after every build."""
+    lines = [f"warmbuild: {result.status}" + (f" — {result.error}" if result.error else "")]
+    rows: list[tuple[str, str]] = [
+        ("builder", f"{result.placement.builder} ({result.placement.path})"),
+    ]
+    if result.placement.reason:
+        rows.append(("placement", result.placement.reason))
+    if result.image_digest:
+        rows.append(("digest", result.image_digest))
+    for name in result.image_names:
+        rows.append(("image", name + (" (pushed)" if result.pushed else "")))
+    rows.append(("cache", f"{result.cache.cached_steps}/{result.cache.total_steps} steps cached ({result.cache.ratio:.0%})"))
+    rows.extend(phase_rows(result))
+    width = max(len(k) for k, _ in rows)
+    lines.extend(f"  {k.ljust(width)}  {v}" for k, v in rows)
+    slow = slowest_steps(result, 3)
+    if slow:
+        lines.append("  slowest steps:")
+        lines.extend(f"    {_seconds(s.duration_seconds):>7}  {s.name}" for s in slow)
+    return "\n".join(lines)
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ").replace("`", "'")
+
+
+def render_markdown_summary(result: BuildResult) -> str:
+    """Step summary for CI pages: phases, placement, cache hits per step, slowest steps."""
+    icon = {"success": "✅", "failed": "❌", "cancelled": "⚠️"}.get(result.status, "")
+    out = [f"### {icon} warmbuild: {result.status}", ""]
+    if result.error:
+        out += [f"> {_md_escape(result.error)}", ""]
+    out += ["| | |", "|---|---|"]
+    out.append(f"| builder | `{result.placement.builder}` ({result.placement.path}) |")
+    if result.placement.reason:
+        out.append(f"| placement | {_md_escape(result.placement.reason)} |")
+    if result.image_digest:
+        out.append(f"| digest | `{result.image_digest}` |")
+    for name in result.image_names:
+        out.append(f"| image | `{_md_escape(name)}`{' (pushed)' if result.pushed else ''} |")
+    out.append(f"| cache | {result.cache.cached_steps}/{result.cache.total_steps} steps cached ({result.cache.ratio:.0%}) |")
+    out += ["", "| phase | time |", "|---|---:|"]
+    out += [f"| {k.strip()} | {v} |" for k, v in phase_rows(result)]
+    shown = [s for s in result.steps if s.name][:100]
+    if shown:
+        out += ["", "<details><summary>Steps</summary>", "", "| step | cached | time |", "|---|:---:|---:|"]
+        out += [f"| {_md_escape(s.name)[:200]} | {'yes' if s.cached else ''} | {_seconds(s.duration_seconds)} |" for s in shown]
+        out += ["", "</details>"]
+    slow = slowest_steps(result)
+    if slow:
+        out += ["", "**Slowest steps**", ""]
+        out += [f"1. {_md_escape(s.name)[:200]} — {_seconds(s.duration_seconds)}" for s in slow]
+    return "\n".join(out) + "\n"

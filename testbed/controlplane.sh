@@ -1,0 +1,276 @@
+# A real Kubernetes control plane for the testbed: etcd, kube-apiserver, kube-controller-manager
+# and kube-scheduler, built from pinned Go modules (testbed/go/etcd, testbed/go/kubernetes).
+# Sourced by testbed/up and testbed/down after lib.sh, never run. Everything listens on 127.0.0.1.
+#
+#   tb_controlplane_up       build (once), make the PKI (once), start, wait for health, create the
+#                            warmbuild namespace + CI service account, write the kubeconfigs
+#   tb_controlplane_exports  print the export lines for KUBECONFIG, WARMBUILD_CI_KUBECONFIG, WARMBUILD_NAMESPACE
+#   tb_controlplane_down     stop the four processes (state in etcd is kept)
+
+KUBERNETES_VERSION="v1.37.2"   # must match testbed/go/kubernetes/go.mod
+ETCD_VERSION="v3.7.3"          # must match testbed/go/etcd/go.mod
+APISERVER_URL="https://127.0.0.1:6443"
+ETCD_URL="http://127.0.0.1:2379"
+ETCD_PEER_URL="http://127.0.0.1:2380"
+KCM_HEALTH_URL="https://127.0.0.1:10257/healthz"
+SCHEDULER_HEALTH_URL="https://127.0.0.1:10259/healthz"
+# Nothing routes or connects to service IPs here (no kube-proxy); a loopback range keeps even a
+# mistaken connection on this machine.
+SERVICE_CIDR="127.0.128.0/24"
+WARMBUILD_NAMESPACE="warmbuild"
+CI_SERVICE_ACCOUNT="warmbuild-ci"
+CI_TOKEN_SECONDS=$((7 * 24 * 3600))
+
+CP_PKI="$WARMBUILD_TESTBED_DIR/pki"
+CP_KUBECONFIGS="$WARMBUILD_TESTBED_DIR/kubeconfig"
+
+# tb_cp_binaries: build (once) and print the etcd and the Kubernetes binary directories, one a line.
+tb_cp_binaries() {
+  local etcd_dir k8s_dir
+  grep -q "go.etcd.io/etcd/server/v3 $ETCD_VERSION\$" "$TESTBED_SRC/go/etcd/go.mod" \
+    || tb_die "ETCD_VERSION $ETCD_VERSION does not match testbed/go/etcd/go.mod"
+  grep -q "k8s.io/kubernetes $KUBERNETES_VERSION\$" "$TESTBED_SRC/go/kubernetes/go.mod" \
+    || tb_die "KUBERNETES_VERSION $KUBERNETES_VERSION does not match testbed/go/kubernetes/go.mod"
+  etcd_dir="$(tb_go_build etcd "$ETCD_VERSION" "$TESTBED_SRC/go/etcd" ./cmd/etcd)" || exit 1
+  local minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
+  local v pkg ldflags=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    for v in "gitVersion=$KUBERNETES_VERSION" gitMajor=1 "gitMinor=$minor" gitTreeState=clean; do
+      ldflags+=" -X $pkg.$v"
+    done
+  done
+  k8s_dir="$(TB_GO_LDFLAGS="$ldflags" tb_go_build kubernetes "$KUBERNETES_VERSION" "$TESTBED_SRC/go/kubernetes" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler)" || exit 1
+  printf '%s\n%s\n' "$etcd_dir" "$k8s_dir"
+}
+
+# tb_cp_cert NAME SUBJECT EXT_KEY_USAGE [SAN]: a key and a certificate signed by the testbed CA.
+tb_cp_cert() {
+  local name="$1" subject="$2" eku="$3" san="${4:-}"
+  local ext="basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=$eku"
+  [[ -n "$san" ]] && ext+=$'\n'"subjectAltName=$san"
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$CP_PKI/$name.key" -subj "$subject" 2>/dev/null \
+    | openssl x509 -req -CA "$CP_PKI/ca.crt" -CAkey "$CP_PKI/ca.key" -set_serial "0x$(openssl rand -hex 16)" \
+        -days 3650 -extfile <(printf '%s\n' "$ext") -out "$CP_PKI/$name.crt" 2>/dev/null \
+    || tb_die "could not make certificate $name"
+}
+
+# tb_cp_pki: make the CA, serving/client certificates and the service-account key pair, once.
+tb_cp_pki() {
+  [[ -f "$CP_PKI/.complete" ]] && return 0
+  tb_log "generating control-plane PKI in $CP_PKI"
+  rm -rf "$CP_PKI" && mkdir -p "$CP_PKI" && chmod 700 "$CP_PKI"
+  openssl req -x509 -new -newkey rsa:2048 -nodes -days 3650 -subj "/CN=warmbuild-testbed-ca" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -keyout "$CP_PKI/ca.key" -out "$CP_PKI/ca.crt" 2>/dev/null || tb_die "could not make the CA"
+  tb_cp_cert apiserver "/CN=kube-apiserver" serverAuth \
+    "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  tb_cp_cert admin "/O=system:masters/CN=warmbuild-testbed-admin" clientAuth
+  tb_cp_cert kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
+  tb_cp_cert kube-scheduler "/CN=system:kube-scheduler" clientAuth
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$CP_PKI/sa.key" 2>/dev/null \
+    && openssl pkey -in "$CP_PKI/sa.key" -pubout -out "$CP_PKI/sa.pub" 2>/dev/null \
+    || tb_die "could not make the service-account key pair"
+  chmod 600 "$CP_PKI"/*.key
+  touch "$CP_PKI/.complete"
+}
+
+# tb_cp_write_file PATH: stdin to PATH, replaced atomically, mode 600.
+tb_cp_write_file() {
+  local path="$1"
+  (umask 077 && cat >"$path.tmp") && mv "$path.tmp" "$path"
+}
+
+# tb_cp_kubeconfig USER [NAMESPACE] < USER_FIELDS: a self-contained kubeconfig for APISERVER_URL on stdout.
+tb_cp_kubeconfig() {
+  local user="$1" namespace="${2:-default}" fields
+  fields="$(cat)"
+  cat <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: warmbuild-testbed
+  cluster:
+    server: $APISERVER_URL
+    certificate-authority-data: $(base64 -w0 "$CP_PKI/ca.crt")
+users:
+- name: $user
+  user:
+$fields
+contexts:
+- name: $user@warmbuild-testbed
+  context:
+    cluster: warmbuild-testbed
+    user: $user
+    namespace: $namespace
+current-context: $user@warmbuild-testbed
+EOF
+}
+
+# tb_cp_cert_kubeconfig NAME: kubeconfig/NAME.yaml authenticating with pki/NAME.{crt,key}.
+tb_cp_cert_kubeconfig() {
+  local name="$1"
+  printf '    client-certificate-data: %s\n    client-key-data: %s\n' \
+      "$(base64 -w0 "$CP_PKI/$name.crt")" "$(base64 -w0 "$CP_PKI/$name.key")" \
+    | tb_cp_kubeconfig "$name" | tb_cp_write_file "$CP_KUBECONFIGS/$name.yaml"
+}
+
+# tb_cp_admin_curl ARGS...: curl against the API server as the testbed admin.
+tb_cp_admin_curl() {
+  curl --noproxy '*' -sS --cacert "$CP_PKI/ca.crt" --cert "$CP_PKI/admin.crt" --key "$CP_PKI/admin.key" "$@"
+}
+
+# tb_cp_wait_http NAME URL SECONDS CURL_ARGS...: wait until URL answers 2xx while NAME stays alive.
+tb_cp_wait_http() {
+  local name="$1" url="$2" seconds="$3" i; shift 3
+  for i in $(seq 1 $((seconds * 4))); do
+    if curl --noproxy '*' -fsS -o /dev/null --max-time 2 "$@" "$url" 2>/dev/null; then return 0; fi
+    tb_running "$name" || tb_die "$name exited during startup; see $WARMBUILD_TESTBED_DIR/logs/$name.log"
+    sleep 0.25
+  done
+  tb_die "$name was not healthy at $url within ${seconds}s; see $WARMBUILD_TESTBED_DIR/logs/$name.log"
+}
+
+# tb_cp_apply API_PATH JSON: create or update one object with server-side apply, as admin.
+tb_cp_apply() {
+  local path="$1" body="$2" out code
+  out="$(mktemp)"
+  code="$(tb_cp_admin_curl -o "$out" -w '%{http_code}' -X PATCH \
+    -H 'Content-Type: application/apply-patch+yaml' --data-binary "$body" \
+    "$APISERVER_URL$path?fieldManager=warmbuild-testbed&force=true")"
+  if [[ "$code" != 2* ]]; then
+    tb_log "apply $path answered HTTP $code: $(cat "$out")"
+    rm -f "$out"
+    tb_die "could not apply $path"
+  fi
+  rm -f "$out"
+}
+
+# tb_cp_ci_objects: namespace, service account, least-privilege Role and RoleBinding for the CI step.
+tb_cp_ci_objects() {
+  local ns="$WARMBUILD_NAMESPACE" sa="$CI_SERVICE_ACCOUNT"
+  tb_cp_apply "/api/v1/namespaces/$ns" \
+    '{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"'"$ns"'"}}'
+  tb_cp_apply "/api/v1/namespaces/$ns/serviceaccounts/$sa" \
+    '{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"'"$sa"'","namespace":"'"$ns"'"}}'
+  tb_cp_apply "/apis/rbac.authorization.k8s.io/v1/namespaces/$ns/roles/$sa" '{
+    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+    "metadata": {"name": "'"$sa"'", "namespace": "'"$ns"'"},
+    "rules": [
+      {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+       "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+      {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
+      {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+      {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]},
+      {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create", "update", "patch"]}
+    ]}'
+  tb_cp_apply "/apis/rbac.authorization.k8s.io/v1/namespaces/$ns/rolebindings/$sa" '{
+    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+    "metadata": {"name": "'"$sa"'", "namespace": "'"$ns"'"},
+    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "'"$sa"'"},
+    "subjects": [{"kind": "ServiceAccount", "name": "'"$sa"'", "namespace": "'"$ns"'"}]}'
+}
+
+# tb_cp_ci_kubeconfig: kubeconfig/ci.yaml with a TokenRequest token for the CI service account;
+# kept while its token still works (a wiped etcd or new signing key makes a new one).
+tb_cp_ci_kubeconfig() {
+  local file="$CP_KUBECONFIGS/ci.yaml" token=""
+  if [[ -f "$file" ]]; then
+    token="$(sed -n 's/^ *token: //p' "$file")"
+    if [[ -n "$token" ]] && curl --noproxy '*' -fsS -o /dev/null --cacert "$CP_PKI/ca.crt" \
+        -H "Authorization: Bearer $token" \
+        "$APISERVER_URL/apis/coordination.k8s.io/v1/namespaces/$WARMBUILD_NAMESPACE/leases?limit=1" 2>/dev/null; then
+      return 0
+    fi
+    tb_log "the CI token in $file no longer works; minting a new one"
+  fi
+  token="$(tb_cp_admin_curl -f -X POST -H 'Content-Type: application/json' \
+      --data-binary '{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":'"$CI_TOKEN_SECONDS"'}}' \
+      "$APISERVER_URL/api/v1/namespaces/$WARMBUILD_NAMESPACE/serviceaccounts/$CI_SERVICE_ACCOUNT/token" \
+    | grep -o '"token": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/')"
+  [[ -n "$token" ]] || tb_die "TokenRequest for $WARMBUILD_NAMESPACE/$CI_SERVICE_ACCOUNT failed"
+  printf '    token: %s\n' "$token" \
+    | tb_cp_kubeconfig "$CI_SERVICE_ACCOUNT" "$WARMBUILD_NAMESPACE" | tb_cp_write_file "$file"
+  tb_log "wrote $file (service account $WARMBUILD_NAMESPACE/$CI_SERVICE_ACCOUNT)"
+}
+
+tb_controlplane_up() {
+  local dirs etcd_bin k8s_bin started=$SECONDS
+  dirs="$(tb_cp_binaries)" || exit 1
+  { read -r etcd_bin; read -r k8s_bin; } <<<"$dirs"
+  tb_cp_pki
+  mkdir -p "$CP_KUBECONFIGS" "$WARMBUILD_TESTBED_DIR/etcd" && chmod 700 "$CP_KUBECONFIGS" "$WARMBUILD_TESTBED_DIR/etcd"
+  local name
+  for name in admin kube-controller-manager kube-scheduler; do tb_cp_cert_kubeconfig "$name"; done
+
+  # A throwaway single-member etcd: no fsync, plain HTTP on loopback.
+  tb_start etcd "$etcd_bin/etcd" \
+    --name=warmbuild-testbed \
+    --data-dir="$WARMBUILD_TESTBED_DIR/etcd" \
+    --listen-client-urls="$ETCD_URL" --advertise-client-urls="$ETCD_URL" \
+    --listen-peer-urls="$ETCD_PEER_URL" --initial-advertise-peer-urls="$ETCD_PEER_URL" \
+    --initial-cluster="warmbuild-testbed=$ETCD_PEER_URL" \
+    --unsafe-no-fsync=true
+  tb_cp_wait_http etcd "$ETCD_URL/health" 60
+
+  # The endpoint reconciler would publish the advertise address (loopback) as the endpoint of the
+  # "kubernetes" Service; Endpoints may not hold loopback addresses, and nothing here uses it.
+  tb_start kube-apiserver "$k8s_bin/kube-apiserver" \
+    --etcd-servers="$ETCD_URL" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port=6443 \
+    --tls-cert-file="$CP_PKI/apiserver.crt" --tls-private-key-file="$CP_PKI/apiserver.key" \
+    --client-ca-file="$CP_PKI/ca.crt" \
+    --authorization-mode=Node,RBAC \
+    --service-account-issuer="$APISERVER_URL" \
+    --service-account-key-file="$CP_PKI/sa.pub" \
+    --service-account-signing-key-file="$CP_PKI/sa.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --endpoint-reconciler-type=none \
+    --allow-privileged=true \
+    --profiling=false
+  tb_cp_wait_http kube-apiserver "$APISERVER_URL/readyz" 180 \
+    --cacert "$CP_PKI/ca.crt" --cert "$CP_PKI/admin.crt" --key "$CP_PKI/admin.key"
+
+  # Health ports serve self-signed certificates; /healthz needs no credentials.
+  tb_start kube-controller-manager "$k8s_bin/kube-controller-manager" \
+    --kubeconfig="$CP_KUBECONFIGS/kube-controller-manager.yaml" \
+    --authentication-kubeconfig="$CP_KUBECONFIGS/kube-controller-manager.yaml" \
+    --authorization-kubeconfig="$CP_KUBECONFIGS/kube-controller-manager.yaml" \
+    --bind-address=127.0.0.1 --secure-port=10257 \
+    --leader-elect=false \
+    --controllers='*' \
+    --use-service-account-credentials=true \
+    --root-ca-file="$CP_PKI/ca.crt" \
+    --service-account-private-key-file="$CP_PKI/sa.key" \
+    --profiling=false
+  tb_start kube-scheduler "$k8s_bin/kube-scheduler" \
+    --kubeconfig="$CP_KUBECONFIGS/kube-scheduler.yaml" \
+    --authentication-kubeconfig="$CP_KUBECONFIGS/kube-scheduler.yaml" \
+    --authorization-kubeconfig="$CP_KUBECONFIGS/kube-scheduler.yaml" \
+    --bind-address=127.0.0.1 --secure-port=10259 \
+    --leader-elect=false \
+    --profiling=false
+  tb_cp_wait_http kube-controller-manager "$KCM_HEALTH_URL" 120 -k
+  tb_cp_wait_http kube-scheduler "$SCHEDULER_HEALTH_URL" 120 -k
+
+  tb_cp_ci_objects
+  tb_cp_ci_kubeconfig
+  tb_log "control plane $KUBERNETES_VERSION (etcd $ETCD_VERSION) ready at $APISERVER_URL in $((SECONDS - started))s"
+}
+
+tb_controlplane_exports() {
+  printf 'export KUBECONFIG=%q\n' "$CP_KUBECONFIGS/admin.yaml"
+  printf 'export WARMBUILD_CI_KUBECONFIG=%q\n' "$CP_KUBECONFIGS/ci.yaml"
+  printf 'export WARMBUILD_NAMESPACE=%q\n' "$WARMBUILD_NAMESPACE"
+}
+
+tb_controlplane_down() {
+  tb_stop kube-scheduler
+  tb_stop kube-controller-manager
+  tb_stop kube-apiserver
+  tb_stop etcd
+}
