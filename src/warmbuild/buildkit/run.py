@@ -79,11 +79,11 @@ def check_reachable(builder: BuilderEndpoint, timeout: float = CONNECT_TIMEOUT_S
         ) from None
 
 
-def check_buildkit_answers(buildctl: str, builder: BuilderEndpoint, timeout: float = 15.0) -> None:
+def check_buildkit_answers(buildctl: str, builder: BuilderEndpoint, timeout: float = 5.0) -> None:
     """A TCP listener is not proof of buildkitd (or of matching TLS): ask it for its workers."""
     argv = connection_args(buildctl, builder) + ["--timeout", str(int(timeout)), "debug", "workers"]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 5, stdin=subprocess.DEVNULL)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 2, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise BuilderUnreachable(f"builder {builder.address} accepted a connection but did not answer as buildkitd within {timeout:.0f}s") from None
     if done.returncode != 0:
