@@ -235,11 +235,15 @@ tb_controlplane_up() {
   tb_cp_wait_http kube-apiserver "$APISERVER_URL/readyz" 180 \
     --cacert "$CP_PKI/ca.crt" --cert "$CP_PKI/admin.crt" --key "$CP_PKI/admin.key"
 
-  # Health ports serve self-signed certificates; /healthz needs no credentials.
+  # Their health ports serve self-signed certificates; /healthz needs no credentials. Client
+  # certificates are checked against the testbed CA without looking up the front-proxy CA
+  # (there is none). The FlexVolume directory would otherwise be created under /usr/libexec.
   tb_start kube-controller-manager "$k8s_bin/kube-controller-manager" \
     --kubeconfig="$CP_KUBECONFIGS/kube-controller-manager.yaml" \
     --authentication-kubeconfig="$CP_KUBECONFIGS/kube-controller-manager.yaml" \
     --authorization-kubeconfig="$CP_KUBECONFIGS/kube-controller-manager.yaml" \
+    --authentication-skip-lookup=true --client-ca-file="$CP_PKI/ca.crt" \
+    --flex-volume-plugin-dir="$WARMBUILD_TESTBED_DIR/flexvolume" \
     --bind-address=127.0.0.1 --secure-port=10257 \
     --leader-elect=false \
     --controllers='*' \
@@ -251,6 +255,7 @@ tb_controlplane_up() {
     --kubeconfig="$CP_KUBECONFIGS/kube-scheduler.yaml" \
     --authentication-kubeconfig="$CP_KUBECONFIGS/kube-scheduler.yaml" \
     --authorization-kubeconfig="$CP_KUBECONFIGS/kube-scheduler.yaml" \
+    --authentication-skip-lookup=true --client-ca-file="$CP_PKI/ca.crt" \
     --bind-address=127.0.0.1 --secure-port=10259 \
     --leader-elect=false \
     --profiling=false
