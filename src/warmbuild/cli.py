@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
+import socket
 import sys
+import uuid
 from pathlib import Path
 
 from . import __version__
-from .config import TlsFiles, build_request, parse_builder
+from .affinity import explicit_key, workload_key
+from .ci.state import ReleaseState, read_state, remove_state, state_file_path
+from .cluster import connect
+from .config import TlsFiles, build_request, ci_run_url, parse_builder, repository_identity
 from .errors import Cancelled, InputError, WarmbuildError
-from .pipeline import run_build
+from .leases import HolderInfo, release_slot
+from .pipeline import run_build, run_pool_build
+from .placement import PlacementRequest
+from .pool_status import read_pool_status, render_status_table, status_to_dict
 from .report import Placement
 
 
@@ -43,14 +52,26 @@ def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--result-file", default=env("WARMBUILD_RESULT_FILE", "build-result.json"), help="where to write the result JSON"
     )
-    parser.add_argument(
-        "--builder", default=env("WARMBUILD_BUILDER"), help="buildkitd address, tcp://HOST:PORT (env WARMBUILD_BUILDER)"
-    )
+    parser.add_argument("--builder", help="buildkitd address, tcp://HOST:PORT (env WARMBUILD_BUILDER)")
     parser.add_argument("--tls-ca", type=Path, default=env("WARMBUILD_TLS_CA"), help="CA certificate for the builder")
     parser.add_argument("--tls-cert", type=Path, default=env("WARMBUILD_TLS_CERT"), help="client certificate")
     parser.add_argument("--tls-key", type=Path, default=env("WARMBUILD_TLS_KEY"), help="client key")
     parser.add_argument("--tls-server-name", default=env("WARMBUILD_TLS_SERVER_NAME"), help="server name to verify")
     parser.add_argument("--buildctl", default=None, help="path to buildctl (env WARMBUILD_BUILDCTL, else PATH)")
+    pool = parser.add_argument_group("pool (instead of --builder)")
+    pool.add_argument("--pool", help="builder pool name (env WARMBUILD_POOL; WARMBUILD_BUILDER wins if both are set)")
+    pool.add_argument("--cache-key", default=env("WARMBUILD_CACHE_KEY"), help="workload key; default: repository + Dockerfile + target")
+    pool.add_argument("--max-wait", type=float, default=float(env("WARMBUILD_MAX_WAIT", "60")), help="seconds to wait for the affine builder before spilling (default 60)")
+    pool.add_argument("--lease-seconds", type=int, default=int(env("WARMBUILD_LEASE_SECONDS", "15")), help="slot lease duration (default 15)")
+    _add_cluster_arguments(parser)
+
+
+def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument("--namespace", default=env("WARMBUILD_NAMESPACE", "warmbuild"), help="namespace of the pool (env WARMBUILD_NAMESPACE)")
+    parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    parser.add_argument("--context", default=None, help="kubeconfig context")
+    parser.add_argument("--state-file", default=None, help="where the held slot is recorded for 'warmbuild release' (env WARMBUILD_STATE_FILE)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -59,6 +80,14 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     build = sub.add_parser("build", help="build (and push) an image", description="Build an image with BuildKit.")
     _add_build_arguments(build)
+    release = sub.add_parser("release", help="release the slot a build recorded in its state file (CI post steps)")
+    _add_cluster_arguments(release)
+    pool = sub.add_parser("pool", help="inspect a builder pool")
+    pool_sub = pool.add_subparsers(dest="pool_command", required=True, parser_class=_Parser)
+    status = pool_sub.add_parser("status", help="builders, slots, holders and lease ages")
+    status.add_argument("--pool", default=os.environ.get("WARMBUILD_POOL", "default"), help="pool name")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_cluster_arguments(status)
     return parser
 
 
@@ -69,9 +98,17 @@ def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
 
 
 def command_build(args: argparse.Namespace) -> int:
-    if not args.builder:
-        raise InputError("no builder given: pass --builder tcp://HOST:PORT or set WARMBUILD_BUILDER")
-    builder = parse_builder(args.builder, _tls_files(args))
+    if args.builder and args.pool:
+        raise InputError("give --builder or --pool, not both")
+    if not args.builder and not args.pool:
+        args.builder = os.environ.get("WARMBUILD_BUILDER") or None
+        args.pool = None if args.builder else os.environ.get("WARMBUILD_POOL") or None
+    if not args.builder and not args.pool:
+        raise InputError("no builder given: pass --pool NAME (or WARMBUILD_POOL), or --builder tcp://HOST:PORT")
+    if args.max_wait < 0:
+        raise InputError("--max-wait must be 0 or more seconds")
+    if args.lease_seconds < 3:
+        raise InputError("--lease-seconds must be at least 3")
     request = build_request(
         context=args.context,
         file=args.file,
@@ -87,7 +124,67 @@ def command_build(args: argparse.Namespace) -> int:
         no_cache=args.no_cache,
         result_file=args.result_file,
     )
+    tls = _tls_files(args)
+    if args.pool:
+        return _build_in_pool(args, request, tls)
+    builder = parse_builder(args.builder, tls)
     run_build(request, builder, Placement(builder=builder.address, path="direct"), buildctl=args.buildctl)
+    return 0
+
+
+def _build_in_pool(args: argparse.Namespace, request, tls: TlsFiles | None) -> int:
+    environ = dict(os.environ)
+    if tls is not None:
+        parse_builder("tcp://tls-check:1234", tls)  # the same file checks as for --builder
+    if args.cache_key:
+        key = explicit_key(args.cache_key)
+    else:
+        repository = repository_identity(request.context, environ)
+        dockerfile = os.path.relpath(request.dockerfile, request.context)
+        key = workload_key(repository, dockerfile, request.target)
+    client = connect(args.kubeconfig, args.context)
+    holder = HolderInfo(
+        identity=f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}",
+        run_url=ci_run_url(environ),
+        workload_key=key.value[:250],
+    )
+    placement = PlacementRequest(
+        namespace=args.namespace,
+        pool=args.pool,
+        workload_key=key.value,
+        holder=holder,
+        max_wait_seconds=args.max_wait,
+        lease_seconds=args.lease_seconds,
+    )
+    run_pool_build(
+        request,
+        client,
+        placement,
+        tls=tls,
+        state=ReleaseState(namespace=args.namespace, lease="", holder="", kubeconfig=args.kubeconfig, context=args.context),
+        state_file=state_file_path(args.state_file),
+        buildctl=args.buildctl,
+    )
+    return 0
+
+
+def command_release(args: argparse.Namespace) -> int:
+    path = state_file_path(args.state_file)
+    state = read_state(path)
+    if state is None or not state.lease:
+        print(f"warmbuild: nothing to release ({path} holds no slot)", file=sys.stderr)
+        return 0
+    client = connect(args.kubeconfig or state.kubeconfig, args.context or state.context)
+    released = release_slot(client, state.namespace, state.lease, state.holder)
+    remove_state(path)
+    print(f"warmbuild: {'released' if released else 'already free:'} slot {state.lease}", file=sys.stderr)
+    return 0
+
+
+def command_pool_status(args: argparse.Namespace) -> int:
+    client = connect(args.kubeconfig, args.context)
+    status = read_pool_status(client, args.namespace, args.pool)
+    print(json.dumps(status_to_dict(status), indent=2) if args.json else render_status_table(status))
     return 0
 
 
@@ -102,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         args = make_parser().parse_args(argv)
         if args.command == "build":
             return command_build(args)
+        if args.command == "release":
+            return command_release(args)
+        if args.command == "pool":
+            return command_pool_status(args)
         raise InputError(f"unknown command {args.command}")
     except WarmbuildError as exc:
         print(f"warmbuild: error: {exc.message}", file=sys.stderr)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -220,3 +221,26 @@ def _split_list(values) -> list[str]:
     for value in values:
         items.extend(v.strip() for v in re.split(r"[,\n]", value) if v.strip())
     return items
+
+
+def repository_identity(context: Path, environ: dict[str, str]) -> str:
+    """Which repository a build comes from: the CI platform's name for it, else git's, else the path."""
+    for variable in ("GITHUB_REPOSITORY", "CI_PROJECT_PATH", "GIT_URL", "BUILD_REPOSITORY_URI"):
+        if environ.get(variable):
+            return environ[variable]
+    try:
+        remote = subprocess.run(
+            ["git", "-C", str(context), "config", "--get", "remote.origin.url"],
+            capture_output=True, text=True, timeout=5, stdin=subprocess.DEVNULL,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        remote = ""
+    return remote or str(context)
+
+
+def ci_run_url(environ: dict[str, str]) -> str:
+    """A link to the CI run, recorded on the slot lease so `pool status` can say who holds it."""
+    if environ.get("GITHUB_RUN_ID") and environ.get("GITHUB_REPOSITORY"):
+        server = environ.get("GITHUB_SERVER_URL", "https://github.com")
+        return f"{server}/{environ['GITHUB_REPOSITORY']}/actions/runs/{environ['GITHUB_RUN_ID']}"
+    return environ.get("CI_JOB_URL") or environ.get("BUILD_URL") or ""

@@ -8,6 +8,7 @@ Exit codes (documented in README and docs/architecture.md):
   5  the registry refused the push or the pull
   6  cluster access: credentials, permissions, pool state
   7  no slot could be had within the allowed wait
+  8  the build's slot lease was taken over or lost (fencing): the build was aborted
   130/143  cancelled by SIGINT / SIGTERM (128 + signal number)
 """
 
@@ -54,6 +55,10 @@ class ClusterError(WarmbuildError):
 
 class NoSlotAvailable(WarmbuildError):
     exit_code = 7
+
+
+class LeaseLost(WarmbuildError):
+    exit_code = 8
 
 
 class Cancelled(WarmbuildError):

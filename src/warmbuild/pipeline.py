@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 from datetime import datetime, timezone
 from typing import Mapping, TextIO
 
 from . import __version__
-from .buildkit import CacheStats, check_buildkit_answers, check_reachable, find_buildctl, run_solve
+from .buildkit import CacheStats, SolveAbort, check_buildkit_answers, check_reachable, find_buildctl, run_solve
 from .ci import publishers_from_env
-from .config import BuilderEndpoint, BuildRequest
+from .ci.state import ReleaseState, remove_state, write_state
+from .cluster import KubeClient
+from .config import BuilderEndpoint, BuildRequest, TlsFiles
+from .leases import LeaseKeeper, release_slot
+from .placement import PlacementRequest, acquire_build_slot
 from .errors import BuildFailed, Cancelled, WarmbuildError
 from .report import BuildResult, Placement, Timings, render_table, result_to_dict, write_result_file
 
@@ -30,6 +36,7 @@ def run_build(
     buildctl: str | None = None,
     log: TextIO = sys.stderr,
     environ: Mapping[str, str] | None = None,
+    abort: SolveAbort | None = None,
 ) -> BuildResult:
     """Run the solve and report it. Raises the build's WarmbuildError after the result is written."""
     environ = os.environ if environ is None else environ
@@ -40,7 +47,7 @@ def run_build(
         buildctl_path = find_buildctl(buildctl)
         check_reachable(builder)
         check_buildkit_answers(buildctl_path, builder)
-        outcome = run_solve(buildctl_path, builder, request, progress_out=log)
+        outcome = run_solve(buildctl_path, builder, request, progress_out=log, abort=abort)
         failure = outcome.failure
     except WarmbuildError as exc:
         failure = exc
@@ -88,3 +95,50 @@ def run_build(
                 print(f"  | {line}", file=log)
         raise failure
     return result
+
+
+def run_pool_build(
+    request: BuildRequest,
+    client: KubeClient,
+    placement_request: PlacementRequest,
+    *,
+    tls: TlsFiles | None,
+    state: ReleaseState,
+    state_file: Path,
+    buildctl: str | None = None,
+    log: TextIO = sys.stderr,
+) -> BuildResult:
+    """Take a slot in the pool, build on that builder, and give the slot back whatever happens."""
+    started = time.monotonic()
+    grant = acquire_build_slot(client, placement_request, log=lambda line: print(f"warmbuild: {line}", file=log, flush=True))
+    try:
+        write_state(state_file, replace(state, lease=grant.lease.name, holder=grant.lease.holder))
+        queue_seconds = time.monotonic() - started
+        print(
+            f"warmbuild: slot {grant.lease.name} on {grant.builder.name} ({grant.builder.address}); {grant.reason}",
+            file=log,
+            flush=True,
+        )
+        abort = SolveAbort()
+        keeper = LeaseKeeper(client, grant.lease, on_lost=abort.trigger).start()
+        try:
+            return run_build(
+                request,
+                BuilderEndpoint(address=grant.builder.address, tls=tls),
+                Placement(
+                    builder=grant.builder.address,
+                    path=grant.path,
+                    builder_name=grant.builder.name,
+                    affine=grant.affine,
+                    reason=grant.reason,
+                ),
+                queue_seconds=queue_seconds,
+                buildctl=buildctl,
+                log=log,
+                abort=abort,
+            )
+        finally:
+            keeper.stop()
+    finally:
+        release_slot(client, grant.lease.namespace, grant.lease.name, grant.lease.holder)
+        remove_state(state_file)

@@ -14,10 +14,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from ..config import BuilderEndpoint, BuildRequest
-from ..errors import BuildFailed, BuilderUnreachable, Cancelled, RegistryRefused, ToolMissing, WarmbuildError
+from ..errors import BuildFailed, BuilderUnreachable, Cancelled, LeaseLost, RegistryRefused, ToolMissing, WarmbuildError
 from .command import build_argv, connection_args
 from .phases import SolvePhases, is_export_step, solve_phases
 from .progress import CacheStats, ProgressTracker, StepResult
@@ -48,6 +48,34 @@ class SolveOutcome:
     seconds: float
     warnings: tuple[str, ...]
     failure: WarmbuildError | None = None  # set when the solve failed or was cancelled
+
+
+class SolveAbort:
+    """Lets another thread stop a running solve (fencing: the slot lease was lost)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    def attach(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._process = process
+            if self.reason is not None:
+                _interrupt(process)
+
+    def trigger(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            if self._process is not None:
+                _interrupt(self._process)
+
+
+def _interrupt(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        threading.Timer(CANCEL_GRACE_SECONDS, _kill_if_running, args=(process,)).start()
 
 
 def find_buildctl(explicit: str | None = None) -> str:
@@ -96,7 +124,7 @@ def run_solve(
     builder: BuilderEndpoint,
     request: BuildRequest,
     progress_out: TextIO = sys.stderr,
-    on_started: Callable[[subprocess.Popen], None] | None = None,
+    abort: SolveAbort | None = None,
 ) -> SolveOutcome:
     """Run one `buildctl build`, streaming plain progress lines to `progress_out`.
 
@@ -119,8 +147,8 @@ def run_solve(
             bufsize=1,
             start_new_session=True,  # signals reach it only through us, once
         )
-        if on_started is not None:
-            on_started(process)
+        if abort is not None:
+            abort.attach(process)
         received: list[int] = []
 
         def forward(signum, _frame):
@@ -150,6 +178,8 @@ def run_solve(
         failure: WarmbuildError | None = None
         if received:
             failure = Cancelled(received[0], signal.Signals(received[0]).name)
+        elif abort is not None and abort.reason is not None:
+            failure = LeaseLost(f"{abort.reason}: the build was aborted so that two builds never share a slot; rerun the job")
         elif returncode != 0:
             failure = _failure(tracker, returncode, request)
         metadata = _read_metadata(metadata_file) if failure is None else {}

@@ -1,0 +1,118 @@
+"""`warmbuild pool status`: builders, their slots, who holds them and for how long."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from .cluster import KubeClient, parse_kube_time
+from .leases import RUN_URL_ANNOTATION, WORKLOAD_KEY_ANNOTATION, lease_is_free, list_pool_leases, slot_lease_name
+from .pool import list_pool_pods
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    lease: str
+    holder: str | None
+    run_url: str | None
+    workload_key: str | None
+    held_seconds: float | None  # since acquireTime, by server time
+    renewed_seconds_ago: float | None
+
+
+@dataclass(frozen=True)
+class BuilderStatus:
+    name: str
+    address: str | None
+    ready: bool
+    draining: bool
+    terminating: bool
+    slots: tuple[SlotStatus, ...]
+
+    @property
+    def in_use(self) -> int:
+        return sum(1 for s in self.slots if s.holder)
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    namespace: str
+    pool: str
+    server_time: datetime
+    builders: tuple[BuilderStatus, ...]
+
+
+def _seconds_since(value: str | None, now: datetime) -> float | None:
+    moment = parse_kube_time(value)
+    return round((now - moment).total_seconds(), 1) if moment else None
+
+
+def read_pool_status(client: KubeClient, namespace: str, pool: str) -> PoolStatus:
+    pods = list_pool_pods(client, namespace, pool)
+    leases = list_pool_leases(client, namespace, pool)
+    now = client.server_now()
+    builders = []
+    for pod in pods:
+        slots = []
+        for index in range(pod.slots):
+            name = slot_lease_name(pod.name, index)
+            lease = leases.get(name)
+            held = lease is not None and not lease_is_free(lease, now)
+            spec = (lease or {}).get("spec") or {}
+            annotations = ((lease or {}).get("metadata") or {}).get("annotations") or {}
+            slots.append(
+                SlotStatus(
+                    lease=name,
+                    holder=spec.get("holderIdentity") if held else None,
+                    run_url=(annotations.get(RUN_URL_ANNOTATION) or None) if held else None,
+                    workload_key=(annotations.get(WORKLOAD_KEY_ANNOTATION) or None) if held else None,
+                    held_seconds=_seconds_since(spec.get("acquireTime"), now) if held else None,
+                    renewed_seconds_ago=_seconds_since(spec.get("renewTime"), now) if held else None,
+                )
+            )
+        builders.append(
+            BuilderStatus(
+                name=pod.name,
+                address=f"tcp://{pod.ip}:{pod.port}" if pod.ip else None,
+                ready=pod.ready,
+                draining=pod.draining,
+                terminating=pod.terminating,
+                slots=tuple(slots),
+            )
+        )
+    return PoolStatus(namespace, pool, now, tuple(builders))
+
+
+def status_to_dict(status: PoolStatus) -> dict:
+    return {
+        "namespace": status.namespace,
+        "pool": status.pool,
+        "server_time": status.server_time.isoformat(),
+        "builders": [dict(asdict(b), in_use=b.in_use) for b in status.builders],
+    }
+
+
+def render_status_table(status: PoolStatus) -> str:
+    total = sum(len(b.slots) for b in status.builders)
+    used = sum(b.in_use for b in status.builders)
+    lines = [f"pool {status.pool} in {status.namespace}: {len(status.builders)} builders, {used}/{total} slots in use"]
+    header = ("BUILDER", "STATE", "ADDRESS", "SLOT", "HOLDER", "HELD", "RUN")
+    rows = []
+    for b in status.builders:
+        state = "terminating" if b.terminating else "draining" if b.draining else "ready" if b.ready else "not-ready"
+        for i, slot in enumerate(b.slots or (None,)):
+            rows.append(
+                (
+                    b.name if i == 0 else "",
+                    state if i == 0 else "",
+                    (b.address or "-") if i == 0 else "",
+                    slot.lease.rsplit("-", 1)[-1] if slot else "-",
+                    (slot.holder or "free") if slot else "-",
+                    f"{slot.held_seconds:.0f}s" if slot and slot.held_seconds is not None else "",
+                    (slot.run_url or "") if slot else "",
+                )
+            )
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        lines.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
