@@ -70,7 +70,7 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     parser.add_argument("--namespace", default=env("WARMBUILD_NAMESPACE", "warmbuild"), help="namespace of the pool (env WARMBUILD_NAMESPACE)")
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
-    parser.add_argument("--context", default=None, help="kubeconfig context")
+    parser.add_argument("--kube-context", dest="kube_context", default=None, help="kubeconfig context")
     parser.add_argument("--state-file", default=None, help="where the held slot is recorded for 'warmbuild release' (env WARMBUILD_STATE_FILE)")
 
 
@@ -104,7 +104,7 @@ def command_build(args: argparse.Namespace) -> int:
         args.builder = os.environ.get("WARMBUILD_BUILDER") or None
         args.pool = None if args.builder else os.environ.get("WARMBUILD_POOL") or None
     if not args.builder and not args.pool:
-        raise InputError("no builder given: pass --pool NAME (or WARMBUILD_POOL), or --builder tcp://HOST:PORT")
+        raise InputError("no builder given: pass --pool NAME or --builder tcp://HOST:PORT (or set WARMBUILD_POOL / WARMBUILD_BUILDER)")
     if args.max_wait < 0:
         raise InputError("--max-wait must be 0 or more seconds")
     if args.lease_seconds < 3:
@@ -142,7 +142,7 @@ def _build_in_pool(args: argparse.Namespace, request, tls: TlsFiles | None) -> i
         repository = repository_identity(request.context, environ)
         dockerfile = os.path.relpath(request.dockerfile, request.context)
         key = workload_key(repository, dockerfile, request.target)
-    client = connect(args.kubeconfig, args.context)
+    client = connect(args.kubeconfig, args.kube_context)
     holder = HolderInfo(
         identity=f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}",
         run_url=ci_run_url(environ),
@@ -161,7 +161,7 @@ def _build_in_pool(args: argparse.Namespace, request, tls: TlsFiles | None) -> i
         client,
         placement,
         tls=tls,
-        state=ReleaseState(namespace=args.namespace, lease="", holder="", kubeconfig=args.kubeconfig, context=args.context),
+        state=ReleaseState(namespace=args.namespace, lease="", holder="", kubeconfig=args.kubeconfig, context=args.kube_context),
         state_file=state_file_path(args.state_file),
         buildctl=args.buildctl,
     )
@@ -174,7 +174,7 @@ def command_release(args: argparse.Namespace) -> int:
     if state is None or not state.lease:
         print(f"warmbuild: nothing to release ({path} holds no slot)", file=sys.stderr)
         return 0
-    client = connect(args.kubeconfig or state.kubeconfig, args.context or state.context)
+    client = connect(args.kubeconfig or state.kubeconfig, args.kube_context or state.context)
     released = release_slot(client, state.namespace, state.lease, state.holder)
     remove_state(path)
     print(f"warmbuild: {'released' if released else 'already free:'} slot {state.lease}", file=sys.stderr)
@@ -182,7 +182,7 @@ def command_release(args: argparse.Namespace) -> int:
 
 
 def command_pool_status(args: argparse.Namespace) -> int:
-    client = connect(args.kubeconfig, args.context)
+    client = connect(args.kubeconfig, args.kube_context)
     status = read_pool_status(client, args.namespace, args.pool)
     print(json.dumps(status_to_dict(status), indent=2) if args.json else render_status_table(status))
     return 0

@@ -35,9 +35,9 @@ class SecretSpec:
     env: str | None = None
 
     def buildctl_value(self) -> str:
-        if self.env is not None:
-            return f"id={self.id},env={self.env}"
-        return f"id={self.id},src={self.src}"
+        """buildctl parses --secret as CSV: quote each field so a comma in a path survives."""
+        fields = [f"id={self.id}", f"env={self.env}" if self.env is not None else f"src={self.src}"]
+        return ",".join(_csv_field(f) for f in fields)
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,12 @@ class BuildRequest:
     cache_to: tuple[str, ...] = ()
     no_cache: bool = False
     result_file: Path = field(default=Path("build-result.json"))
+
+
+def _csv_field(value: str) -> str:
+    if any(c in value for c in ',"\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
 
 
 def validate_image_reference(tag: str) -> str:
@@ -137,7 +143,7 @@ def parse_secret(text: str, environ: dict[str, str]) -> SecretSpec:
 
 def _redact_secret_text(text: str) -> str:
     # Someone may paste a value where a path belongs: never echo values back.
-    return ",".join(p.split("=", 1)[0] + ("=…" if "=" in p else "") for p in text.split(","))
+    return ",".join(p.split("=", 1)[0] + "=…" if "=" in p else "…" for p in text.split(","))
 
 
 def parse_builder(address: str, tls: TlsFiles | None) -> BuilderEndpoint:
@@ -146,9 +152,11 @@ def parse_builder(address: str, tls: TlsFiles | None) -> BuilderEndpoint:
         if not parts.hostname:
             raise InputError(f"invalid --builder '{address}': write tcp://HOST:PORT, e.g. tcp://127.0.0.2:1234")
         try:
-            parts.port
+            port = parts.port
         except ValueError:
             raise InputError(f"invalid --builder '{address}': the port is not a number") from None
+        if port is None:
+            raise InputError(f"invalid --builder '{address}': add the port, e.g. tcp://{parts.hostname}:1234")
     elif parts.scheme == "unix":
         if not parts.path:
             raise InputError(f"invalid --builder '{address}': write unix:///path/to/buildkitd.sock")

@@ -21,6 +21,7 @@ class WarmbuildError(Exception):
     exit_code = 1
 
     def __init__(self, message: str):
+        message = " ".join(message.splitlines())  # user input can carry line breaks; the line is one
         super().__init__(message)
         self.message = message
 

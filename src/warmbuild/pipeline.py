@@ -34,12 +34,13 @@ def run_build(
     queue_seconds: float = 0.0,
     startup_seconds: float = 0.0,
     buildctl: str | None = None,
-    log: TextIO = sys.stderr,
+    log: TextIO | None = None,
     environ: Mapping[str, str] | None = None,
     abort: SolveAbort | None = None,
 ) -> BuildResult:
     """Run the solve and report it. Raises the build's WarmbuildError after the result is written."""
     environ = os.environ if environ is None else environ
+    log = sys.stderr if log is None else log
     started_at = datetime.now(timezone.utc)
     failure: WarmbuildError | None = None
     outcome = None
@@ -106,9 +107,10 @@ def run_pool_build(
     state: ReleaseState,
     state_file: Path,
     buildctl: str | None = None,
-    log: TextIO = sys.stderr,
+    log: TextIO | None = None,
 ) -> BuildResult:
     """Take a slot in the pool, build on that builder, and give the slot back whatever happens."""
+    log = sys.stderr if log is None else log
     started = time.monotonic()
     grant = acquire_build_slot(client, placement_request, log=lambda line: print(f"warmbuild: {line}", file=log, flush=True))
     try:

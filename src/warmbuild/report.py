@@ -119,9 +119,17 @@ def write_result_file(result: BuildResult, path: Path, version: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result_to_dict(result, version), indent=2) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # a CI artifact, readable like any file the job writes
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _seconds(value: float) -> str:

@@ -123,7 +123,7 @@ def run_solve(
     buildctl: str,
     builder: BuilderEndpoint,
     request: BuildRequest,
-    progress_out: TextIO = sys.stderr,
+    progress_out: TextIO | None = None,
     abort: SolveAbort | None = None,
 ) -> SolveOutcome:
     """Run one `buildctl build`, streaming plain progress lines to `progress_out`.
@@ -132,6 +132,7 @@ def run_solve(
     reach the report. SIGINT, SIGTERM and SIGHUP received meanwhile are passed to buildctl, which
     cancels the solve; `failure` is then `Cancelled` (exit 128+signal).
     """
+    progress_out = sys.stderr if progress_out is None else progress_out
     tracker = ProgressTracker()
     with tempfile.TemporaryDirectory(prefix="warmbuild-") as tmp:
         metadata_file = Path(tmp) / "metadata.json"

@@ -1,0 +1,187 @@
+"""buildctl argv construction (pure). Values that buildctl parses as CSV are checked with a CSV reader,
+as buildctl does (encoding/csv for --output and --secret)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from warmbuild.buildkit.command import build_argv, connection_args, image_output
+from warmbuild.config import BuilderEndpoint, BuildRequest, SecretSpec, TlsFiles
+
+BUILDCTL = "/usr/local/bin/buildctl"
+BUILDER = BuilderEndpoint(address="tcp://127.0.0.1:1234")
+METADATA = Path("/tmp/warmbuild-x/metadata.json")
+
+
+def request(**kwargs) -> BuildRequest:
+    kwargs.setdefault("context", Path("/src/app"))
+    kwargs.setdefault("dockerfile", Path("/src/app/Dockerfile"))
+    return BuildRequest(**kwargs)
+
+
+def values_of(argv: list[str], flag: str) -> list[str]:
+    """Every value that follows `flag` in argv."""
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+
+
+def csv_fields(value: str) -> dict[str, str]:
+    (row,) = list(csv.reader([value]))
+    fields = {}
+    for item in row:
+        key, sep, val = item.partition("=")
+        assert sep, f"field {item!r} of {value!r} is not key=value"
+        fields[key] = val
+    return fields
+
+
+def test_argv_is_a_list_of_strings_starting_with_the_connection():
+    argv = build_argv(BUILDCTL, BUILDER, request(), METADATA)
+    assert isinstance(argv, list)
+    assert all(isinstance(a, str) for a in argv)
+    assert argv[:3] == [BUILDCTL, "--addr", "tcp://127.0.0.1:1234"]
+    assert argv.index("build") > argv.index("--addr")
+
+
+def test_fixed_options():
+    argv = build_argv(BUILDCTL, BUILDER, request(), METADATA)
+    assert "--progress=rawjson" in argv
+    assert "--frontend=dockerfile.v0" in argv
+    assert values_of(argv, "--metadata-file") == [str(METADATA)]
+
+
+def test_context_and_dockerfile_locals():
+    argv = build_argv(BUILDCTL, BUILDER, request(), METADATA)
+    assert sorted(values_of(argv, "--local")) == ["context=/src/app", "dockerfile=/src/app"]
+    assert "filename=Dockerfile" in values_of(argv, "--opt")
+
+
+def test_dockerfile_elsewhere_sets_its_directory_and_file_name():
+    argv = build_argv(
+        BUILDCTL, BUILDER, request(dockerfile=Path("/src/docker/ml/Dockerfile.gpu")), METADATA
+    )
+    assert "dockerfile=/src/docker/ml" in values_of(argv, "--local")
+    assert "context=/src/app" in values_of(argv, "--local")
+    assert "filename=Dockerfile.gpu" in values_of(argv, "--opt")
+
+
+def test_optional_mappings_are_absent_by_default():
+    argv = build_argv(BUILDCTL, BUILDER, request(), METADATA)
+    for flag in ("--no-cache", "--secret", "--import-cache", "--export-cache", "--output"):
+        assert flag not in argv
+    assert all(not v.startswith(("build-arg:", "label:", "target=", "platform=")) for v in values_of(argv, "--opt"))
+
+
+def test_build_args_labels_target_platforms():
+    argv = build_argv(
+        BUILDCTL,
+        BUILDER,
+        request(
+            build_args=(("PIP_INDEX", "https://pypi.example/simple"), ("EXTRA", "a=b, c")),
+            labels=(("org.opencontainers.image.source", "https://git/x"),),
+            target="runtime",
+            platforms=("linux/amd64", "linux/arm64"),
+        ),
+        METADATA,
+    )
+    opts = values_of(argv, "--opt")
+    assert "build-arg:PIP_INDEX=https://pypi.example/simple" in opts
+    assert "build-arg:EXTRA=a=b, c" in opts  # one argv element, untouched: no shell involved
+    assert "label:org.opencontainers.image.source=https://git/x" in opts
+    assert "target=runtime" in opts
+    assert "platform=linux/amd64,linux/arm64" in opts
+
+
+def test_no_cache_and_caches():
+    argv = build_argv(
+        BUILDCTL,
+        BUILDER,
+        request(
+            no_cache=True,
+            cache_from=("type=registry,ref=r/cache:a", "type=local,src=/c"),
+            cache_to=("type=registry,ref=r/cache:a,mode=max",),
+        ),
+        METADATA,
+    )
+    assert argv.count("--no-cache") == 1
+    assert values_of(argv, "--import-cache") == ["type=registry,ref=r/cache:a", "type=local,src=/c"]
+    assert values_of(argv, "--export-cache") == ["type=registry,ref=r/cache:a,mode=max"]
+
+
+def test_secrets_map_to_buildctl_syntax():
+    argv = build_argv(
+        BUILDCTL,
+        BUILDER,
+        request(secrets=(SecretSpec(id="hf", src=Path("/run/secrets/hf.txt")), SecretSpec(id="tok", env="TOKEN"))),
+        METADATA,
+    )
+    secrets = [csv_fields(v) for v in values_of(argv, "--secret")]
+    assert secrets == [{"id": "hf", "src": "/run/secrets/hf.txt"}, {"id": "tok", "env": "TOKEN"}]
+    # the secret's value never appears, only where to find it
+    assert not any("TOKEN=" in a for a in argv)
+
+
+def test_secret_path_with_a_comma_survives_buildctls_csv_parsing():
+    # buildctl reads --secret with encoding/csv; a resolved path may contain a comma
+    # (e.g. a CI checkout directory), so the field must be quoted.
+    path = Path("/builds/team,ml/secrets/hf.txt")
+    argv = build_argv(BUILDCTL, BUILDER, request(secrets=(SecretSpec(id="hf", src=path),)), METADATA)
+    (value,) = values_of(argv, "--secret")
+    assert csv_fields(value) == {"id": "hf", "src": str(path)}
+
+
+# --- image output ------------------------------------------------------------------------------
+
+
+def test_no_output_without_tags():
+    assert image_output(request()) is None
+    assert "--output" not in build_argv(BUILDCTL, BUILDER, request(), METADATA)
+
+
+@pytest.mark.parametrize("push", [True, False])
+def test_output_names_all_tags_and_push_flag(push):
+    tags = ("127.0.0.1:5000/team/app:dev", "127.0.0.1:5000/team/app:1.2")
+    argv = build_argv(BUILDCTL, BUILDER, request(tags=tags, push=push), METADATA)
+    (value,) = values_of(argv, "--output")
+    fields = csv_fields(value)
+    assert fields == {"type": "image", "name": ",".join(tags), "push": "true" if push else "false"}
+
+
+def test_output_with_a_single_tag():
+    fields = csv_fields(image_output(request(tags=("app:1",), push=False)))
+    assert fields["name"] == "app:1"
+    assert fields["push"] == "false"
+
+
+# --- TLS ------------------------------------------------------------------------------------------
+
+
+def test_connection_args_without_tls():
+    assert connection_args(BUILDCTL, BUILDER) == [BUILDCTL, "--addr", "tcp://127.0.0.1:1234"]
+
+
+def test_connection_args_with_full_tls():
+    tls = TlsFiles(ca=Path("/tls/ca.pem"), cert=Path("/tls/cert.pem"), key=Path("/tls/key.pem"), server_name="buildkitd")
+    argv = connection_args(BUILDCTL, BuilderEndpoint("tcp://10.0.0.5:1234", tls))
+    assert argv[:3] == [BUILDCTL, "--addr", "tcp://10.0.0.5:1234"]
+    assert values_of(argv, "--tlscacert") == ["/tls/ca.pem"]
+    assert values_of(argv, "--tlscert") == ["/tls/cert.pem"]
+    assert values_of(argv, "--tlskey") == ["/tls/key.pem"]
+    assert values_of(argv, "--tlsservername") == ["buildkitd"]
+
+
+def test_connection_args_with_ca_only():
+    argv = connection_args(BUILDCTL, BuilderEndpoint("tcp://10.0.0.5:1234", TlsFiles(ca=Path("/tls/ca.pem"))))
+    assert values_of(argv, "--tlscacert") == ["/tls/ca.pem"]
+    for flag in ("--tlscert", "--tlskey", "--tlsservername"):
+        assert flag not in argv
+
+
+def test_build_argv_carries_the_tls_flags_before_the_subcommand():
+    tls = TlsFiles(ca=Path("/tls/ca.pem"), cert=Path("/tls/cert.pem"), key=Path("/tls/key.pem"))
+    argv = build_argv(BUILDCTL, BuilderEndpoint("tcp://10.0.0.5:1234", tls), request(), METADATA)
+    build_at = argv.index("build")
+    for flag in ("--tlscacert", "--tlscert", "--tlskey"):
+        assert argv.index(flag) < build_at  # global flags of buildctl
