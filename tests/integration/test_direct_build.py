@@ -4,6 +4,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -33,7 +34,8 @@ def test_code_only_change_reuses_the_dependency_layer(run_warmbuild, tiny_app, r
     tag = f"{unique_repo}:dev"
     done = run_warmbuild(*_build_args(tiny_app, registry, "--tag", tag, "--push", "--result-file", str(first)))
     assert done.returncode == 0, done.stderr
-    (tiny_app / "app.py").write_text('print("hello from the tiny app, edited")\n')
+    # Unique content: BuildKit caches by content, and an earlier run may have built any fixed edit.
+    (tiny_app / "app.py").write_text(f'print("hello from the tiny app, edit {uuid.uuid4().hex}")\n')
     done = run_warmbuild(*_build_args(tiny_app, registry, "--tag", tag, "--push", "--result-file", str(second)))
     assert done.returncode == 0, done.stderr
 

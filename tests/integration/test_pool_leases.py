@@ -345,7 +345,7 @@ def test_build_through_the_pool_lands_on_the_affine_builder_and_reuses_its_cache
     results = []
     for attempt in range(2):
         if attempt == 1:
-            (tiny_app / "app.py").write_text('print("edited")\n')
+            (tiny_app / "app.py").write_text(f'print("edited {uuid.uuid4().hex}")\n')
         result_file = tmp_path / f"result-{attempt}.json"
         done = run_warmbuild(
             "build", str(tiny_app), "--pool", POOL, "--cache-key", f"e2e-{unique_repo}",
