@@ -48,6 +48,22 @@ class KubeNotFound(Exception):
 _VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
+class _ErrorResponse:
+    """An ApiException shaped like the urllib3 response the newer client returns."""
+
+    def __init__(self, exc):
+        self.status = exc.status
+        body = exc.body or b""
+        self.data = body if isinstance(body, bytes) else body.encode()
+        self.headers = exc.headers or {}
+
+    def release_conn(self) -> None:
+        pass
+
+    def stream(self, *_args, **_kwargs):
+        return iter(())
+
+
 def _resource_from_path(path: str) -> tuple[str, str | None]:
     """'/apis/coordination.k8s.io/v1/namespaces/ns/leases/x' -> ('leases.coordination.k8s.io', 'ns')."""
     parts = [p for p in path.split("?")[0].split("/") if p]
@@ -103,8 +119,16 @@ class KubeClient:
             self._raise_for(status, data, method, path)
         return KubeResponse(status, json.loads(data) if data else {}, self._clock.now())
 
-    def _send(self, method: str, path: str, body, query, content_type: str):
+    def _send(self, method: str, path: str, body, query, content_type: str, timeout=REQUEST_TIMEOUT_SECONDS):
         """One HTTP exchange through the official client (auth headers, TLS, token refresh)."""
+        response = self._open(method, path, body, query, content_type, timeout)
+        try:
+            return response.status, response.data, response.headers
+        finally:
+            response.release_conn()
+
+    def _open(self, method: str, path: str, body, query, content_type: str, timeout):
+        """The urllib3 response, body not yet read (a watch streams it)."""
         from kubernetes.client.exceptions import ApiException
 
         headers = {"Accept": "application/json", "Content-Type": content_type}
@@ -115,17 +139,43 @@ class KubeClient:
                 method, url, header_params, serialized, post_params = client.param_serialize(
                     method, path, query_params=query_params, header_params=headers, body=body, auth_settings=["BearerToken"]
                 )
-                response = client.call_api(method, url, header_params=header_params, body=serialized,
-                                           post_params=post_params, _request_timeout=REQUEST_TIMEOUT_SECONDS)
-                return response.status, response.read(), response.headers
-            raw, status, response_headers = client.call_api(
+                return client.call_api(method, url, header_params=header_params, body=serialized,
+                                       post_params=post_params, _request_timeout=timeout).response
+            raw, _status, _headers = client.call_api(
                 path, method, query_params=query_params, header_params=headers, body=body,
                 auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=False,
-                _request_timeout=REQUEST_TIMEOUT_SECONDS,
+                _request_timeout=timeout,
             )
-            return status, raw.data, response_headers
-        except ApiException as exc:
-            return exc.status, (exc.body or b"") if isinstance(exc.body, bytes) else (exc.body or "").encode(), exc.headers or {}
+            return raw
+        except ApiException as exc:  # older clients raise for non-2xx; present it as a response
+            return _ErrorResponse(exc)
+
+    def watch(self, path: str, query: Mapping[str, str] | None = None, timeout_seconds: int = 60):
+        """Yield (event type, object) from a watch until the server ends it after `timeout_seconds`."""
+        from urllib3.exceptions import HTTPError
+
+        params = {**(query or {}), "watch": "true", "timeoutSeconds": str(timeout_seconds)}
+        try:
+            response = self._open("GET", path, None, params, "application/json", (5, timeout_seconds + 5))
+        except (HTTPError, OSError) as exc:
+            raise ClusterError(f"cannot reach the Kubernetes API at {self.host} ({self.description}): {exc}") from None
+        if response.status >= 400:
+            data = response.data
+            response.release_conn()
+            self._raise_for(response.status, data, "GET", path + "?watch=true")
+        try:
+            buffered = b""
+            for chunk in response.stream(4096, decode_content=True):
+                buffered += chunk
+                *lines, buffered = buffered.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        event = json.loads(line)
+                        yield event.get("type"), event.get("object") or {}
+        except (HTTPError, OSError) as exc:
+            raise ClusterError(f"the watch on {path} broke: {exc}") from None
+        finally:
+            response.release_conn()
 
     def _raise_for(self, status: int, data: bytes, method: str, path: str):
         try:

@@ -9,6 +9,7 @@ Exit codes (documented in README and docs/architecture.md):
   6  cluster access: credentials, permissions, pool state
   7  no slot could be had within the allowed wait
   8  the build's slot lease was taken over or lost (fencing): the build was aborted
+  9  an ephemeral builder did not start (the pod's events are quoted)
   130/143  cancelled by SIGINT / SIGTERM (128 + signal number)
 """
 
@@ -60,6 +61,10 @@ class NoSlotAvailable(WarmbuildError):
 
 class LeaseLost(WarmbuildError):
     exit_code = 8
+
+
+class BuilderStartFailed(WarmbuildError):
+    exit_code = 9
 
 
 class Cancelled(WarmbuildError):

@@ -1,8 +1,10 @@
-"""Where a build runs: the affine warm builder, another warm builder, or a clear refusal.
+"""Where a build runs: its affine warm builder, another warm builder, or an ephemeral one.
 
-First version of the policy: try the workload's affine builder (first in its rendezvous order);
-while it is busy, wait up to `max_wait` for one of its slots; after that, take a slot on the next
-builder in the key's bounded-load ranking that has one. The ephemeral fallback comes later.
+Each round reads the pool (Ready builders, their slot Leases) and asks the policy (`policy.decide`)
+what to do with the estimates from the pool's build history: take the affine builder's free slot;
+wait for it; take a free slot on the next builder of the key's bounded-load ranking (spill); start
+an ephemeral builder; or give up. Waiting re-decides every round, so a wait that turns out longer
+than expected can still end in a spill or an ephemeral builder.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .affinity import preference_order, rank_builders
-from .cluster import KubeClient
+from .cluster import KubeClient, parse_kube_time
 from .errors import NoSlotAvailable
-from .leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, lease_is_free, list_pool_leases, try_acquire_slot
+from .history import BuildRecord, key_hash, read_history
+from .leases import DEFAULT_LEASE_SECONDS, WORKLOAD_KEY_ANNOTATION, HolderInfo, SlotLease, lease_is_free, list_pool_leases, try_acquire_slot
+from .policy import Decision, Situation, decide, estimate_paths, estimate_slot_wait
 from .pool import Builder, discover_builders
 
 POLL_SECONDS = 0.5
+HISTORY_REFRESH_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -29,17 +34,19 @@ class PlacementRequest:
     holder: HolderInfo
     max_wait_seconds: float = 60.0
     lease_seconds: int = DEFAULT_LEASE_SECONDS
+    fallback: str = "wait"  # auto | wait | ephemeral | fail; "wait" never answers ephemeral
+    untrusted: bool = False
 
 
 @dataclass(frozen=True)
 class Grant:
-    """A slot held for one build, and how it was chosen."""
+    """Where the build goes, and why. `lease`/`builder` are None for an ephemeral build."""
 
-    lease: SlotLease
-    builder: Builder
+    path: str  # warm (the affine builder) | spill (another warm builder) | ephemeral
+    lease: SlotLease | None
+    builder: Builder | None
     affine: bool
-    affine_builder: str
-    path: str  # warm (the affine builder) | spill (another warm builder)
+    affine_builder: str | None
     waited_seconds: float
     reason: str
 
@@ -53,6 +60,19 @@ def in_flight_by_builder(leases: dict[str, dict], builders: tuple[Builder, ...],
     return by_name
 
 
+def affine_holders(leases: dict[str, dict], builder: str, server_now) -> list[tuple[str, float]]:
+    """(workload key hash, seconds held) for each busy slot of `builder`."""
+    holders = []
+    for lease in leases.values():
+        meta = lease["metadata"]
+        if (meta.get("labels") or {}).get("warmbuild.dev/builder") != builder or lease_is_free(lease, server_now):
+            continue
+        acquired = parse_kube_time((lease.get("spec") or {}).get("acquireTime"))
+        held = (server_now - acquired).total_seconds() if acquired else 0.0
+        holders.append((key_hash((meta.get("annotations") or {}).get(WORKLOAD_KEY_ANNOTATION, "")), max(0.0, held)))
+    return holders
+
+
 def acquire_build_slot(
     client: KubeClient,
     request: PlacementRequest,
@@ -60,43 +80,61 @@ def acquire_build_slot(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Grant:
     started = time.monotonic()
-    announced_wait = False
+    key = key_hash(request.workload_key)
+    history: tuple[BuildRecord, ...] = ()
+    history_read_at = None
+    last_action = None
     while True:
         waited = time.monotonic() - started
+        if request.fallback == "auto" and (history_read_at is None or time.monotonic() - history_read_at > HISTORY_REFRESH_SECONDS):
+            history, history_read_at = read_history(client, request.namespace, request.pool), time.monotonic()
+        estimates = estimate_paths(history, key)
         builders = discover_builders(client, request.namespace, request.pool)
-        if not builders:
-            if waited >= request.max_wait_seconds:
-                raise NoSlotAvailable(
-                    f"pool '{request.pool}' in namespace {request.namespace} has no ready builders: "
-                    "check the builder StatefulSet (warmbuild pool status)"
-                )
-        else:
-            by_name = {b.name: b for b in builders}
-            affine_name = preference_order(request.workload_key, by_name)[0]
-            leases = list_pool_leases(client, request.namespace, request.pool)
-            held = try_acquire_slot(
-                client, request.namespace, request.pool, by_name[affine_name], request.holder, leases, request.lease_seconds
-            )
+        by_name = {b.name: b for b in builders}
+        affine_name = preference_order(request.workload_key, by_name)[0] if builders else None
+        leases = list_pool_leases(client, request.namespace, request.pool) if builders else {}
+
+        if affine_name is not None and not request.untrusted:
+            held = try_acquire_slot(client, request.namespace, request.pool, by_name[affine_name], request.holder, leases, request.lease_seconds)
             if held is not None:
-                reason = f"affine builder {affine_name}" + (f" after waiting {waited:.1f}s" if waited >= 0.05 else "")
-                return Grant(held, by_name[affine_name], True, affine_name, "warm", round(waited, 3), reason)
-            if waited >= request.max_wait_seconds:
-                in_flight = in_flight_by_builder(leases, builders, client.server_now())
-                capacities = {b.name: b.slots for b in builders}
-                for name in rank_builders(request.workload_key, capacities, in_flight):
-                    if name == affine_name:
-                        continue
-                    held = try_acquire_slot(
-                        client, request.namespace, request.pool, by_name[name], request.holder, leases, request.lease_seconds
-                    )
-                    if held is not None:
-                        reason = f"affine builder {affine_name} busy for {waited:.1f}s; spilled to {name}"
-                        return Grant(held, by_name[name], False, affine_name, "spill", round(waited, 3), reason)
-                raise NoSlotAvailable(
-                    f"all {sum(b.slots for b in builders)} slots of pool '{request.pool}' stayed busy for "
-                    f"{waited:.0f}s: raise --max-wait, or add builders"
-                )
-            if not announced_wait:
-                log(f"affine builder {affine_name} is busy; waiting up to {request.max_wait_seconds:.0f}s for a slot")
-                announced_wait = True
+                suffix = f" after waiting {waited:.1f}s" if waited >= 0.05 else ""
+                return Grant("warm", held, by_name[affine_name], True, affine_name, round(waited, 3), f"affine builder {affine_name}{suffix}")
+
+        now = client.server_now()
+        in_flight = in_flight_by_builder(leases, builders, now)
+        spill_order = [n for n in rank_builders(request.workload_key, {b.name: b.slots for b in builders}, in_flight) if n != affine_name]
+        spill_free = any(in_flight[n] < by_name[n].slots for n in spill_order)
+        situation = Situation(
+            affine_builder=affine_name or "-",
+            affine_free=False,
+            affine_wait_seconds=estimate_slot_wait(affine_holders(leases, affine_name, now), history) if affine_name else 0.0,
+            spill_free=spill_free,
+            waited_seconds=waited,
+            max_wait_seconds=request.max_wait_seconds,
+            fallback=request.fallback,
+            untrusted=request.untrusted,
+            warm_builders=len(builders),
+        )
+        decision: Decision = decide(situation, estimates)
+
+        if decision.action == "spill":
+            for name in spill_order:
+                held = try_acquire_slot(client, request.namespace, request.pool, by_name[name], request.holder, leases, request.lease_seconds)
+                if held is not None:
+                    reason = decision.reason.replace("spilled", f"spilled to {name}")
+                    return Grant("spill", held, by_name[name], False, affine_name, round(waited, 3), reason)
+            # Lost every race for the free slots we saw: look again.
+        elif decision.action == "ephemeral":
+            return Grant("ephemeral", None, None, False, affine_name, round(waited, 3), decision.reason)
+        elif decision.action == "fail":
+            if not builders and waited < request.max_wait_seconds:
+                pass  # builders may be starting: keep looking until the wait is used up
+            else:
+                hint = "raise --max-wait, allow --fallback auto|ephemeral, or add builders"
+                if not builders:
+                    hint = "check the builder StatefulSet (warmbuild pool status)"
+                raise NoSlotAvailable(f"pool '{request.pool}' in namespace {request.namespace}: {decision.reason}: {hint}")
+        elif decision.action == "wait" and last_action != "wait":
+            log(f"{decision.reason.rsplit('; ', 1)[0]}; waiting up to {max(0.0, request.max_wait_seconds - waited):.0f}s for a slot")
+        last_action = decision.action
         sleep(min(POLL_SECONDS * (0.5 + random.random()), max(0.0, request.max_wait_seconds - waited) + 0.01))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 LOG_LINES_KEPT = 200
+ANNOUNCED_STATUS_PREFIXES = ("pushing", "exporting", "writing", "preparing", "sending")
 
 
 @dataclass(frozen=True)
@@ -180,11 +181,17 @@ class ProgressTracker:
             if previous.completed is not None and (completed is None or previous.completed > completed):
                 completed = previous.completed
         self._statuses[key] = SubStatus(vertex_digest, status_id, started, completed)
-        newly_done = completed is not None and (previous is None or previous.completed is None)
-        if newly_done and vertex_digest in self._vertices:
+        if vertex_digest not in self._vertices:
+            return []
+        number = self._vertices[vertex_digest].number
+        lines = []
+        # Announce the phases a CI log reader waits on (pushing, exporting) when they begin.
+        if previous is None and completed is None and status_id.startswith(ANNOUNCED_STATUS_PREFIXES):
+            lines.append(f"#{number} {status_id}")
+        if completed is not None and (previous is None or previous.completed is None):
             seconds = (completed - started).total_seconds() if started else 0.0
-            return [f"#{self._vertices[vertex_digest].number} {status_id} {seconds:.1f}s done"]
-        return []
+            lines.append(f"#{number} {status_id} {seconds:.1f}s done")
+        return lines
 
     def _append_log(self, raw: dict) -> list[str]:
         digest = raw.get("vertex")

@@ -193,7 +193,7 @@ def run_solve(
         cache=tracker.cache_stats(),
         phases=solve_phases(tracker.steps(), tracker.sub_statuses()),
         seconds=round(seconds, 3),
-        warnings=tuple(tracker.warnings),
+        warnings=tuple(tracker.warnings) + _ignored_export_errors(tracker.steps(), failure),
         failure=failure,
     )
 
@@ -216,6 +216,15 @@ def _install_handlers(handler):
 def _restore_handlers(previous) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
+
+
+def _ignored_export_errors(steps: tuple[StepResult, ...], failure) -> tuple[str, ...]:
+    """A cache export with ignore-error=true fails without failing the build: say so."""
+    if failure is not None:
+        return ()
+    return tuple(
+        f"{s.name} failed and was skipped: {s.error}" for s in steps if s.error and s.name.startswith("exporting cache")
+    )
 
 
 def _read_metadata(path: Path) -> dict:

@@ -18,6 +18,7 @@ class ReleaseState:
     holder: str
     kubeconfig: str | None = None
     context: str | None = None
+    ephemeral_pod: str | None = None  # an ephemeral builder pod to delete
 
 
 def state_file_path(explicit: str | None = None) -> Path:

@@ -1,0 +1,76 @@
+"""`warmbuild gc`: remove what a killed CI job can leave behind. Idempotent; safe from a CronJob.
+
+- ephemeral builder pods whose run Lease expired or never appeared (the job stopped renewing it),
+  that ran past their deadline, or that ended;
+- Leases owned by pods that no longer exist (the garbage collector does this too, when it runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from .cluster import KubeClient, KubeConflict, KubeNotFound, parse_kube_time
+from .ephemeral import EPHEMERAL_LABEL, EPHEMERAL_POOL_LABEL, delete_ephemeral_pod, pods_path
+from .leases import lease_is_free, leases_path, lease_owner_uid
+
+STARTUP_GRACE_SECONDS = 180  # a pod may exist this long before its run Lease must be there
+
+
+@dataclass(frozen=True)
+class Collected:
+    kind: str  # pod | lease
+    name: str
+    reason: str
+
+
+def find_garbage(pods: list[dict], ephemeral_pods: list[dict], leases: list[dict], server_now) -> list[Collected]:
+    """What to delete (pure): ephemeral pods first, then Leases whose owner pod is gone."""
+    garbage: list[Collected] = []
+    leases_by_name = {l["metadata"]["name"]: l for l in leases}
+    for pod in ephemeral_pods:
+        meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+        name = meta["name"]
+        created = parse_kube_time(meta.get("creationTimestamp"))
+        age = (server_now - created).total_seconds() if created else 0.0
+        deadline = spec.get("activeDeadlineSeconds")
+        run_lease = leases_by_name.get(name)
+        if status.get("phase") in ("Failed", "Succeeded"):
+            garbage.append(Collected("pod", name, f"ended ({status.get('phase')}: {status.get('reason') or 'no reason'})"))
+        elif deadline and created and created + timedelta(seconds=int(deadline)) < server_now:
+            garbage.append(Collected("pod", name, f"past its deadline of {deadline}s"))
+        elif run_lease is not None and lease_is_free(run_lease, server_now):
+            garbage.append(Collected("pod", name, "its run lease expired: the CI job stopped renewing it"))
+        elif run_lease is None and age > STARTUP_GRACE_SECONDS:
+            garbage.append(Collected("pod", name, f"no run lease after {age:.0f}s: its CI job is gone"))
+    live_uids = {p["metadata"]["uid"] for p in pods}
+    for lease in leases:
+        owner = lease_owner_uid(lease)
+        if owner is not None and owner not in live_uids:
+            garbage.append(Collected("lease", lease["metadata"]["name"], "its builder pod no longer exists"))
+    return garbage
+
+
+def collect_garbage(client: KubeClient, namespace: str, pool: str | None = None, dry_run: bool = False) -> list[Collected]:
+    pods = client.request("GET", pods_path(namespace)).body.get("items") or []
+    selector = f"{EPHEMERAL_LABEL}=true" + (f",{EPHEMERAL_POOL_LABEL}={pool}" if pool else "")
+    ephemeral = client.request("GET", pods_path(namespace), query={"labelSelector": selector}).body.get("items") or []
+    leases = client.request("GET", leases_path(namespace)).body.get("items") or []
+    garbage = find_garbage(pods, ephemeral, leases, client.server_now())
+    if dry_run:
+        return garbage
+    by_name = {l["metadata"]["name"]: l for l in leases}
+    for item in garbage:
+        if item.kind == "pod":
+            delete_ephemeral_pod(client, namespace, item.name)
+        else:
+            meta = by_name[item.name]["metadata"]
+            try:
+                client.request(
+                    "DELETE",
+                    leases_path(namespace, item.name),
+                    body={"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": meta["uid"]}},
+                )
+            except (KubeNotFound, KubeConflict):
+                pass
+    return garbage

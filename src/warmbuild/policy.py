@@ -1,0 +1,147 @@
+"""The placement policy: wait for the affine warm slot, spill to another warm builder, or go
+ephemeral — whichever is expected to finish first. Pure logic.
+
+Expected completion of each option, from this workload's recent builds (history) with priors when
+there is none:
+  wait       the affine slot's expected wait + a warm build
+  spill      a build on another warm builder (its cache is colder: it imports the registry cache)
+  ephemeral  starting a BuildKit pod + a build from the registry cache
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Iterable
+
+from .history import BuildRecord
+
+PRIOR_WARM_SECONDS = 60.0
+PRIOR_EPHEMERAL_BUILD_SECONDS = 180.0
+PRIOR_EPHEMERAL_STARTUP_SECONDS = 20.0
+OVERRUN_REMAINING_SECONDS = 5.0  # a holder past its expected time: assume it ends soon, but not now
+RECENT = 10
+
+FALLBACKS = ("auto", "wait", "ephemeral", "fail")
+
+
+@dataclass(frozen=True)
+class PathEstimates:
+    warm_seconds: float
+    spill_seconds: float
+    ephemeral_startup_seconds: float
+    ephemeral_build_seconds: float
+    basis: str  # where the numbers come from, for the report
+
+    @property
+    def ephemeral_seconds(self) -> float:
+        return self.ephemeral_startup_seconds + self.ephemeral_build_seconds
+
+
+def _median(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return statistics.median(values) if values else None
+
+
+def _recent(records: Iterable[BuildRecord], path: str, key: str | None = None) -> list[float]:
+    chosen = [r for r in records if r.path == path and r.status == "success" and (key is None or r.key == key)]
+    return [r.build_seconds for r in chosen[-RECENT:]]
+
+
+def _estimate(records: tuple[BuildRecord, ...], key: str, path: str, prior: float) -> tuple[float, str]:
+    own = _median(_recent(records, path, key))
+    if own is not None:
+        return own, "this workload"
+    pool = _median(_recent(records, path))
+    if pool is not None:
+        return pool, "the pool"
+    return prior, "prior"
+
+
+def estimate_paths(records: tuple[BuildRecord, ...], key: str) -> PathEstimates:
+    warm, warm_from = _estimate(records, key, "warm", PRIOR_WARM_SECONDS)
+    ephemeral, eph_from = _estimate(records, key, "ephemeral", PRIOR_EPHEMERAL_BUILD_SECONDS)
+    spill_own = _median(_recent(records, "spill", key))
+    spill = spill_own if spill_own is not None else ephemeral  # both build from the registry cache
+    startups = [r.startup_seconds for r in records if r.path == "ephemeral" and r.status == "success"][-RECENT:]
+    startup = _median(startups) or PRIOR_EPHEMERAL_STARTUP_SECONDS
+    return PathEstimates(
+        warm_seconds=warm,
+        spill_seconds=spill,
+        ephemeral_startup_seconds=startup,
+        ephemeral_build_seconds=ephemeral,
+        basis=f"warm from {warm_from}, ephemeral from {eph_from}",
+    )
+
+
+def expected_warm_duration(records: tuple[BuildRecord, ...], key: str) -> float:
+    return _estimate(records, key, "warm", PRIOR_WARM_SECONDS)[0]
+
+
+def estimate_slot_wait(holders: Iterable[tuple[str, float]], records: tuple[BuildRecord, ...]) -> float:
+    """Seconds until the first of a builder's slots frees: holders are (workload key hash, seconds held)."""
+    remaining = []
+    for key, held in holders:
+        left = expected_warm_duration(records, key) - held
+        remaining.append(left if left > 0 else OVERRUN_REMAINING_SECONDS)
+    return min(remaining) if remaining else 0.0
+
+
+@dataclass(frozen=True)
+class Situation:
+    affine_builder: str
+    affine_free: bool
+    affine_wait_seconds: float  # estimated, when busy
+    spill_free: bool  # another warm builder has a free slot
+    waited_seconds: float
+    max_wait_seconds: float
+    fallback: str = "auto"
+    untrusted: bool = False
+    warm_builders: int = 1  # ready warm builders in the pool
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # take-affine | wait | spill | ephemeral | fail
+    expected_seconds: float
+    reason: str
+
+
+def decide(s: Situation, e: PathEstimates) -> Decision:
+    if s.untrusted:
+        return Decision("ephemeral", e.ephemeral_seconds, "untrusted build: ephemeral builder, registry cache import only")
+    if s.warm_builders == 0:
+        if s.fallback in ("auto", "ephemeral"):
+            return Decision("ephemeral", e.ephemeral_seconds, "no ready warm builders; ephemeral builder")
+        return Decision("fail", 0.0, "no ready warm builders in the pool")
+    if s.affine_free:
+        return Decision("take-affine", e.warm_seconds, f"affine builder {s.affine_builder}")
+    busy = f"affine builder {s.affine_builder} busy for ~{s.affine_wait_seconds:.0f}s"
+    if s.fallback == "fail":
+        return Decision("fail", 0.0, f"{busy}; --fallback fail")
+    if s.fallback == "ephemeral":
+        return Decision("ephemeral", e.ephemeral_seconds, f"{busy}; --fallback ephemeral")
+    budget = s.max_wait_seconds - s.waited_seconds
+    if s.fallback == "wait":
+        if budget > 0:
+            return Decision("wait", s.affine_wait_seconds + e.warm_seconds, f"{busy}; waiting (--fallback wait)")
+        if s.spill_free:
+            return Decision("spill", e.spill_seconds, f"{busy}; waited {s.waited_seconds:.0f}s; spilled")
+        return Decision("fail", 0.0, f"all warm slots stayed busy for {s.waited_seconds:.0f}s (--fallback wait)")
+
+    options: list[tuple[float, int, str]] = []  # (expected seconds, preference on ties, action)
+    if budget > 0 and s.affine_wait_seconds <= budget:
+        options.append((s.affine_wait_seconds + e.warm_seconds, 0, "wait"))
+    if s.spill_free:
+        options.append((e.spill_seconds, 1, "spill"))
+    options.append((e.ephemeral_seconds, 2, "ephemeral"))
+    expected, _, action = min(options)
+    described = {
+        "wait": f"wait expected {s.affine_wait_seconds + e.warm_seconds:.0f}s",
+        "spill": f"spill expected {e.spill_seconds:.0f}s",
+        "ephemeral": f"ephemeral expected {e.ephemeral_seconds:.0f}s",
+    }
+    others = "; ".join(described[a] for _, _, a in sorted(options) if a != action)
+    verb = {"wait": "waited", "spill": "spilled", "ephemeral": "went ephemeral"}[action]
+    reason = f"{busy}; {described[action]}" + (f"; {others}" if others else "") + f"; {verb}"
+    return Decision(action, expected, reason)
