@@ -1,0 +1,89 @@
+"""Wiring for `warmbuild doctor` and `warmbuild build --uv` (arguments, files, exit codes).
+
+Exit codes of `doctor`: 0 no finding of severity warn (info findings allowed), 1 at least one warn
+finding (with --fix: one that --fix did not fix), 2 bad input (missing or unparsable Dockerfile,
+context not a directory, unwritable output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from ..affinity import workload_key
+from ..config import repository_identity
+from ..errors import InputError
+from . import diagnose, exit_status, render_text, report_to_dict, uv_dockerfile_for_build
+
+
+def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dockerfile", nargs="?", default="Dockerfile", help="the Dockerfile to examine (default: ./Dockerfile)")
+    parser.add_argument(
+        "--context", default=None,
+        help="build context whose .dockerignore and requirement files are checked (default: the Dockerfile's folder)",
+    )
+    parser.add_argument("--no-context", action="store_true", help="examine the Dockerfile alone, without reading the context")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--fix", action="store_true", help="write the Dockerfile with the safe rewrites applied")
+    parser.add_argument(
+        "--output", default=None,
+        help="where --fix writes (default: DOCKERFILE.fixed next to the original; '-' for stdout, the report then goes to stderr)",
+    )
+
+
+def command_doctor(args: argparse.Namespace) -> int:
+    dockerfile = Path(args.dockerfile)
+    if args.output is not None and not args.fix:
+        raise InputError("--output goes with --fix: add --fix, or drop --output")
+    context = None if args.no_context else Path(args.context) if args.context else dockerfile.parent
+    diagnosis = diagnose(dockerfile, context)
+    findings = diagnosis.findings
+    report_out = sys.stdout
+    if args.fix:
+        output = args.output or str(dockerfile) + ".fixed"
+        if output == "-":
+            sys.stdout.write(diagnosis.fixed_text)
+            report_out = sys.stderr
+        else:
+            try:
+                Path(output).write_text(diagnosis.fixed_text, encoding="utf-8", newline="")
+            except OSError as exc:
+                raise InputError(f"cannot write --output '{output}' ({exc.strerror}): pass a writable path") from None
+            print(f"warmbuild: wrote {output}", file=sys.stderr)
+        findings = tuple(f for f in findings if not f.fixable)
+    if args.json:
+        print(json.dumps(report_to_dict(str(dockerfile), diagnosis.findings, fixed=args.fix), indent=2), file=report_out)
+    else:
+        report_out.write(render_text(str(dockerfile), diagnosis.findings, fixed=args.fix))
+    return exit_status(findings)
+
+
+@contextlib.contextmanager
+def uv_build_file(args: argparse.Namespace) -> Iterator[None]:
+    """`build --uv`: build from a pip → uv rewrite of the Dockerfile, kept in a temporary folder.
+
+    The context stays the same; only --file changes. Nothing to rewrite: the original file is used.
+    """
+    if args.command != "build" or not getattr(args, "uv", False):
+        yield
+        return
+    original = Path(args.file) if args.file else Path(args.context) / "Dockerfile"
+    with tempfile.TemporaryDirectory(prefix="warmbuild-uv-") as workdir:
+        rewritten = uv_dockerfile_for_build(original, Path(workdir))
+        if rewritten is None:
+            print(f"warmbuild: --uv: no pip install to rewrite in {original}; building it as is", file=sys.stderr)
+        else:
+            print(f"warmbuild: --uv: building {original} with pip install rewritten to uv", file=sys.stderr)
+            if not getattr(args, "cache_key", None):
+                # a pool build keys affinity on the Dockerfile's path: keep the original's, not the temp file's
+                context = Path(args.context).resolve()
+                relative = os.path.relpath(original.resolve(), context)
+                args.cache_key = workload_key(repository_identity(context, dict(os.environ)), relative, args.target).value
+            args.file = str(rewritten)
+        yield
