@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import sys
 import uuid
@@ -15,13 +14,30 @@ from . import __version__
 from .affinity import explicit_key, workload_key
 from .ci.state import ReleaseState, read_state, remove_state, state_file_path
 from .cluster import connect
-from .config import TlsFiles, build_request, ci_run_url, parse_builder, repository_identity
-from .errors import Cancelled, InputError, WarmbuildError
+from .drain import add_drain_arguments, command_drain
+from .doctor.command import add_doctor_arguments, command_doctor, uv_build_file
+from .cache import CACHE_EXPORT_POLICIES, default_cache_ref
+from .config import (
+    TlsFiles,
+    build_request,
+    ci_run_url,
+    is_untrusted_change,
+    parse_builder,
+    repository_identity,
+    validate_image_reference,
+)
+from .ephemeral import delete_ephemeral_pod, load_ephemeral_settings
+from .gc import collect_garbage
+from .policy import FALLBACKS
+from .errors import InputError, ToolMissing, WarmbuildError
 from .leases import HolderInfo, release_slot
 from .pipeline import run_build, run_pool_build
 from .placement import PlacementRequest
 from .pool_status import read_pool_status, render_status_table, status_to_dict
 from .report import Placement
+from .scheduler.client import SchedulerClient, scheduler_options
+from .simulate.commands import COMMANDS as SIMULATION_COMMANDS, add_commands as add_simulation_commands, run_command as run_simulation_command
+from .signals import install_cancel_handlers, signals_deferred
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,6 +65,7 @@ def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-from", action="append", default=[], help="BuildKit --import-cache value; repeatable")
     parser.add_argument("--cache-to", action="append", default=[], help="BuildKit --export-cache value; repeatable")
     parser.add_argument("--no-cache", action="store_true", help="do not use any cache for this build")
+    parser.add_argument("--uv", action="store_true", help="build with pip install rewritten to uv + a cache mount (see warmbuild doctor)")
     parser.add_argument(
         "--result-file", default=env("WARMBUILD_RESULT_FILE", "build-result.json"), help="where to write the result JSON"
     )
@@ -63,7 +80,22 @@ def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
     pool.add_argument("--cache-key", default=env("WARMBUILD_CACHE_KEY"), help="workload key; default: repository + Dockerfile + target")
     pool.add_argument("--max-wait", type=float, default=float(env("WARMBUILD_MAX_WAIT", "60")), help="seconds to wait for the affine builder before spilling (default 60)")
     pool.add_argument("--lease-seconds", type=int, default=int(env("WARMBUILD_LEASE_SECONDS", "15")), help="slot lease duration (default 15)")
+    pool.add_argument("--fallback", choices=FALLBACKS, default=env("WARMBUILD_FALLBACK", "auto"),
+                      help="when the affine builder is busy: auto (least expected time), wait, ephemeral, fail")
+    trust = pool.add_mutually_exclusive_group()
+    trust.add_argument("--untrusted", dest="untrusted", action="store_true", default=None,
+                       help="never write a shared cache: ephemeral builder, registry cache import only (default for fork pull requests)")
+    trust.add_argument("--trusted", dest="untrusted", action="store_false", help="treat the build as trusted even if it comes from a fork")
+    pool.add_argument("--cache-ref", default=env("WARMBUILD_CACHE_REF"), help="registry cache ref (default: <first tag's repository>:buildcache)")
+    pool.add_argument("--cache-export", choices=CACHE_EXPORT_POLICIES, default=env("WARMBUILD_CACHE_EXPORT", "auto"),
+                      help="warm builds refresh the registry cache: auto (when pushing), always, never")
+    pool.add_argument("--ephemeral-config", default=env("WARMBUILD_EPHEMERAL_CONFIG"),
+                      help="YAML: image, rootless, resources, nodeSelector, tolerations, affinity, imagePullSecrets, "
+                           "serviceAccountName, labels, annotations, activeDeadlineSeconds, startupTimeoutSeconds")
+    pool.add_argument("--ephemeral-image", default=env("WARMBUILD_EPHEMERAL_IMAGE"), help="BuildKit image for ephemeral builders")
+    pool.add_argument("--ephemeral-timeout", type=float, default=None, help="seconds an ephemeral builder may take to become ready (default 120)")
     _add_cluster_arguments(parser)
+    _add_scheduler_arguments(parser)
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,20 +106,49 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-file", default=None, help="where the held slot is recorded for 'warmbuild release' (env WARMBUILD_STATE_FILE)")
 
 
+def _add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    group = parser.add_argument_group("scheduler (instead of Lease permissions)")
+    group.add_argument("--scheduler", default=env("WARMBUILD_SCHEDULER"), help="scheduler URL(s), https://HOST:PORT, comma-separated replicas (env WARMBUILD_SCHEDULER)")
+    group.add_argument("--scheduler-token", default=None, help="bearer token (prefer env WARMBUILD_SCHEDULER_TOKEN or a token file)")
+    group.add_argument("--scheduler-token-file", default=None, help="file with the bearer token (env WARMBUILD_SCHEDULER_TOKEN_FILE; in a pod: its service account token)")
+    group.add_argument("--scheduler-ca", default=env("WARMBUILD_SCHEDULER_CA"), help="CA certificate of the scheduler (env WARMBUILD_SCHEDULER_CA)")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="warmbuild", description="Fast image builds on cache-warm BuildKit pools.")
     parser.add_argument("--version", action="version", version=f"warmbuild {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     build = sub.add_parser("build", help="build (and push) an image", description="Build an image with BuildKit.")
     _add_build_arguments(build)
+    gc = sub.add_parser("gc", help="delete orphaned ephemeral builders and leases of builders that are gone")
+    gc.add_argument("--pool", default=None, help="only this pool's ephemeral builders (default: all)")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    _add_cluster_arguments(gc)
     release = sub.add_parser("release", help="release the slot a build recorded in its state file (CI post steps)")
     _add_cluster_arguments(release)
+    _add_scheduler_arguments(release)
+    doctor = sub.add_parser("doctor", help="advise on a Dockerfile: what costs build time, and --fix for the safe rewrites")
+    add_doctor_arguments(doctor)
+    drain = sub.add_parser("drain", help="builder preStop hook: stop taking builds, wait until its slots are released")
+    add_drain_arguments(drain)
     pool = sub.add_parser("pool", help="inspect a builder pool")
     pool_sub = pool.add_subparsers(dest="pool_command", required=True, parser_class=_Parser)
     status = pool_sub.add_parser("status", help="builders, slots, holders and lease ages")
     status.add_argument("--pool", default=os.environ.get("WARMBUILD_POOL", "default"), help="pool name")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_cluster_arguments(status)
+    scheduler = sub.add_parser("scheduler", help="serve the scheduler: slots over HTTPS, metrics (needs warmbuild[scheduler])")
+    scheduler.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT to serve HTTPS on (default 127.0.0.1:8443)")
+    scheduler.add_argument("--tls-cert", required=True, help="server certificate (PEM)")
+    scheduler.add_argument("--tls-key", required=True, help="server key (PEM)")
+    scheduler.add_argument("--auth-config", required=True, help="YAML: which users/groups may use which pools")
+    scheduler.add_argument("--namespace", default=os.environ.get("WARMBUILD_NAMESPACE", "warmbuild"), help="namespace of the pools")
+    scheduler.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    scheduler.add_argument("--kube-context", dest="kube_context", default=None, help="kubeconfig context")
+    scheduler.add_argument("--max-poll-seconds", type=float, default=30.0, help="longest a request waits for a slot before the client polls again (default 30)")
+    scheduler.add_argument("--max-concurrent", type=int, default=128, help="requests served at once, long-polls included (default 128)")
+    add_simulation_commands(sub, _add_cluster_arguments)  # history export, simulate, plan
     return parser
 
 
@@ -142,12 +203,20 @@ def _build_in_pool(args: argparse.Namespace, request, tls: TlsFiles | None) -> i
         repository = repository_identity(request.context, environ)
         dockerfile = os.path.relpath(request.dockerfile, request.context)
         key = workload_key(repository, dockerfile, request.target)
-    client = connect(args.kubeconfig, args.kube_context)
+    broker = _scheduler_client(args)  # None: the runner's own credentials on the Leases
+    client = None if broker else connect(args.kubeconfig, args.kube_context)
     holder = HolderInfo(
         identity=f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}",
         run_url=ci_run_url(environ),
         workload_key=key.value[:250],
     )
+    untrusted = args.untrusted if args.untrusted is not None else is_untrusted_change(environ)
+    ephemeral = load_ephemeral_settings(
+        args.ephemeral_config, {"image": args.ephemeral_image, "startup_timeout_seconds": args.ephemeral_timeout}
+    )
+    cache_ref = args.cache_ref or default_cache_ref(request.tags)
+    if cache_ref is not None:
+        validate_image_reference(cache_ref)
     placement = PlacementRequest(
         namespace=args.namespace,
         pool=args.pool,
@@ -155,6 +224,8 @@ def _build_in_pool(args: argparse.Namespace, request, tls: TlsFiles | None) -> i
         holder=holder,
         max_wait_seconds=args.max_wait,
         lease_seconds=args.lease_seconds,
+        fallback=args.fallback,
+        untrusted=untrusted,
     )
     run_pool_build(
         request,
@@ -163,9 +234,19 @@ def _build_in_pool(args: argparse.Namespace, request, tls: TlsFiles | None) -> i
         tls=tls,
         state=ReleaseState(namespace=args.namespace, lease="", holder="", kubeconfig=args.kubeconfig, context=args.kube_context),
         state_file=state_file_path(args.state_file),
+        cache_ref=cache_ref,
+        cache_export=args.cache_export,
+        ephemeral=ephemeral,
         buildctl=args.buildctl,
+        broker=broker,
     )
     return 0
+
+
+def _scheduler_client(args: argparse.Namespace) -> SchedulerClient | None:
+    if not args.scheduler:
+        return None
+    return SchedulerClient(scheduler_options(args.scheduler, args.scheduler_token, args.scheduler_token_file, args.scheduler_ca))
 
 
 def command_release(args: argparse.Namespace) -> int:
@@ -174,10 +255,35 @@ def command_release(args: argparse.Namespace) -> int:
     if state is None or not state.lease:
         print(f"warmbuild: nothing to release ({path} holds no slot)", file=sys.stderr)
         return 0
+    scheduler = _scheduler_client(args) if not state.ephemeral_pod else None
+    if scheduler is not None:
+        with signals_deferred():
+            released = scheduler.release_lease(state.lease, state.holder)
+            remove_state(path)
+        print(f"warmbuild: {'released' if released else 'already free:'} slot {state.lease} (scheduler)", file=sys.stderr)
+        return 0
     client = connect(args.kubeconfig or state.kubeconfig, args.kube_context or state.context)
-    released = release_slot(client, state.namespace, state.lease, state.holder)
-    remove_state(path)
-    print(f"warmbuild: {'released' if released else 'already free:'} slot {state.lease}", file=sys.stderr)
+    with signals_deferred():  # a post step may get a signal too: finish the release first
+        if state.ephemeral_pod:
+            delete_ephemeral_pod(client, state.namespace, state.ephemeral_pod)
+            print(f"warmbuild: deleted ephemeral builder {state.ephemeral_pod}", file=sys.stderr)
+            released = True
+        else:
+            released = release_slot(client, state.namespace, state.lease, state.holder)
+        remove_state(path)
+    if not state.ephemeral_pod:
+        print(f"warmbuild: {'released' if released else 'already free:'} slot {state.lease}", file=sys.stderr)
+    return 0
+
+
+def command_gc(args: argparse.Namespace) -> int:
+    client = connect(args.kubeconfig, args.kube_context)
+    collected = collect_garbage(client, args.namespace, args.pool, args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for item in collected:
+        print(f"warmbuild gc: {verb} {item.kind} {item.name}: {item.reason}", file=sys.stderr)
+    if not collected:
+        print("warmbuild gc: nothing to collect", file=sys.stderr)
     return 0
 
 
@@ -188,21 +294,37 @@ def command_pool_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _raise_cancelled(signum, _frame):
-    raise Cancelled(signum, signal.Signals(signum).name)
+def command_scheduler(args: argparse.Namespace) -> int:
+    try:
+        from .scheduler.app import serve
+    except ImportError as exc:
+        raise ToolMissing(f"the scheduler needs its extra: pip install 'warmbuild[scheduler]' ({exc})") from None
+    serve(args.listen, args.tls_cert, args.tls_key, args.namespace, args.auth_config, args.kubeconfig,
+          args.kube_context, args.max_poll_seconds, args.max_concurrent)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_cancelled)
+    install_cancel_handlers()  # SIGINT/SIGTERM/SIGHUP raise Cancelled; cleanup defers them (signals.py)
     try:
         args = make_parser().parse_args(argv)
         if args.command == "build":
-            return command_build(args)
+            with uv_build_file(args):
+                return command_build(args)
+        if args.command == "doctor":
+            return command_doctor(args)
+        if args.command == "gc":
+            return command_gc(args)
         if args.command == "release":
             return command_release(args)
+        if args.command == "drain":
+            return command_drain(args)
         if args.command == "pool":
             return command_pool_status(args)
+        if args.command == "scheduler":
+            return command_scheduler(args)
+        if args.command in SIMULATION_COMMANDS:
+            return run_simulation_command(args)
         raise InputError(f"unknown command {args.command}")
     except WarmbuildError as exc:
         print(f"warmbuild: error: {exc.message}", file=sys.stderr)

@@ -10,6 +10,7 @@ Exit codes (documented in README and docs/architecture.md):
   7  no slot could be had within the allowed wait
   8  the build's slot lease was taken over or lost (fencing): the build was aborted
   9  an ephemeral builder did not start (the pod's events are quoted)
+  10 `warmbuild drain` timed out with slots still held
   130/143  cancelled by SIGINT / SIGTERM (128 + signal number)
 """
 
@@ -65,6 +66,10 @@ class LeaseLost(WarmbuildError):
 
 class BuilderStartFailed(WarmbuildError):
     exit_code = 9
+
+
+class DrainTimedOut(WarmbuildError):
+    exit_code = 10
 
 
 class Cancelled(WarmbuildError):

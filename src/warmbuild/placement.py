@@ -16,7 +16,7 @@ from typing import Callable
 
 from .affinity import preference_order, rank_builders
 from .cluster import KubeClient, parse_kube_time
-from .errors import NoSlotAvailable
+from .errors import ClusterError, NoSlotAvailable
 from .history import BuildRecord, key_hash, read_history
 from .leases import DEFAULT_LEASE_SECONDS, WORKLOAD_KEY_ANNOTATION, HolderInfo, SlotLease, lease_is_free, list_pool_leases, try_acquire_slot
 from .policy import Decision, Situation, decide, estimate_paths, estimate_slot_wait
@@ -83,11 +83,19 @@ def acquire_build_slot(
     key = key_hash(request.workload_key)
     history: tuple[BuildRecord, ...] = ()
     history_read_at = None
+    history_warned = False
     last_action = None
     while True:
         waited = time.monotonic() - started
         if request.fallback == "auto" and (history_read_at is None or time.monotonic() - history_read_at > HISTORY_REFRESH_SECONDS):
-            history, history_read_at = read_history(client, request.namespace, request.pool), time.monotonic()
+            history_read_at = time.monotonic()
+            try:
+                history = read_history(client, request.namespace, request.pool)
+            except ClusterError as exc:
+                # The history only sharpens estimates: without it the priors decide.
+                if not history_warned:
+                    log(f"build history unavailable, estimating from priors: {exc.message}")
+                    history_warned = True
         estimates = estimate_paths(history, key)
         builders = discover_builders(client, request.namespace, request.pool)
         by_name = {b.name: b for b in builders}

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from warmbuild.cluster import connect
+from warmbuild.cluster import KubeConflict, connect
 from warmbuild.errors import NoSlotAvailable
 from warmbuild.leases import HolderInfo, LeaseKeeper, lease_is_free, leases_path, list_pool_leases, release_slot, try_acquire_slot
 from warmbuild.placement import PlacementRequest, acquire_build_slot
@@ -64,6 +64,20 @@ def pool_is_idle(admin):
     yield
     # Every test must leave every slot free again.
     wait_for(lambda: not held_leases(admin), 30, what="all slots free after the test")
+
+
+def take_over(admin, lease_name: str, usurper: str = "usurper") -> None:
+    """Another holder takes the slot: a compare-and-swap, retried if the holder renewed meanwhile."""
+    for _ in range(20):
+        lease = admin.request("GET", leases_path(NAMESPACE, lease_name)).body
+        lease["spec"]["holderIdentity"] = usurper
+        lease["spec"]["leaseTransitions"] = int(lease["spec"].get("leaseTransitions") or 0) + 1
+        try:
+            admin.request("PUT", leases_path(NAMESPACE, lease_name), body=lease)
+            return
+        except KubeConflict:
+            continue
+    raise AssertionError(f"could not take over {lease_name}")
 
 
 def scale(admin, replicas: int):
@@ -211,10 +225,7 @@ def test_a_holder_whose_lease_is_taken_over_learns_it_on_the_next_renewal(ci_kub
     reasons = []
     keeper = LeaseKeeper(client, held, on_lost=lambda reason: (reasons.append(reason), lost.set())).start()
     try:
-        lease = admin.request("GET", leases_path(NAMESPACE, held.name)).body
-        lease["spec"]["holderIdentity"] = "usurper"
-        lease["spec"]["leaseTransitions"] = held.transitions + 1
-        admin.request("PUT", leases_path(NAMESPACE, held.name), body=lease)
+        take_over(admin, held.name)
         assert lost.wait(5), "the keeper did not notice the takeover"
         assert reasons == [f"slot lease {held.name} is now held by usurper"]
     finally:
@@ -314,6 +325,7 @@ def test_a_missing_permission_is_one_line_naming_it(admin, tiny_app, registry, r
         "rules": [
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create", "update", "patch"]},
         ],
     }
     binding = {
@@ -382,10 +394,7 @@ def test_fencing_aborts_a_running_build_with_a_clear_message(ci_kubeconfig, admi
     try:
         state = wait_for(lambda: state_file.exists() and json.loads(state_file.read_text()), 60, what="the build to hold a slot")
         time.sleep(2)  # let the solve start
-        lease = admin.request("GET", leases_path(NAMESPACE, state["lease"])).body
-        lease["spec"]["holderIdentity"] = "usurper"
-        lease["spec"]["leaseTransitions"] = int(lease["spec"]["leaseTransitions"]) + 1
-        admin.request("PUT", leases_path(NAMESPACE, state["lease"]), body=lease)
+        take_over(admin, state["lease"])
         taken = time.monotonic()
         _, stderr = process.communicate(timeout=30)
         assert time.monotonic() - taken < 10

@@ -1,7 +1,8 @@
-"""GitHub Actions file commands: outputs (heredoc form) and the step summary.
+"""GitHub Actions: file commands (outputs, state, step summary) and workflow commands.
 
-Written here rather than taken from a toolkit package: the heredoc form with a random delimiter
-and the step summary are a few lines each (see docs/architecture.md).
+Written here rather than taken from a toolkit package: each is a few lines, and the Python
+`actions-toolkit` package fell short (see docs/architecture.md, "CI front doors").
+Everything here is pure: functions return the text; callers write it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,47 @@ def heredoc_entry(name: str, value: str) -> str:
     while delimiter in value:
         delimiter = f"ghadelimiter_{uuid.uuid4()}"
     return f"{name}<<{delimiter}\n{value}\n{delimiter}\n"
+
+
+def escape_data(value: str) -> str:
+    """Escaping of a workflow command's message, as the runner unescapes it."""
+    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(value: str) -> str:
+    """Escaping of a workflow command's property value (`file=`, `title=` …)."""
+    return escape_data(value).replace(":", "%3A").replace(",", "%2C")
+
+
+def workflow_command(command: str, message: str = "", **properties: str | int | None) -> str:
+    """`::command key=value,…::message`; properties that are None are left out."""
+    props = ",".join(f"{key}={escape_property(str(value))}" for key, value in properties.items() if value is not None)
+    return f"::{command}{' ' + props if props else ''}::{escape_data(message)}"
+
+
+def mask_commands(secret: str) -> list[str]:
+    """`::add-mask::` lines for a secret: the whole value, and each line of a multi-line one.
+
+    The runner matches masks line by line in the log, so a multi-line secret (a key, a kubeconfig
+    field) is registered per line as well. Very short lines are skipped: masking "}" or "-" would
+    blank out ordinary log text and hide nothing.
+    """
+    value = secret.strip()
+    if not value:
+        return []
+    commands = [workflow_command("add-mask", value)]
+    lines = [line.strip() for line in value.splitlines()]
+    if len(lines) > 1:
+        commands += [workflow_command("add-mask", line) for line in lines if len(line) >= 4]
+    return commands
+
+
+def group_start(title: str) -> str:
+    return workflow_command("group", title)
+
+
+def group_end() -> str:
+    return workflow_command("endgroup")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""GitLab CI: a dotenv report (artifacts:reports:dotenv) with the build's outputs."""
+"""GitLab CI: a dotenv report (artifacts:reports:dotenv) with the build's outputs, and the
+collapsible log sections of the job log (pure text)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,20 @@ DOTENV_NAMES = {
     "total-seconds": "TOTAL_SECONDS",
     "cache-hit-ratio": "CACHE_HIT_RATIO",
 }
+
+
+def section_start(name: str, title: str, when: float) -> str:
+    """A collapsed log section's start marker: `ESC[0Ksection_start:TIME:NAME[collapsed=true]CR ESC[0KTITLE`."""
+    title = re.sub(r"[\r\n\x1b]+", " ", title)
+    return f"\x1b[0Ksection_start:{int(when)}:{_section_name(name)}[collapsed=true]\r\x1b[0K{title}"
+
+
+def section_end(name: str, when: float) -> str:
+    return f"\x1b[0Ksection_end:{int(when)}:{_section_name(name)}\r\x1b[0K"
+
+
+def _section_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
 def dotenv_text(values: Mapping[str, str]) -> str:

@@ -1,0 +1,1 @@
+"""A small text-classification service: the reference workload of bench/run."""

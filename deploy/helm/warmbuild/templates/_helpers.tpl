@@ -1,0 +1,181 @@
+{{/* Names ------------------------------------------------------------------------------------ */}}
+
+{{- define "warmbuild.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "warmbuild.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The StatefulSet, its headless Service and the prefix of every builder pod name. Pod names
+     (<builder>-<ordinal>) are also Lease name prefixes (<pod>-slot-<i>), so keep it short. */}}
+{{- define "warmbuild.builderName" -}}
+{{- printf "%s-builder" (include "warmbuild.fullname" .) | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "warmbuild.schedulerName" -}}
+{{- printf "%s-scheduler" (include "warmbuild.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "warmbuild.builderServiceAccountName" -}}
+{{- if .Values.builder.serviceAccount.create }}
+{{- default (include "warmbuild.builderName" .) .Values.builder.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.builder.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "warmbuild.ciServiceAccountName" -}}
+{{- default (printf "%s-ci" (include "warmbuild.fullname" .)) .Values.rbac.ci.serviceAccount.name }}
+{{- end }}
+
+{{- define "warmbuild.schedulerServiceAccountName" -}}
+{{- if .Values.scheduler.serviceAccount.create }}
+{{- default (include "warmbuild.schedulerName" .) .Values.scheduler.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.scheduler.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Labels ----------------------------------------------------------------------------------- */}}
+
+{{- define "warmbuild.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "warmbuild.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: warmbuild
+{{- end }}
+
+{{/* Builder pods: what the StatefulSet, Service, PDB and NetworkPolicy select. The pool label is
+     what `warmbuild build --pool` discovers builders by. */}}
+{{- define "warmbuild.builderSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "warmbuild.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: builder
+warmbuild.dev/pool: {{ .Values.pool | quote }}
+{{- end }}
+
+{{- define "warmbuild.schedulerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "warmbuild.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: scheduler
+{{- end }}
+
+{{/* Builder image and mode ------------------------------------------------------------------- */}}
+
+{{- define "warmbuild.rootless" -}}
+{{- if eq .Values.builder.mode "rootless" }}true{{ end }}
+{{- end }}
+
+{{- define "warmbuild.builderImage" -}}
+{{- $tag := .Values.builder.image.tag }}
+{{- if not $tag }}
+{{- $tag = printf "v0.34.2-warmbuild%s%s" .Chart.AppVersion (ternary "-rootless" "" (eq .Values.builder.mode "rootless")) }}
+{{- end }}
+{{- printf "%s:%s" .Values.builder.image.repository $tag }}
+{{- end }}
+
+{{- define "warmbuild.schedulerImage" -}}
+{{- printf "%s:%s" .Values.scheduler.image.repository (default .Chart.AppVersion .Values.scheduler.image.tag) }}
+{{- end }}
+
+{{/* buildkitd's state directory and unix socket, per mode (as in the moby/buildkit images). */}}
+{{- define "warmbuild.stateDir" -}}
+{{- if include "warmbuild.rootless" . }}/home/user/.local/share/buildkit{{ else }}/var/lib/buildkit{{ end }}
+{{- end }}
+
+{{- define "warmbuild.socket" -}}
+{{- if include "warmbuild.rootless" . }}unix:///run/user/1000/buildkit/buildkitd.sock{{ else }}unix:///run/buildkit/buildkitd.sock{{ end }}
+{{- end }}
+
+{{/* Volume size in MiB, from persistence.size (the schema allows Mi, Gi and Ti only). */}}
+{{- define "warmbuild.volumeMiB" -}}
+{{- $size := .Values.persistence.size | toString }}
+{{- $number := regexFind "^[0-9]+" $size | int64 }}
+{{- $unit := trimPrefix (regexFind "^[0-9]+" $size) $size }}
+{{- if eq $unit "Ti" }}{{ mul $number 1048576 }}
+{{- else if eq $unit "Gi" }}{{ mul $number 1024 }}
+{{- else if eq $unit "Mi" }}{{ $number }}
+{{- else }}{{ fail (printf "persistence.size %q: use Mi, Gi or Ti" $size) }}
+{{- end }}
+{{- end }}
+
+{{/* percent of the volume as a buildkitd disk size: "<n>MB" (buildkitd reads MB as MiB). */}}
+{{- define "warmbuild.volumeShare" -}}
+{{- $mib := include "warmbuild.volumeMiB" .root | int64 }}
+{{- printf "%dMB" (div (mul $mib (int64 .percent)) 100) }}
+{{- end }}
+
+{{/* Drain ------------------------------------------------------------------------------------ */}}
+
+{{- define "warmbuild.drainTimeout" -}}
+{{- $grace := int .Values.builder.terminationGracePeriodSeconds }}
+{{- if kindIs "invalid" .Values.drain.timeoutSeconds }}
+{{- max 0 (sub $grace 30) }}
+{{- else }}
+{{- $timeout := int .Values.drain.timeoutSeconds }}
+{{- if ge $timeout $grace }}
+{{- fail (printf "drain.timeoutSeconds (%d) must be below builder.terminationGracePeriodSeconds (%d): buildkitd needs time to stop after the drain" $timeout $grace) }}
+{{- end }}
+{{- $timeout }}
+{{- end }}
+{{- end }}
+
+{{/* Pod names the builder's Role may patch (its own pod): one per ordinal the pool can reach. */}}
+{{- define "warmbuild.builderOrdinals" -}}
+{{- $count := int .Values.builder.replicas }}
+{{- if .Values.autoscaling.enabled }}{{ $count = max $count (int .Values.autoscaling.maxReplicas) }}{{ end }}
+{{- $count }}
+{{- end }}
+
+{{/* TLS -------------------------------------------------------------------------------------- */}}
+
+{{- define "warmbuild.tlsServerSecret" -}}
+{{- if .Values.tls.certManager.enabled }}{{ printf "%s-tls" (include "warmbuild.builderName" .) }}{{ else }}{{ .Values.tls.existingSecret }}{{ end }}
+{{- end }}
+
+{{- define "warmbuild.tlsServerName" -}}
+{{- default (printf "%s.%s.svc" (include "warmbuild.builderName" .) .Release.Namespace) .Values.tls.serverName }}
+{{- end }}
+
+{{/* RBAC --------------------------------------------------------------------------------------- */}}
+
+{{/* Rules of a CI step (and of the scheduler, which does that work for runners without RBAC). */}}
+{{- define "warmbuild.ciRules" -}}
+# Pool discovery: builder pods, their readiness and slots.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch{{ if .Values.rbac.ci.ephemeralBuilders }}, create, delete{{ end }}]
+# Slot Leases: compare-and-swap acquire, renew, release. delete: a Lease left by an earlier pod of
+# the same name is removed (uid precondition) instead of waited for.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, list, watch, create, update, patch, delete]
+{{- if .Values.rbac.ci.ephemeralBuilders }}
+# Ephemeral fallback builders: their logs and events when they fail to start.
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [list, watch]
+{{- end }}
+{{- if .Values.rbac.ci.history }}
+# Build history that placement learns from.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, create, update, patch]
+{{- end }}
+{{- end }}

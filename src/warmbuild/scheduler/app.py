@@ -1,0 +1,304 @@
+"""The scheduler's HTTP API (FastAPI on uvicorn, TLS): routes, auth, errors; docs/scheduler-openapi.yaml.
+
+Routes are plain `def`s: placement and leases block on the Kubernetes API, so each request runs
+in a worker thread (a long-poll holds one for up to its poll length; `max_concurrent` bounds them).
+Every error is `{"error": "one line"}`; 401/403 are counted in metrics.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import anyio
+from fastapi import Depends, FastAPI, HTTPException, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import InputError, LeaseLost, WarmbuildError
+from ..placement import Grant
+from ..pool_status import status_to_dict
+from .auth import AccessConfig, Caller, TokenReviewer, Unauthenticated
+from .metrics import SchedulerMetrics
+from .service import AcquireAsk, NotYours, SlotService
+
+POOL_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"  # a label value
+LEASE_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"  # an object name
+API_VERSION = "v1"
+
+
+class _Strict(BaseModel):
+    """JSON types as the OpenAPI file says: no `false` for a number, no 1 for a string."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class AcquireBody(_Strict):
+    workload_key: str = Field(min_length=1, max_length=1024)
+    max_wait_seconds: float = Field(ge=0, le=86400)
+    waited_seconds: float = Field(default=0, ge=0, le=86400)
+    poll_seconds: float = Field(default=30, gt=0, le=3600)
+    lease_seconds: int = Field(default=15, ge=3, le=3600)
+    run_url: str = Field(default="", max_length=2048)
+    holder_hint: str = Field(default="", max_length=200)
+    fallback: Literal["wait", "fail"] = "wait"
+
+
+class RenewBody(_Strict):
+    holder: str = Field(min_length=1, max_length=512)
+    transitions: int = Field(ge=0)
+
+
+class ReleaseBody(_Strict):
+    holder: str = Field(min_length=1, max_length=512)
+    pool: str = Field(default="", max_length=63)
+    path: Optional[Literal["warm", "spill", "ephemeral"]] = None
+    held_seconds: Optional[float] = Field(default=None, ge=0, le=7 * 86400)
+
+
+@dataclass(frozen=True)
+class AppParts:
+    service: SlotService
+    reviewer: TokenReviewer
+    access: AccessConfig
+    metrics: SchedulerMetrics
+    max_concurrent: int = 128
+
+
+def grant_to_dict(grant: Grant) -> dict:
+    lease, builder = grant.lease, grant.builder
+    return {
+        "lease": {
+            "name": lease.name,
+            "namespace": lease.namespace,
+            "holder": lease.holder,
+            "transitions": lease.transitions,
+            "fencing_token": lease.fencing_token,
+            "resource_version": lease.resource_version,
+            "duration_seconds": lease.duration_seconds,
+            "acquired_at": lease.acquired_at.isoformat(),
+        },
+        "builder": {"name": builder.name, "uid": builder.uid, "address": builder.address, "slots": builder.slots},
+        "path": grant.path,
+        "affine": grant.affine,
+        "affine_builder": grant.affine_builder,
+    }
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
+
+
+class _RequestTimer:
+    """ASGI middleware: the request-latency histogram, labelled by route template and status code."""
+
+    def __init__(self, app, metrics: SchedulerMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        code = [500]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                code[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.request_seconds.labels(route, str(code[0])).observe(time.perf_counter() - started)
+
+
+def create_app(parts: AppParts) -> FastAPI:
+    service, metrics = parts.service, parts.metrics
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = parts.max_concurrent
+        yield
+
+    # The contract is the hand-written docs/scheduler-openapi.yaml; FastAPI's generated one is off.
+    app = FastAPI(title="warmbuild scheduler", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.add_middleware(_RequestTimer, metrics=metrics)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, exc: StarletteHTTPException):
+        return _error(exc.status_code, exc.detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
+        return _error(400, f"invalid request: {where}: {first.get('msg', 'invalid')}")
+
+    def caller(request: Request) -> Caller:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            metrics.auth_failures.labels("401").inc()
+            raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer TOKEN' (a Kubernetes "
+                                     "service account token)", headers={"WWW-Authenticate": "Bearer"})
+        try:
+            return parts.reviewer.review(token.strip())
+        except Unauthenticated as exc:
+            metrics.auth_failures.labels("401").inc()
+            raise HTTPException(401, exc.message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+        except WarmbuildError as exc:
+            raise HTTPException(503, f"cannot review the token: {exc.message}") from None
+
+    def allowed(who: Caller, pool: str) -> None:
+        if not parts.access.may_use(who, pool):
+            metrics.auth_failures.labels("403").inc()
+            pools = ", ".join(sorted(parts.access.allowed_pools(who))) or "none"
+            raise HTTPException(403, f"{who.username} may not use pool '{pool}' (allowed: {pools})")
+
+    pool_param = Path(pattern=POOL_PATTERN, max_length=63)
+    lease_param = Path(pattern=LEASE_PATTERN, max_length=253)
+
+    @app.post(f"/{API_VERSION}/pools/{{pool}}/acquire")
+    def acquire(body: AcquireBody, pool: str = pool_param, who: Caller = Depends(caller)):
+        allowed(who, pool)
+        ask = AcquireAsk(pool=pool, **body.model_dump())
+        try:
+            answer = service.acquire(who, ask)
+        except WarmbuildError as exc:
+            return _error(503, exc.message)
+        document = {"decision": answer.decision, "waited_seconds": answer.waited_seconds, "reason": answer.reason}
+        if answer.grant is not None:
+            document.update(grant_to_dict(answer.grant))
+        return document
+
+    @app.post(f"/{API_VERSION}/slots/{{lease}}/renew")
+    def renew(body: RenewBody, lease: str = lease_param, who: Caller = Depends(caller)):
+        try:
+            renewed = service.renew(who, lease, body.holder, body.transitions)
+        except NotYours as exc:
+            return _error(403, str(exc))
+        except LeaseLost as exc:
+            return _error(409, exc.message)
+        except WarmbuildError as exc:
+            return _error(503, exc.message)
+        return {"lease": renewed.name, "fencing_token": renewed.fencing_token, "resource_version": renewed.resource_version}
+
+    @app.post(f"/{API_VERSION}/slots/{{lease}}/release")
+    def release(body: ReleaseBody, lease: str = lease_param, who: Caller = Depends(caller)):
+        try:
+            released = service.release(who, lease, body.holder, body.pool, body.path or "", body.held_seconds)
+        except NotYours as exc:
+            return _error(403, str(exc))
+        except WarmbuildError as exc:
+            return _error(503, exc.message)
+        return {"released": released}
+
+    @app.get(f"/{API_VERSION}/pools/{{pool}}/status")
+    def pool_status(pool: str = pool_param, who: Caller = Depends(caller)):
+        allowed(who, pool)
+        try:
+            return status_to_dict(service.pool_status(pool))
+        except WarmbuildError as exc:
+            return _error(503, exc.message)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz():
+        try:
+            if service.ready():
+                return {"status": "ready"}
+            return _error(503, "shutting down")
+        except WarmbuildError as exc:
+            return _error(503, f"not ready: {exc.message}")
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"--listen {text!r} must be HOST:PORT, e.g. 127.0.0.1:8443")
+    return host.strip("[]"), int(port)
+
+
+def serve(
+    listen: str,
+    tls_cert: str,
+    tls_key: str,
+    namespace: str,
+    auth_config: str,
+    kubeconfig: str | None = None,
+    kube_context: str | None = None,
+    max_poll_seconds: float = 30.0,
+    max_concurrent: int = 128,
+) -> None:
+    """Run the scheduler until SIGTERM/SIGINT; long-polls answer "wait" at once when it comes."""
+    import uvicorn
+
+    from ..cluster import connect
+    from ..pool_status import read_pool_status
+    from prometheus_client import disable_created_metrics
+
+    from .auth import load_access_config
+
+    host, port = parse_listen(listen)
+    for path, flag in ((tls_cert, "--tls-cert"), (tls_key, "--tls-key")):
+        if not path:
+            raise InputError(f"{flag} is required: the scheduler serves HTTPS only")
+        try:
+            open(path, "rb").close()
+        except OSError as exc:
+            raise InputError(f"{flag} {path}: {exc.strerror or exc}") from None
+    if not 0 < max_poll_seconds <= 300:
+        raise InputError("--max-poll-seconds must be more than 0 and at most 300")
+    access = load_access_config(auth_config)
+    disable_created_metrics()  # no *_created series: they double the output and nothing here uses them
+    client = connect(kubeconfig, kube_context)
+    _widen_connection_pool(client, max_concurrent)
+    metrics = SchedulerMetrics(access.pools, lambda pool: read_pool_status(client, namespace, pool))
+    service = SlotService(client, namespace, metrics, max_poll_seconds=max_poll_seconds)
+    app = create_app(AppParts(service, TokenReviewer(client, access.audiences), access, metrics, max_concurrent))
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            service.stop_waiting()
+            super().handle_exit(sig, frame)
+
+    # A short graceful stop: long-polls answer at once (stop_waiting), other requests take < 1 s; an
+    # idle kept-alive TLS connection would otherwise hold the stop until its close_notify times out.
+    config = uvicorn.Config(
+        app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
+        log_level="warning", access_log=False, timeout_graceful_shutdown=3, lifespan="on",
+    )
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)  # uvicorn re-raises the stop signal after a clean shutdown
+    server = _Server(config)
+    print(f"warmbuild scheduler: serving https://{host}:{port} for namespace {namespace}, "
+          f"pools {', '.join(access.pools)}", flush=True)
+    server.run()
+    if not server.started:
+        raise InputError(f"the scheduler could not listen on {listen} (see the message above)")
+
+
+def _widen_connection_pool(client, size: int) -> None:
+    """Let up to `size` request threads share the API connection pool instead of reconnecting.
+
+    The official client sizes its urllib3 pool to cpu_count * 5; no request has been made yet, so
+    the pool for the API host is created with this size.
+    """
+    pool_manager = getattr(getattr(client.api_client, "rest_client", None), "pool_manager", None)
+    if pool_manager is not None and hasattr(pool_manager, "connection_pool_kw"):
+        pool_manager.connection_pool_kw["maxsize"] = max(size, pool_manager.connection_pool_kw.get("maxsize") or 1)

@@ -1,0 +1,350 @@
+"""The scheduler's client: a `SlotBroker` over HTTPS, for runners without Lease permissions.
+
+Needs only `requests`. Several scheduler URLs (replicas) may be given; a request that cannot be
+answered (connection refused, timeout, 5xx, malformed JSON) goes to the next replica, with a short
+backoff after each round, for a bounded number of rounds: a dead scheduler is a clear error
+within seconds. 401/403 and other 4xx answers are not retried.
+
+Acquire is a long-poll loop: each request waits at most `poll_seconds` on the server; a "wait"
+answer means poll again, reporting how long we have waited, until "granted" or "fallback".
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Mapping
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from ..errors import ClusterError, InputError, LeaseLost, NoSlotAvailable, WarmbuildError
+from ..leases import SlotLease
+from ..placement import Grant, PlacementRequest
+from ..pool import Builder
+
+IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+CONNECT_TIMEOUT_SECONDS = 3.0
+READ_TIMEOUT_SECONDS = 10.0
+POLL_SECONDS = 20.0
+ROUNDS = 3
+BACKOFF_SECONDS = 0.25
+KNOWN_DECISIONS = ("granted", "wait", "fallback")
+
+
+class SchedulerError(ClusterError):
+    """The scheduler refused or could not answer (exit 6, like other cluster access problems)."""
+
+
+class SchedulerUnavailable(SchedulerError):
+    """No replica answered within the retries."""
+
+
+@dataclass(frozen=True)
+class SchedulerOptions:
+    urls: tuple[str, ...]
+    token: str
+    ca_file: str | None = None  # None: the system's CA bundle
+    token_file: str | None = None  # re-read for every request: kubelet rotates projected tokens
+    poll_seconds: float = POLL_SECONDS
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS
+    read_timeout: float = READ_TIMEOUT_SECONDS
+    rounds: int = ROUNDS
+    backoff_seconds: float = BACKOFF_SECONDS
+
+
+def parse_scheduler_urls(text: str) -> tuple[str, ...]:
+    """'https://a:8443,https://b:8443' -> both, without trailing slashes; InputError if not https."""
+    urls = tuple(part.strip().rstrip("/") for part in text.split(",") if part.strip())
+    if not urls:
+        raise InputError("--scheduler needs at least one URL, e.g. https://warmbuild-scheduler:8443")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise InputError(f"--scheduler URL {url!r} must be https://HOST[:PORT]")
+    return urls
+
+
+def scheduler_token_file(token: str | None, token_file: str | None, environ: Mapping[str, str]) -> str | None:
+    """The token file to read, unless a token is given outright; the pod's SA token in a pod."""
+    if token or environ.get("WARMBUILD_SCHEDULER_TOKEN"):
+        return None
+    token_file = token_file or environ.get("WARMBUILD_SCHEDULER_TOKEN_FILE")
+    if not token_file and environ.get("KUBERNETES_SERVICE_HOST") and Path(IN_CLUSTER_TOKEN).is_file():
+        token_file = IN_CLUSTER_TOKEN
+    return token_file
+
+
+def scheduler_token(token: str | None, token_file: str | None, environ: Mapping[str, str]) -> str:
+    """The bearer token: --scheduler-token / WARMBUILD_SCHEDULER_TOKEN, a token file, or the pod's SA token."""
+    token = token or environ.get("WARMBUILD_SCHEDULER_TOKEN")
+    if token:
+        return token.strip()
+    token_file = token_file or environ.get("WARMBUILD_SCHEDULER_TOKEN_FILE")
+    if not token_file and environ.get("KUBERNETES_SERVICE_HOST") and Path(IN_CLUSTER_TOKEN).is_file():
+        token_file = IN_CLUSTER_TOKEN
+    if not token_file:
+        raise InputError(
+            "no token for the scheduler: pass --scheduler-token-file FILE, or set WARMBUILD_SCHEDULER_TOKEN "
+            "(a Kubernetes service account token), or run in a pod with a service account"
+        )
+    try:
+        text = Path(token_file).read_text().strip()
+    except OSError as exc:
+        raise InputError(f"cannot read the scheduler token file {token_file}: {exc.strerror or exc}") from None
+    if not text:
+        raise InputError(f"the scheduler token file {token_file} is empty")
+    return text
+
+
+def scheduler_options(urls: str, token: str | None, token_file: str | None, ca_file: str | None,
+                      environ: Mapping[str, str] | None = None) -> SchedulerOptions:
+    environ = os.environ if environ is None else environ
+    if ca_file and not Path(ca_file).is_file():
+        raise InputError(f"--scheduler-ca {ca_file} does not exist")
+    return SchedulerOptions(urls=parse_scheduler_urls(urls), token=scheduler_token(token, token_file, environ), ca_file=ca_file,
+                            token_file=scheduler_token_file(token, token_file, environ))
+
+
+def grant_from_answer(answer: dict, waited_seconds: float) -> Grant:
+    """A `Grant` from a "granted" answer; SchedulerError if fields are missing."""
+    try:
+        lease, builder = answer["lease"], answer["builder"]
+        return Grant(
+            lease=SlotLease(
+                namespace=str(lease["namespace"]),
+                name=str(lease["name"]),
+                builder=str(builder["name"]),
+                holder=str(lease["holder"]),
+                transitions=int(lease["transitions"]),
+                resource_version=str(lease.get("resource_version", "")),
+                duration_seconds=int(lease["duration_seconds"]),
+                acquired_at=datetime.fromisoformat(str(lease["acquired_at"])),
+            ),
+            builder=Builder(name=str(builder["name"]), uid=str(builder.get("uid", "")),
+                            address=str(builder["address"]), slots=int(builder.get("slots", 0))),
+            affine=bool(answer["affine"]),
+            affine_builder=str(answer.get("affine_builder", "")),
+            path=str(answer["path"]),
+            waited_seconds=round(waited_seconds, 3),
+            reason=str(answer.get("reason", "")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SchedulerError(f"the scheduler's grant is incomplete ({type(exc).__name__}: {exc}); is it a warmbuild scheduler?") from None
+
+
+class SchedulerClient:
+    """Acquire, renew and release slots through the scheduler service (a `SlotBroker`)."""
+
+    def __init__(self, options: SchedulerOptions, session: requests.Session | None = None,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+        self.options = options
+        self.session = session or requests.Session()
+        self.sleep = sleep
+        self.clock = clock
+        self._current = random.randrange(len(options.urls))  # spread clients over replicas
+        self._held: dict[str, tuple[str, float]] = {}  # lease name -> (pool, when acquired by self.clock)
+
+    # -- SlotBroker -------------------------------------------------------------------------------
+
+    def acquire(self, request: PlacementRequest, log: Callable[[str], None] = lambda _line: None) -> Grant:
+        if request.untrusted:
+            raise NoSlotAvailable("an untrusted build needs an ephemeral builder, which the scheduler does not start: "
+                                  "build with --pool and Kubernetes credentials instead of --scheduler")
+        started = self.clock()
+        give_up = started + request.max_wait_seconds + 2 * self.options.poll_seconds + 60  # a server that only says "wait"
+        announced = False
+        while True:
+            waited = self.clock() - started
+            body = {
+                "workload_key": request.workload_key,
+                "max_wait_seconds": request.max_wait_seconds,
+                "waited_seconds": round(waited, 3),
+                "poll_seconds": self.options.poll_seconds,
+                "lease_seconds": request.lease_seconds,
+                "run_url": request.holder.run_url,
+                "holder_hint": request.holder.identity,
+                # The scheduler waits then spills, or fails at once; auto/ephemeral need a Kubernetes client.
+                "fallback": "fail" if request.fallback == "fail" else "wait",
+            }
+            answer = self._call("POST", f"/v1/pools/{quote(request.pool, safe='')}/acquire", body,
+                                read_timeout=self.options.poll_seconds + self.options.read_timeout)
+            decision = answer.get("decision")
+            if decision == "granted":
+                grant = grant_from_answer(answer, self.clock() - started)
+                self._held[grant.lease.name] = (request.pool, self.clock())
+                return grant
+            if decision == "fallback":
+                raise NoSlotAvailable(f"the scheduler found no slot: {answer.get('reason') or 'no reason given'}")
+            if decision != "wait":
+                raise SchedulerError(f"the scheduler answered decision {decision!r}, which this warmbuild does not "
+                                     f"know (it knows {', '.join(KNOWN_DECISIONS)}): upgrade warmbuild")
+            if not announced:
+                log(f"{answer.get('reason') or 'no slot yet'}; waiting through the scheduler "
+                    f"(up to {request.max_wait_seconds:.0f}s for the affine builder)")
+                announced = True
+            if self.clock() > give_up:
+                raise NoSlotAvailable(f"the scheduler kept answering 'wait' for {self.clock() - started:.0f}s, "
+                                      f"past --max-wait {request.max_wait_seconds:.0f}s")
+
+    def renew(self, lease: SlotLease) -> SlotLease:
+        """Extend the hold; LeaseLost if the scheduler says another holder has the slot (fencing)."""
+        answer = self._call("POST", f"/v1/slots/{quote(lease.name, safe='')}/renew",
+                            {"holder": lease.holder, "transitions": lease.transitions}, lost_on_409=True)
+        return replace(lease, resource_version=str(answer.get("resource_version", lease.resource_version)))
+
+    def keep(self, grant: Grant, on_lost: Callable[[str], None]) -> "SchedulerKeeper":
+        return SchedulerKeeper(self, grant.lease, on_lost, clock=self.clock).start()
+
+    def release(self, grant: Grant) -> bool:
+        return self.release_lease(grant.lease.name, grant.lease.holder, path=grant.path)
+
+    # -- also for `warmbuild release` and `pool status` -------------------------------------------
+
+    def release_lease(self, name: str, holder: str, path: str | None = None) -> bool:
+        body: dict = {"holder": holder}
+        pool, acquired = self._held.pop(name, ("", None))
+        if pool and acquired is not None and path:
+            body.update(pool=pool, path=path, held_seconds=round(max(0.0, self.clock() - acquired), 3))
+        answer = self._call("POST", f"/v1/slots/{quote(name, safe='')}/release", body)
+        return bool(answer.get("released"))
+
+    def pool_status(self, pool: str) -> dict:
+        return self._call("GET", f"/v1/pools/{quote(pool, safe='')}/status")
+
+    def close(self) -> None:
+        """Close kept-alive connections (a long-lived process with many clients should)."""
+        self.session.close()
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, body: dict | None = None, read_timeout: float | None = None,
+              lost_on_409: bool = False) -> dict:
+        urls = self.options.urls
+        problems: list[str] = []
+        for round_index in range(self.options.rounds):
+            if round_index:
+                self.sleep(self.options.backoff_seconds * (2 ** (round_index - 1)))
+            for _ in range(len(urls)):
+                url = urls[self._current]
+                problem = None
+                try:
+                    response = self.session.request(
+                        method,
+                        url + path,
+                        json=body,
+                        headers={"Authorization": f"Bearer {self._token()}", "Accept": "application/json"},
+                        timeout=(self.options.connect_timeout, read_timeout or self.options.read_timeout),
+                        verify=self.options.ca_file or True,
+                    )
+                except requests.exceptions.SSLError as exc:
+                    if "certificate" not in str(exc).lower():
+                        problem = f"TLS with {url} broke off: {_short(exc)}"  # e.g. the replica died mid-handshake
+                    else:
+                        raise SchedulerError(f"cannot verify the scheduler's certificate at {url} ({_short(exc)}): "
+                                             "pass the CA that signed it with --scheduler-ca") from None
+                except requests.exceptions.Timeout:
+                    problem = f"{url} did not answer within {read_timeout or self.options.read_timeout:.0f}s"
+                except requests.exceptions.RequestException as exc:
+                    problem = f"cannot connect to {url}: {_short(exc)}"
+                else:
+                    document, problem = _decode(response, url)
+                    if problem is None:
+                        return self._check_status(response.status_code, document, url, lost_on_409)
+                problems.append(problem)
+                self._current = (self._current + 1) % len(urls)
+        raise SchedulerUnavailable(
+            f"no scheduler replica answered ({len(urls)} URL{'s' if len(urls) > 1 else ''}, "
+            f"{len(problems)} attempts); last: {problems[-1]}"
+        )
+
+    def _token(self) -> str:
+        if self.options.token_file:
+            try:
+                return Path(self.options.token_file).read_text().strip() or self.options.token
+            except OSError:
+                pass  # rotated away for a moment: the token read at start may still be valid
+        return self.options.token
+
+    @staticmethod
+    def _check_status(status: int, document: dict, url: str, lost_on_409: bool) -> dict:
+        if status < 400:
+            return document
+        reason = document.get("error") or "no reason given"
+        if status == 409 and lost_on_409:
+            raise LeaseLost(reason)
+        if status == 401:
+            raise SchedulerError(f"the scheduler at {url} did not accept the token (401): {reason}")
+        if status == 403:
+            raise SchedulerError(f"the scheduler at {url} refused (403): {reason}")
+        raise SchedulerError(f"the scheduler at {url} answered {status}: {reason}")
+
+
+def _decode(response: requests.Response, url: str) -> tuple[dict, str | None]:
+    """(JSON object, None), or ({}, why this answer is worth retrying on another replica)."""
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    if response.status_code >= 500:
+        reason = document.get("error") if isinstance(document, dict) else None
+        return {}, f"{url} answered {response.status_code}: {reason or _short(response.text) or response.reason}"
+    if not isinstance(document, dict):
+        return {}, f"{url} answered {response.status_code} with malformed JSON: {_short(response.text) or 'empty body'}"
+    return document, None
+
+
+def _short(value, limit: int = 160) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class SchedulerKeeper:
+    """Renews a slot through the scheduler every duration/3; `on_lost` once if fenced or expired.
+
+    A renewal the scheduler cannot answer is retried at the next interval; once a whole lease
+    duration has passed since the last successful renewal, the slot may be someone else's and the
+    build is stopped.
+    """
+
+    def __init__(self, client: SchedulerClient, held: SlotLease, on_lost: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic):
+        self.client = client
+        self.held = held
+        self.on_lost = on_lost
+        self.clock = clock
+        self.lost_reason: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"renew-{held.name}", daemon=True)
+
+    def start(self) -> "SchedulerKeeper":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        interval = max(0.5, self.held.duration_seconds / 3)
+        renewed_at = self.clock()
+        while not self._stop.wait(interval):
+            try:
+                self.held = self.client.renew(self.held)
+                renewed_at = self.clock()
+            except LeaseLost as exc:
+                self._lose(exc.message)
+                return
+            except WarmbuildError as exc:
+                if self.clock() - renewed_at >= self.held.duration_seconds:
+                    self._lose(f"could not renew slot lease {self.held.name} before it expired: {exc.message}")
+                    return
+
+    def _lose(self, reason: str) -> None:
+        self.lost_reason = reason
+        self.on_lost(reason)

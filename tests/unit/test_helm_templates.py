@@ -1,0 +1,330 @@
+"""The Helm chart (deploy/helm/warmbuild) rendered by the real helm: lint, objects, and what they say.
+
+The API server's verdict on the same renderings, and the chart running on the testbed, are in
+tests/integration/test_helm_chart.py.
+"""
+
+import shlex
+
+import pytest
+
+from helm_render import CHART, VARIANTS, helm, of_kind, one, render, render_error, variant_args
+
+tomllib = pytest.importorskip("tomllib")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_helm_lint_passes_for_the_defaults_and_every_documented_variant(variant):
+    done = helm("lint", str(CHART), "--strict", *variant_args(variant))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
+
+
+def test_default_values_render_the_pool_and_least_privilege_access_only():
+    docs = render()
+    kinds = sorted((doc["kind"], doc["metadata"]["name"]) for doc in docs)
+    assert kinds == [
+        ("ConfigMap", "warmbuild-builder"),
+        ("NetworkPolicy", "warmbuild-builder"),
+        ("PodDisruptionBudget", "warmbuild-builder"),
+        ("Role", "warmbuild-builder"),
+        ("Role", "warmbuild-ci"),
+        ("RoleBinding", "warmbuild-builder"),
+        ("RoleBinding", "warmbuild-ci"),
+        ("Service", "warmbuild-builder"),
+        ("ServiceAccount", "warmbuild-builder"),
+        ("ServiceAccount", "warmbuild-ci"),
+        ("StatefulSet", "warmbuild-builder"),
+    ]
+    assert all(doc["metadata"]["namespace"] == "warmbuild" for doc in docs)
+
+
+def builder_container(docs):
+    statefulset = one(docs, "StatefulSet")
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    return statefulset, container
+
+
+def test_statefulset_is_a_pool_the_cli_discovers_with_a_volume_per_builder_and_a_drain_hook():
+    docs = render(sets=("pool=gpu", "builder.replicas=5", "builder.slots=3", "persistence.storageClassName=local-nvme",
+                        "persistence.size=500Gi", "builder.terminationGracePeriodSeconds=7200"))
+    statefulset, container = builder_container(docs)
+    spec = statefulset["spec"]
+    template = spec["template"]
+    assert spec["replicas"] == 5
+    assert spec["serviceName"] == "warmbuild-builder" == one(docs, "Service")["metadata"]["name"]
+    assert one(docs, "Service")["spec"]["clusterIP"] == "None"
+    assert spec["podManagementPolicy"] == "Parallel"
+    # What pool discovery (src/warmbuild/pool.py) reads: the pool label, the slots annotation, the named port.
+    assert template["metadata"]["labels"]["warmbuild.dev/pool"] == "gpu"
+    assert spec["selector"]["matchLabels"]["warmbuild.dev/pool"] == "gpu"
+    assert template["metadata"]["annotations"]["warmbuild.dev/slots"] == "3"
+    assert container["ports"] == [{"name": "buildkitd", "containerPort": 1234, "protocol": "TCP"}]
+    assert "--addr=tcp://0.0.0.0:1234" in container["args"]
+    assert "--config=/etc/buildkit/buildkitd.toml" in container["args"]
+    assert container["securityContext"] == {"privileged": True}
+    # The drain: preStop, with the pod named by the downward API, bounded below the grace period.
+    assert template["spec"]["terminationGracePeriodSeconds"] == 7200
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == [
+        "warmbuild", "drain", "--timeout=7170", "--settle=3", "--poll=1"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    assert template["spec"]["serviceAccountName"] == "warmbuild-builder"
+    assert template["spec"]["automountServiceAccountToken"] is True
+    # One PVC per builder on the configured class, deleted with the release, kept on scale-down.
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "state"
+    assert claim["spec"]["storageClassName"] == "local-nvme"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "500Gi"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Delete", "whenScaled": "Retain"}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"config": "/etc/buildkit", "state": "/var/lib/buildkit"}
+    probe = container["readinessProbe"]["exec"]["command"]
+    assert probe == ["buildctl", "--addr", "unix:///run/buildkit/buildkitd.sock", "debug", "workers"]
+    # A changed buildkitd.toml rolls the builders (each drains first).
+    def checksum(docs):
+        return builder_container(docs)[0]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    assert checksum(render(sets=("buildkitd.maxParallelism=8",))) != checksum(render())
+
+
+def test_without_persistence_the_cache_is_an_emptydir():
+    statefulset, _container = builder_container(render(sets=("persistence.enabled=false",)))
+    assert "volumeClaimTemplates" not in statefulset["spec"]
+    assert "persistentVolumeClaimRetentionPolicy" not in statefulset["spec"]
+    volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["state"] == {"name": "state", "emptyDir": {}}
+
+
+def buildkitd_toml(docs) -> dict:
+    return tomllib.loads(one(docs, "ConfigMap", "warmbuild-builder")["data"]["buildkitd.toml"])
+
+
+@pytest.mark.parametrize(
+    "size, mib",
+    [("200Gi", 200 * 1024), ("1Ti", 1024 * 1024), ("512Mi", 512)],
+)
+def test_gc_limits_are_shares_of_the_volume(size, mib):
+    config = buildkitd_toml(render(sets=(f"persistence.size={size}",)))
+    worker = config["worker"]["oci"]
+    # buildkitd reads "MB" as MiB (go-units RAMInBytes).
+    assert worker["maxUsedSpace"] == f"{mib * 85 // 100}MB"
+    assert worker["minFreeSpace"] == f"{mib * 10 // 100}MB"
+    assert worker["reservedSpace"] == f"{mib * 10 // 100}MB"
+    assert worker["gc"] is True
+    assert worker["max-parallelism"] == 4
+    assert config["worker"]["containerd"]["enabled"] is False
+
+
+def test_gc_percentages_parallelism_and_extra_config_are_values():
+    config = buildkitd_toml(render(
+        sets=("persistence.size=100Gi", "buildkitd.gc.maxUsedPercent=80", "buildkitd.gc.minFreePercent=15",
+              "buildkitd.gc.reservedPercent=20", "buildkitd.maxParallelism=12"),
+        extra=("--set-string", 'buildkitd.extraConfig=[registry."docker.io"]\n  mirrors = ["mirror.internal"]'),
+    ))
+    worker = config["worker"]["oci"]
+    assert (worker["maxUsedSpace"], worker["minFreeSpace"], worker["reservedSpace"]) == ("81920MB", "15360MB", "20480MB")
+    assert worker["max-parallelism"] == 12
+    assert config["registry"]["docker.io"]["mirrors"] == ["mirror.internal"]
+    assert buildkitd_toml(render(sets=("buildkitd.gc.enabled=false",)))["worker"]["oci"] == {
+        "enabled": True, "max-parallelism": 4, "gc": False}
+
+
+def test_rootless_variant_runs_as_uid_1000_without_a_privileged_container():
+    statefulset, container = builder_container(render(variant="rootless"))
+    assert container["securityContext"] == {
+        "runAsUser": 1000, "runAsGroup": 1000,
+        "seccompProfile": {"type": "Unconfined"}, "appArmorProfile": {"type": "Unconfined"},
+    }
+    assert "--oci-worker-no-process-sandbox" in container["args"]
+    assert container["image"] == "warmbuild/buildkitd:v0.34.2-warmbuild0.1.0-rootless"
+    assert statefulset["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 1000
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["state"] == "/home/user/.local/share/buildkit"
+    assert "--addr=unix:///run/user/1000/buildkit/buildkitd.sock" in container["args"]
+    assert "unix:///run/user/1000/buildkit/buildkitd.sock" in container["livenessProbe"]["exec"]["command"]
+
+
+def test_mtls_variant_serves_tls_from_the_secret_and_keeps_the_probe_socket_local():
+    docs = render(variant="mtls")
+    statefulset, container = builder_container(docs)
+    assert {"--tlscacert=/certs/ca.crt", "--tlscert=/certs/tls.crt", "--tlskey=/certs/tls.key"} <= set(container["args"])
+    volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["certs"]["secret"]["secretName"] == "warmbuild-builder-tls"
+    assert {"name": "certs", "mountPath": "/certs", "readOnly": True} in container["volumeMounts"]
+    assert not of_kind(docs, "Certificate")  # certificates come from the Secret, not cert-manager
+
+
+def test_cert_manager_variant_issues_server_and_client_certificates_from_its_own_ca():
+    docs = render(variant="mtls-cert-manager")
+    certificates = {doc["metadata"]["name"]: doc["spec"] for doc in of_kind(docs, "Certificate")}
+    assert set(certificates) == {"warmbuild-ca", "warmbuild-builder-tls", "warmbuild-client-tls"}
+    assert certificates["warmbuild-ca"]["isCA"] is True
+    server = certificates["warmbuild-builder-tls"]
+    assert server["usages"] == ["server auth"]
+    assert server["dnsNames"] == ["warmbuild-builder.warmbuild.svc", "warmbuild-builder.warmbuild.svc",
+                                  "*.warmbuild-builder.warmbuild.svc"]
+    assert server["issuerRef"] == {"name": "warmbuild-ca", "kind": "Issuer", "group": "cert-manager.io"}
+    assert certificates["warmbuild-client-tls"]["usages"] == ["client auth"]
+    assert sorted(doc["metadata"]["name"] for doc in of_kind(docs, "Issuer")) == ["warmbuild-ca", "warmbuild-selfsigned"]
+    statefulset, _ = builder_container(docs)
+    volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["certs"]["secret"]["secretName"] == "warmbuild-builder-tls"
+    # An issuer of the user's own replaces the bootstrap CA.
+    own = render(variant="mtls-cert-manager", sets=("tls.certManager.issuerRef.name=corp-ca",
+                                                    "tls.certManager.issuerRef.kind=ClusterIssuer"))
+    assert not of_kind(own, "Issuer")
+    assert {doc["spec"]["issuerRef"]["name"] for doc in of_kind(own, "Certificate")} == {"corp-ca"}
+
+
+def rules(role: dict) -> list[tuple]:
+    return sorted(
+        (tuple(rule["apiGroups"]), tuple(rule["resources"]), tuple(sorted(rule["verbs"])), tuple(rule.get("resourceNames", ())))
+        for rule in role["rules"]
+    )
+
+
+CI_RULES = [
+    (("",), ("configmaps",), ("create", "get", "list", "patch", "update"), ()),
+    (("",), ("events",), ("list", "watch"), ()),
+    (("",), ("pods",), ("create", "delete", "get", "list", "watch"), ()),
+    (("",), ("pods/log",), ("get",), ()),
+    (("coordination.k8s.io",), ("leases",), ("create", "delete", "get", "list", "patch", "update", "watch"), ()),
+]
+
+
+def test_rbac_is_least_privilege_for_builders_and_ci_steps():
+    docs = render()
+    builder = one(docs, "Role", "warmbuild-builder")
+    assert rules(builder) == [
+        (("",), ("pods",), ("get", "patch"), ("warmbuild-builder-0", "warmbuild-builder-1", "warmbuild-builder-2")),
+        (("coordination.k8s.io",), ("leases",), ("get", "list", "watch"), ()),
+    ]
+    assert rules(one(docs, "Role", "warmbuild-ci")) == CI_RULES
+    binding = one(docs, "RoleBinding", "warmbuild-ci")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "warmbuild-ci", "namespace": "warmbuild"}]
+    assert binding["roleRef"]["name"] == "warmbuild-ci"
+    assert one(docs, "ServiceAccount", "warmbuild-ci")["automountServiceAccountToken"] is False
+    assert one(docs, "RoleBinding", "warmbuild-builder")["subjects"][0]["name"] == "warmbuild-builder"
+    assert not of_kind(docs, "ClusterRole")
+    # Without ephemeral builders and history, the CI step needs pools and leases only.
+    slim = render(sets=("rbac.ci.ephemeralBuilders=false", "rbac.ci.history=false"))
+    assert rules(one(slim, "Role", "warmbuild-ci")) == [
+        (("",), ("pods",), ("get", "list", "watch"), ()),
+        (("coordination.k8s.io",), ("leases",), ("create", "delete", "get", "list", "patch", "update", "watch"), ()),
+    ]
+    # Runner identities of one's own: extra subjects (e.g. an OIDC group), no ServiceAccount.
+    groups = render(extra=("--set", "rbac.ci.serviceAccount.create=false", "--set-json",
+                           'rbac.ci.extraSubjects=[{"kind":"Group","name":"ci-runners","apiGroup":"rbac.authorization.k8s.io"}]'))
+    assert not [sa for sa in of_kind(groups, "ServiceAccount") if sa["metadata"]["name"] == "warmbuild-ci"]
+    assert one(groups, "RoleBinding", "warmbuild-ci")["subjects"] == [
+        {"kind": "Group", "name": "ci-runners", "apiGroup": "rbac.authorization.k8s.io"}]
+
+
+def test_network_policy_admits_ci_runners_and_the_scheduler_to_buildkitd_only():
+    policy = one(render(), "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"]["warmbuild.dev/pool"] == "default"
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "buildkitd", "protocol": "TCP"}]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"warmbuild.dev/ci-runner": "true"}}, "namespaceSelector": {}}]
+    with_scheduler = one(render(variant="scheduler"), "NetworkPolicy")
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "warmbuild", "app.kubernetes.io/instance": "warmbuild",
+                                            "app.kubernetes.io/component": "scheduler"}}} in with_scheduler["spec"]["ingress"][0]["from"]
+    runners = one(render(extra=("--set-json", 'networkPolicy.ciRunners=[{"namespaceSelector":{"matchLabels":'
+                                              '{"kubernetes.io/metadata.name":"arc-runners"}}}]')), "NetworkPolicy")
+    assert runners["spec"]["ingress"][0]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "arc-runners"}}}]
+    # No peers at all must mean "nobody", never an empty `from` (which admits everyone).
+    closed = one(render(extra=("--set-json", "networkPolicy.ciRunners=[]")), "NetworkPolicy")
+    assert closed["spec"]["ingress"] == []
+    assert not of_kind(render(sets=("networkPolicy.enabled=false",)), "NetworkPolicy")
+
+
+def test_pdb_takes_one_builder_at_a_time():
+    pdb = one(render(), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "builder"
+
+
+def test_scheduler_variant_renders_the_https_service_its_access_config_and_rbac():
+    docs = render(variant="scheduler")
+    deployment = one(docs, "Deployment", "warmbuild-scheduler")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["warmbuild"]
+    assert container["args"] == ["scheduler", "--listen=0.0.0.0:8443", "--tls-cert=/tls/tls.crt", "--tls-key=/tls/tls.key",
+                                 "--namespace=$(POD_NAMESPACE)", "--auth-config=/etc/warmbuild/auth-config.yaml"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https", "scheme": "HTTPS"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "warmbuild-scheduler-tls"
+    import yaml
+
+    access = yaml.safe_load(one(docs, "ConfigMap", "warmbuild-scheduler")["data"]["auth-config.yaml"])
+    assert access == {"grants": [{"pools": ["default"], "users": ["system:serviceaccount:warmbuild:warmbuild-ci"]}], "audiences": []}
+    assert one(docs, "Service", "warmbuild-scheduler")["spec"]["ports"][0]["port"] == 8443
+    assert rules(one(docs, "Role", "warmbuild-scheduler")) == CI_RULES
+    cluster_role = one(docs, "ClusterRole")
+    assert rules(cluster_role) == [(("authentication.k8s.io",), ("tokenreviews",), ("create",), ())]
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "warmbuild-scheduler", "namespace": "warmbuild"}]
+    assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"] == "warmbuild-warmbuild-scheduler"
+
+
+def test_hpa_variant_scales_the_statefulset_on_desired_builders():
+    docs = render(variant="autoscaling-hpa")
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "warmbuild-builder"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "External"
+    assert metric["external"]["metric"] == {"name": "warmbuild_pool_desired_builders",
+                                            "selector": {"matchLabels": {"pool": "default"}}}
+    assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "1"}
+    assert hpa["spec"]["behavior"]["scaleDown"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 300}]
+    statefulset, _ = builder_container(docs)
+    assert "replicas" not in statefulset["spec"]  # the HPA owns it; helm upgrades must not reset it
+    # The builder may patch its own pod at every ordinal the HPA can create.
+    names = one(docs, "Role", "warmbuild-builder")["rules"][0]["resourceNames"]
+    assert names == [f"warmbuild-builder-{i}" for i in range(8)]
+    assert not of_kind(docs, "ScaledObject")
+
+
+def test_keda_variant_scales_on_the_same_metric_from_prometheus():
+    docs = render(variant="autoscaling-keda")
+    scaled = one(docs, "ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (2, 8)
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    assert trigger["metadata"]["query"] == 'max(warmbuild_pool_desired_builders{pool="default",namespace="warmbuild"})'
+    assert trigger["metadata"]["threshold"] == "1"
+    assert scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 900
+    assert not of_kind(docs, "HorizontalPodAutoscaler")
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (("builder.terminationGracePeriodSeconds=600", "drain.timeoutSeconds=600"),
+         "drain.timeoutSeconds (600) must be below builder.terminationGracePeriodSeconds (600)"),
+        (("tls.enabled=true",), "tls.existingSecret: name the Secret"),
+        (("autoscaling.enabled=true",), "autoscaling.enabled needs scheduler.enabled"),
+        (("scheduler.enabled=true",), "scheduler.tls.existingSecret: the scheduler serves HTTPS only"),
+        (("scheduler.enabled=true", "scheduler.tls.existingSecret=s", "autoscaling.enabled=true",
+          "autoscaling.minReplicas=5", "autoscaling.maxReplicas=3"),
+         "autoscaling.maxReplicas (3) must not be below autoscaling.minReplicas (5)"),
+    ],
+)
+def test_combinations_the_schema_cannot_express_fail_with_a_message_naming_the_fields(sets, message):
+    assert message in render_error(sets=sets), shlex.join(sets)
+
+
+def test_drain_timeout_defaults_to_the_grace_period_minus_30s():
+    _, container = builder_container(render(sets=("builder.terminationGracePeriodSeconds=300",)))
+    assert "--timeout=270" in container["lifecycle"]["preStop"]["exec"]["command"]
+    _, container = builder_container(render(sets=("drain.enabled=false",)))
+    assert "lifecycle" not in container

@@ -1,0 +1,276 @@
+"""The scheduler client at its HTTP edge (`responses`): long-polls, replicas, bounded retries, clear errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import requests
+import responses
+
+from warmbuild import cli
+from warmbuild.errors import InputError, LeaseLost, NoSlotAvailable
+from warmbuild.leases import HolderInfo
+from warmbuild.placement import PlacementRequest
+from warmbuild.scheduler.client import (
+    SchedulerClient,
+    SchedulerError,
+    SchedulerOptions,
+    SchedulerUnavailable,
+    parse_scheduler_urls,
+    scheduler_options,
+    scheduler_token,
+)
+
+A, B = "https://sched-a.test:8443", "https://sched-b.test:8443"
+GRANTED = {
+    "decision": "granted", "waited_seconds": 0.01, "reason": "affine builder builders-1",
+    "lease": {"name": "builders-1-slot-0", "namespace": "warmbuild", "holder": "h/1/abc@system:serviceaccount:ci:runner",
+              "transitions": 7, "fencing_token": "builders-1-slot-0/7", "resource_version": "42",
+              "duration_seconds": 15, "acquired_at": "2026-01-02T03:04:05.000006+00:00"},
+    "builder": {"name": "builders-1", "uid": "u-1", "address": "tcp://10.0.0.7:1234", "slots": 2},
+    "path": "warm", "affine": True, "affine_builder": "builders-1",
+}
+
+
+class FakeTime:
+    def __init__(self):
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def make_client(*urls: str, fake: FakeTime | None = None, **options) -> SchedulerClient:
+    fake = fake or FakeTime()
+    client = SchedulerClient(SchedulerOptions(urls=urls, token="tok", **options), sleep=fake.sleep, clock=fake.clock)
+    client._current = 0  # deterministic: start at the first replica
+    return client
+
+
+def request(max_wait: float = 60, fallback: str = "wait", untrusted: bool = False) -> PlacementRequest:
+    return PlacementRequest("warmbuild", "default", "repo|Dockerfile|", HolderInfo("host/1/x", run_url="https://ci/run/1"),
+                            max_wait_seconds=max_wait, lease_seconds=15, fallback=fallback, untrusted=untrusted)
+
+
+def acquire_url(base: str) -> str:
+    return f"{base}/v1/pools/default/acquire"
+
+
+@responses.activate
+def test_a_grant_becomes_a_grant_and_the_request_carries_the_token_and_the_wait():
+    responses.post(acquire_url(A), json=GRANTED)
+    grant = make_client(A).acquire(request())
+    assert grant.path == "warm" and grant.affine and grant.builder.address == "tcp://10.0.0.7:1234"
+    assert grant.lease.fencing_token == "builders-1-slot-0/7" and grant.lease.duration_seconds == 15
+    sent = responses.calls[0].request
+    assert sent.headers["Authorization"] == "Bearer tok"
+    body = json.loads(sent.body)
+    assert body["max_wait_seconds"] == 60 and body["waited_seconds"] == 0 and body["holder_hint"] == "host/1/x"
+    assert body["fallback"] == "wait" and body["run_url"] == "https://ci/run/1"
+
+
+@responses.activate
+def test_wait_answers_are_polled_again_with_the_time_waited_so_far():
+    fake = FakeTime()
+    lines: list[str] = []
+
+    def answer(req):
+        fake.now += 20  # each long-poll takes its server-side 20 s
+        if len(responses.calls) < 2:
+            return 200, {}, json.dumps({"decision": "wait", "waited_seconds": 20, "reason": "affine builder b-1 busy"})
+        return 200, {}, json.dumps(GRANTED)
+
+    responses.add_callback(responses.POST, acquire_url(A), callback=answer)
+    grant = make_client(A, fake=fake).acquire(request(), log=lines.append)
+    waited = [json.loads(c.request.body)["waited_seconds"] for c in responses.calls]
+    assert waited == [0, 20, 40]
+    assert grant.waited_seconds == 60
+    assert len(lines) == 1 and lines[0].startswith("affine builder b-1 busy; waiting through the scheduler")
+
+
+@responses.activate
+def test_fallback_is_no_slot_with_the_schedulers_reason():
+    responses.post(acquire_url(A), json={"decision": "fallback", "waited_seconds": 60, "reason": "all warm slots stayed busy for 60s"})
+    with pytest.raises(NoSlotAvailable, match="the scheduler found no slot: all warm slots stayed busy for 60s"):
+        make_client(A).acquire(request())
+
+
+@responses.activate
+def test_an_unknown_decision_says_upgrade():
+    responses.post(acquire_url(A), json={"decision": "ephemeral", "waited_seconds": 0, "reason": "r"})
+    with pytest.raises(SchedulerError, match="decision 'ephemeral', which this warmbuild does not know.*upgrade warmbuild"):
+        make_client(A).acquire(request())
+
+
+@responses.activate
+def test_a_5xx_goes_to_the_next_replica():
+    responses.post(acquire_url(A), json={"error": "cannot reach the Kubernetes API"}, status=503)
+    responses.post(acquire_url(B), json=GRANTED)
+    client = make_client(A, B)
+    assert client.acquire(request()).lease.name == "builders-1-slot-0"
+    assert [c.request.url for c in responses.calls] == [acquire_url(A), acquire_url(B)]
+    client.acquire(request())  # sticks with the replica that answered
+    assert responses.calls[-1].request.url == acquire_url(B)
+
+
+@responses.activate
+def test_replicas_that_all_fail_give_one_clear_error_after_bounded_retries_with_backoff():
+    fake = FakeTime()
+    responses.post(acquire_url(A), body="<html>bad gateway</html>", status=502)
+    responses.post(acquire_url(B), body=requests.exceptions.ConnectionError("Connection refused"))
+    with pytest.raises(SchedulerUnavailable) as caught:
+        make_client(A, B, fake=fake).acquire(request())
+    assert len(responses.calls) == 6  # 3 rounds over 2 replicas
+    assert fake.sleeps == [0.25, 0.5]  # backoff between rounds, none after the last
+    message = caught.value.message
+    assert message.startswith("no scheduler replica answered (2 URLs, 6 attempts); last: cannot connect to https://sched-b.test:8443")
+    assert caught.value.exit_code == 6 and "\n" not in message
+
+
+@responses.activate
+def test_connection_refused_on_the_only_replica():
+    responses.post(acquire_url(A), body=requests.exceptions.ConnectionError("[Errno 111] Connection refused"))
+    with pytest.raises(SchedulerUnavailable, match=r"\(1 URL, 3 attempts\); last: cannot connect to https://sched-a.test:8443: \[Errno 111\]"):
+        make_client(A).acquire(request())
+
+
+@responses.activate
+def test_a_timeout_is_retried_and_named_with_its_limit():
+    responses.post(acquire_url(A), body=requests.exceptions.ReadTimeout("read timed out"))
+    with pytest.raises(SchedulerUnavailable, match=r"last: https://sched-a.test:8443 did not answer within 30s"):
+        make_client(A, poll_seconds=20, read_timeout=10).acquire(request())
+    assert len(responses.calls) == 3
+
+
+@responses.activate
+def test_malformed_json_is_retried_then_reported():
+    responses.post(acquire_url(A), body="{not json", status=200)
+    responses.post(acquire_url(B), body="[1, 2]", status=200)
+    with pytest.raises(SchedulerUnavailable, match=r"last: https://sched-b.test:8443 answered 200 with malformed JSON: \[1, 2\]"):
+        make_client(A, B).acquire(request())
+    assert len(responses.calls) == 6
+
+
+@responses.activate
+def test_a_grant_missing_fields_is_a_clear_error():
+    responses.post(acquire_url(A), json={"decision": "granted", "waited_seconds": 0, "reason": "x", "path": "warm"})
+    with pytest.raises(SchedulerError, match="the scheduler's grant is incomplete \\(KeyError: 'lease'\\)"):
+        make_client(A).acquire(request())
+
+
+@responses.activate
+@pytest.mark.parametrize("status, text", [(401, "did not accept the token \\(401\\): the token expired"),
+                                          (403, "refused \\(403\\): the token expired")])
+def test_401_and_403_are_not_retried(status, text):
+    responses.post(acquire_url(A), json={"error": "the token expired"}, status=status)
+    responses.post(acquire_url(B), json=GRANTED)
+    with pytest.raises(SchedulerError, match=text):
+        make_client(A, B).acquire(request())
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_an_unverifiable_certificate_stops_at_once_and_names_the_flag():
+    responses.post(acquire_url(A), body=requests.exceptions.SSLError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"))
+    with pytest.raises(SchedulerError, match="cannot verify the scheduler's certificate .*--scheduler-ca"):
+        make_client(A, B).acquire(request())
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_untrusted_builds_are_refused_before_any_request():
+    with pytest.raises(NoSlotAvailable, match="untrusted build needs an ephemeral builder"):
+        make_client(A).acquire(request(untrusted=True))
+    assert not responses.calls
+
+
+@responses.activate
+def test_auto_and_ephemeral_fallbacks_are_sent_as_wait_and_fail_as_fail():
+    responses.post(acquire_url(A), json=GRANTED)
+    for fallback, sent in (("auto", "wait"), ("ephemeral", "wait"), ("fail", "fail"), ("wait", "wait")):
+        make_client(A).acquire(request(fallback=fallback))
+        assert json.loads(responses.calls[-1].request.body)["fallback"] == sent
+
+
+@responses.activate
+def test_renew_409_is_lease_lost_and_release_reports_the_hold():
+    fake = FakeTime()
+    client = make_client(A, fake=fake)
+    responses.post(acquire_url(A), json=GRANTED)
+    grant = client.acquire(request())
+    renew_url = f"{A}/v1/slots/builders-1-slot-0/renew"
+    responses.post(renew_url, json={"lease": "builders-1-slot-0", "fencing_token": "builders-1-slot-0/7", "resource_version": "43"})
+    assert client.renew(grant.lease).resource_version == "43"
+    assert json.loads(responses.calls[-1].request.body) == {"holder": GRANTED["lease"]["holder"], "transitions": 7}
+    responses.replace(responses.POST, renew_url, json={"error": "slot lease builders-1-slot-0 is now held by usurper"}, status=409)
+    with pytest.raises(LeaseLost, match="slot lease builders-1-slot-0 is now held by usurper"):
+        client.renew(grant.lease)
+    fake.now += 42
+    responses.post(f"{A}/v1/slots/builders-1-slot-0/release", json={"released": True})
+    assert client.release(grant) is True
+    assert json.loads(responses.calls[-1].request.body) == {
+        "holder": GRANTED["lease"]["holder"], "pool": "default", "path": "warm", "held_seconds": 42.0}
+
+
+@responses.activate
+def test_the_keeper_stops_the_build_once_when_the_slot_is_lost():
+    responses.post(acquire_url(A), json=dict(GRANTED, lease=dict(GRANTED["lease"], duration_seconds=1)))
+    responses.post(f"{A}/v1/slots/builders-1-slot-0/renew", json={"error": "slot lease builders-1-slot-0 is now held by x"}, status=409)
+    client = SchedulerClient(SchedulerOptions(urls=(A,), token="tok"))
+    grant = client.acquire(request())
+    lost = threading.Event()
+    reasons: list[str] = []
+    keeper = client.keep(grant, on_lost=lambda reason: (reasons.append(reason), lost.set()))
+    assert lost.wait(5)
+    keeper.stop()
+    assert reasons == ["slot lease builders-1-slot-0 is now held by x"] and keeper.lost_reason == reasons[0]
+
+
+def test_urls_must_be_https_and_may_list_replicas():
+    assert parse_scheduler_urls(f"{A}/, {B}") == (A, B)
+    for bad in ("http://sched:8080", "sched:8443", " , "):
+        with pytest.raises(InputError):
+            parse_scheduler_urls(bad)
+
+
+def test_the_token_comes_from_the_flag_env_or_a_file(tmp_path):
+    assert scheduler_token("flag", None, {"WARMBUILD_SCHEDULER_TOKEN": "env"}) == "flag"
+    assert scheduler_token(None, None, {"WARMBUILD_SCHEDULER_TOKEN": "env\n"}) == "env"
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    assert scheduler_token(None, str(token_file), {}) == "from-file"
+    assert scheduler_token(None, None, {"WARMBUILD_SCHEDULER_TOKEN_FILE": str(token_file)}) == "from-file"
+    with pytest.raises(InputError, match="no token for the scheduler"):
+        scheduler_token(None, None, {})
+    with pytest.raises(InputError, match="cannot read the scheduler token file"):
+        scheduler_token(None, str(tmp_path / "missing"), {})
+
+
+def test_cli_rejects_a_plain_http_scheduler_in_one_line(tmp_path, monkeypatch, capsys):
+    for name in ("WARMBUILD_BUILDER", "KUBECONFIG", "WARMBUILD_SCHEDULER", "GITHUB_ACTIONS", "GITLAB_CI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    code = cli.main(["build", str(tmp_path), "--pool", "default", "--scheduler", "http://sched:8080",
+                     "--scheduler-token", "t"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "warmbuild: error: --scheduler URL 'http://sched:8080' must be https://HOST[:PORT]"
+
+
+@responses.activate
+def test_a_token_file_is_read_again_for_every_request(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("first\n")
+    client = SchedulerClient(scheduler_options(A, None, str(token_file), None, environ={}))
+    responses.post(acquire_url(A), json=GRANTED)
+    client.acquire(request())
+    token_file.write_text("rotated\n")
+    client.acquire(request())
+    assert [c.request.headers["Authorization"] for c in responses.calls] == ["Bearer first", "Bearer rotated"]
