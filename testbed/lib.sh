@@ -21,25 +21,34 @@ tb_die() { printf 'testbed: error: %s\n' "$*" >&2; exit 1; }
 
 tb_pidfile() { echo "$WARMBUILD_TESTBED_DIR/pids/$1.pid"; }
 
-# tb_running NAME: true when the process `up` recorded for NAME is alive.
-tb_running() {
-  local pidfile pid
+# A process is identified by its PID and its start time (field 22 of /proc/PID/stat), so that a
+# PID reused after a reboot or a killed session is never mistaken for ours.
+tb_proc_start() { awk '{print $22}' "/proc/$1/stat" 2>/dev/null; }
+
+# tb_recorded_pid NAME: the PID `up` recorded for NAME, if that very process is still alive.
+tb_recorded_pid() {
+  local pidfile pid started
   pidfile="$(tb_pidfile "$1")"
   [[ -f "$pidfile" ]] || return 1
-  pid="$(cat "$pidfile")"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+  read -r pid started <"$pidfile" || true
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  [[ -z "$started" || "$(tb_proc_start "$pid")" == "$started" ]] || return 1
+  echo "$pid"
 }
+
+# tb_running NAME: true when the process `up` recorded for NAME is alive.
+tb_running() { tb_recorded_pid "$1" >/dev/null; }
 
 # tb_start NAME CMD...: start CMD detached in its own session, log to logs/NAME.log.
 tb_start() {
   local name="$1"; shift
   mkdir -p "$WARMBUILD_TESTBED_DIR/pids" "$WARMBUILD_TESTBED_DIR/logs"
   if tb_running "$name"; then
-    tb_log "$name already running (pid $(cat "$(tb_pidfile "$name")"))"
+    tb_log "$name already running (pid $(tb_recorded_pid "$name"))"
     return 0
   fi
   setsid "$@" </dev/null >>"$WARMBUILD_TESTBED_DIR/logs/$name.log" 2>&1 &
-  echo $! >"$(tb_pidfile "$name")"
+  echo "$! $(tb_proc_start $!)" >"$(tb_pidfile "$name")"
   tb_log "started $name (pid $!)"
 }
 
@@ -48,8 +57,7 @@ tb_stop() {
   local name="$1" pidfile pid i
   pidfile="$(tb_pidfile "$name")"
   [[ -f "$pidfile" ]] || return 0
-  pid="$(cat "$pidfile")"
-  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+  if pid="$(tb_recorded_pid "$name")"; then
     kill -TERM "$pid" 2>/dev/null || true
     for i in $(seq 1 100); do
       kill -0 "$pid" 2>/dev/null || break

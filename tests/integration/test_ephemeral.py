@@ -21,6 +21,7 @@ import requests
 from warmbuild.affinity import preference_order
 from warmbuild.cluster import KubeNotFound, connect
 from warmbuild.ephemeral import EPHEMERAL_LABEL, pods_path
+from warmbuild.gc import collect_garbage
 from warmbuild.history import BuildRecord, append_record, key_hash
 from warmbuild.leases import HolderInfo, lease_is_free, list_pool_leases, release_slot, try_acquire_slot
 from warmbuild.pool import discover_builders
@@ -60,6 +61,7 @@ def wait_for(predicate, timeout, interval=0.2, what="condition"):
 
 @pytest.fixture(autouse=True)
 def clean_pool(ci):
+    collect_garbage(ci, NAMESPACE)  # what a killed earlier run may have left, as the gc CronJob would
     wait_for(lambda: len(discover_builders(ci, NAMESPACE, POOL)) == 3, 120, what="3 ready builders")
     wait_for(lambda: not held(ci) and not ephemeral_pods(ci), 30, what="a quiet pool before the test")
     yield
