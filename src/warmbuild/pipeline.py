@@ -131,19 +131,20 @@ def run_pool_build(
     broker = broker or DirectLeases(client)  # or the scheduler's client, for runners without Lease RBAC (client None)
     started = time.monotonic()
     title = f"Placement: a slot in pool '{placement_request.pool}' (namespace {placement_request.namespace})"
-    with log_section(log, os.environ, "warmbuild_placement", title):
-        grant = broker.acquire(placement_request, log=lambda line: print(f"warmbuild: {line}", file=log, flush=True))
-    queue_seconds = time.monotonic() - started
-    options = cache_options(grant.path, cache_ref, cache_export, request.push, placement_request.untrusted)
-    request = replace(request, cache_from=request.cache_from + options.imports, cache_to=request.cache_to + options.exports)
-    record = _history_recorder(client, placement_request, started_wall=client.server_now()) if client else (lambda _result: None)
-    if grant.path == "ephemeral":
-        return _run_on_ephemeral_builder(
-            request, client, placement_request, grant, queue_seconds,
-            tls=tls, state=state, state_file=state_file, settings=ephemeral or EphemeralSettings(),
-            buildctl=buildctl, log=log, on_result=record,
-        )
-    try:
+    grant = None
+    try:  # from the moment a slot is granted, every way out releases it
+        with log_section(log, os.environ, "warmbuild_placement", title):
+            grant = broker.acquire(placement_request, log=lambda line: print(f"warmbuild: {line}", file=log, flush=True))
+        queue_seconds = time.monotonic() - started
+        options = cache_options(grant.path, cache_ref, cache_export, request.push, placement_request.untrusted)
+        request = replace(request, cache_from=request.cache_from + options.imports, cache_to=request.cache_to + options.exports)
+        record = _history_recorder(client, placement_request, started_wall=client.server_now()) if client else (lambda _result: None)
+        if grant.path == "ephemeral":
+            return _run_on_ephemeral_builder(
+                request, client, placement_request, grant, queue_seconds,
+                tls=tls, state=state, state_file=state_file, settings=ephemeral or EphemeralSettings(),
+                buildctl=buildctl, log=log, on_result=record,
+            )
         write_state(state_file, replace(state, lease=grant.lease.name, holder=grant.lease.holder))
         print(
             f"warmbuild: slot {grant.lease.name} on {grant.builder.name} ({grant.builder.address}); {grant.reason}",
@@ -174,15 +175,16 @@ def run_pool_build(
                 keeper.stop()
     finally:
         # Cancellation cleanup: runs to its end even if another signal arrives (signals_deferred).
-        with signals_deferred():
-            try:
-                broker.release(grant)
-                remove_state(state_file)
-            except WarmbuildError as exc:
-                # The build's outcome stands; the slot frees itself when its lease expires, and the
-                # state file stays for a `warmbuild release` post step to try again.
-                print(f"warmbuild: warning: could not release slot {grant.lease.name} "
-                      f"(it frees itself within {grant.lease.duration_seconds}s): {exc.message}", file=log, flush=True)
+        if grant is not None and grant.lease is not None:
+            with signals_deferred():
+                try:
+                    broker.release(grant)
+                    remove_state(state_file)
+                except WarmbuildError as exc:
+                    # The build's outcome stands; the slot frees itself when its lease expires, and
+                    # the state file stays for a `warmbuild release` post step to try again.
+                    print(f"warmbuild: warning: could not release slot {grant.lease.name} "
+                          f"(it frees itself within {grant.lease.duration_seconds}s): {exc.message}", file=log, flush=True)
 
 
 def _run_on_ephemeral_builder(

@@ -23,7 +23,9 @@ def test_pushed_digest_is_the_one_the_registry_serves(run_warmbuild, tiny_app, r
     assert result["image"]["pushed"] is True
     stated, served = registry_manifest(tag)
     assert result["image"]["digest"] == stated == served
-    assert result["timings"]["total_seconds"] >= result["timings"]["build_seconds"] > 0
+    timings = result["timings"]
+    # Phases happen inside the build: none can be longer than the whole (cached steps count zero).
+    assert timings["total_seconds"] >= max(timings["build_seconds"], timings["export_seconds"], timings["context_seconds"])
     assert result["timings"]["push_seconds"] <= result["timings"]["export_seconds"]
     assert "sha256:" in done.stderr and "warmbuild: success" in done.stderr
 

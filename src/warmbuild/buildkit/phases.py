@@ -53,14 +53,33 @@ def _intervals(items) -> list[tuple[datetime, datetime]]:
     return [(i.started, i.completed) for i in items if i.started and i.completed and i.completed >= i.started]
 
 
-def solve_phases(steps: tuple[StepResult, ...], statuses: tuple[SubStatus, ...]) -> SolvePhases:
-    context = [s for s in steps if is_context_step(s.name)]
-    export = [s for s in steps if is_export_step(s.name)]
-    build = [s for s in steps if s.name and not is_context_step(s.name) and not is_export_step(s.name)]
+def _clipped(intervals: list[tuple[datetime, datetime]], window: tuple[datetime, datetime] | None):
+    if window is None:
+        return intervals
+    low, high = window
+    return [(max(a, low), min(b, high)) for a, b in intervals if b > low and a < high]
+
+
+def solve_phases(
+    steps: tuple[StepResult, ...],
+    statuses: tuple[SubStatus, ...],
+    window: tuple[datetime, datetime] | None = None,
+) -> SolvePhases:
+    """Phase spans of one solve. Cached steps took no time in it: BuildKit may report the start and
+    end of the build that first ran them, so they are left out, and every interval is clipped to
+    `window` (when buildctl ran) for the same reason."""
+    ran = [s for s in steps if not s.cached]
+    context = [s for s in ran if is_context_step(s.name)]
+    export = [s for s in ran if is_export_step(s.name)]
+    build = [s for s in ran if s.name and not is_context_step(s.name) and not is_export_step(s.name)]
     pushing = [st for st in statuses if st.id.startswith("pushing")]
+
+    def seconds(items) -> float:
+        return round(span_seconds(_clipped(_intervals(items), window)), 3)
+
     return SolvePhases(
-        context_seconds=round(span_seconds(_intervals(context)), 3),
-        build_seconds=round(span_seconds(_intervals(build)), 3),
-        export_seconds=round(span_seconds(_intervals(export)), 3),
-        push_seconds=round(span_seconds(_intervals(pushing)), 3),
+        context_seconds=seconds(context),
+        build_seconds=seconds(build),
+        export_seconds=seconds(export),
+        push_seconds=seconds(pushing),
     )

@@ -31,7 +31,9 @@ class StepResult:
 
     @property
     def duration_seconds(self) -> float:
-        if self.started is None or self.completed is None:
+        """Time this build spent on the step: none when it was cached (BuildKit may then report
+        the timestamps of the build that first ran it)."""
+        if self.cached or self.started is None or self.completed is None:
             return 0.0
         return max(0.0, (self.completed - self.started).total_seconds())
 

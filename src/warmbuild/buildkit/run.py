@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -24,6 +25,7 @@ from .progress import CacheStats, ProgressTracker, StepResult
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 CANCEL_GRACE_SECONDS = 3.0
+CLOCK_MARGIN = timedelta(seconds=5)  # builder and runner clocks may differ a little
 PUSH_REFUSAL_MARKERS = (
     "failed to push",
     "unexpected status from push",
@@ -138,8 +140,9 @@ def run_solve(
         metadata_file = Path(tmp) / "metadata.json"
         argv = build_argv(buildctl, builder, request, metadata_file)
         started = time.monotonic()
+        started_wall = datetime.now(timezone.utc)
         process = subprocess.Popen(
-            argv,
+            _die_with_parent(argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -191,11 +194,18 @@ def run_solve(
         image_names=tuple(n for n in str(metadata.get("image.name", "")).split(",") if n),
         steps=tracker.steps(),
         cache=tracker.cache_stats(),
-        phases=solve_phases(tracker.steps(), tracker.sub_statuses()),
+        phases=solve_phases(tracker.steps(), tracker.sub_statuses(), window=(started_wall - CLOCK_MARGIN, started_wall + timedelta(seconds=seconds) + CLOCK_MARGIN)),
         seconds=round(seconds, 3),
         warnings=tuple(tracker.warnings) + _ignored_export_errors(tracker.steps(), failure),
         failure=failure,
     )
+
+
+def _die_with_parent(argv: list[str]) -> list[str]:
+    """buildctl runs in its own session, so a killed warmbuild would leave it building: have the
+    kernel send it SIGINT (cancel the solve) when warmbuild dies, where util-linux's setpriv exists."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "INT", "--", *argv] if setpriv else argv
 
 
 def _kill_if_running(process: subprocess.Popen) -> None:
