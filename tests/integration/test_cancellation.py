@@ -316,7 +316,7 @@ def test_githubs_sigint_then_sigterm_still_releases_the_slot(gap, tmp_path, admi
 
 def test_a_second_signal_during_the_release_does_not_cut_it_short(tmp_path, admin, tiny_app, registry, monkeypatch):
     """In process: SIGTERM arrives exactly inside the release; it finishes, then the signal counts."""
-    from warmbuild import pipeline
+    from warmbuild import broker, pipeline
     from warmbuild.ci.state import ReleaseState
     from warmbuild.config import build_request
     from warmbuild.errors import Cancelled
@@ -324,7 +324,7 @@ def test_a_second_signal_during_the_release_does_not_cut_it_short(tmp_path, admi
     from warmbuild.placement import PlacementRequest
     from warmbuild.signals import install_cancel_handlers
 
-    real_release = pipeline.release_slot
+    real_release = broker.release_slot
     events = []
 
     def release_with_a_signal_inside(client, namespace, name, holder):
@@ -334,7 +334,7 @@ def test_a_second_signal_during_the_release_does_not_cut_it_short(tmp_path, admi
         events.append(("released", released))
         return released
 
-    monkeypatch.setattr(pipeline, "release_slot", release_with_a_signal_inside)
+    monkeypatch.setattr(broker, "release_slot", release_with_a_signal_inside)  # DirectLeases.release
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     install_cancel_handlers()
     holder = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"

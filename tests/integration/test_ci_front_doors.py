@@ -238,6 +238,41 @@ def test_github_action_annotates_the_failing_dockerfile_line_and_releases(tmp_pa
     assert json.loads((workspace / "build-result.json").read_text())["status"] == "failed"
 
 
+def test_github_post_step_releases_the_slot_of_a_killed_main_step(tmp_path, workspace):
+    runner = GitHubRunner(tmp_path / "runner", workspace)
+    marker = f"wb-post-{uuid.uuid4().hex[:10]}"
+    (workspace / "app" / "Dockerfile").write_text(f"FROM {os.environ['WARMBUILD_BASE_IMAGE']}\nRUN echo {marker} && sleep 60\n")
+    inputs = {"context": "app", "pool": POOL, "namespace": NAMESPACE, "kubeconfig": Path(os.environ["WARMBUILD_CI_KUBECONFIG"]).read_text()}
+    main = subprocess.Popen([sys.executable, "-m", "warmbuild.ci.github_action", "main"], env=runner.env(inputs), cwd=workspace,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (slots_held_by_pid(main.pid) and _running(marker)):
+            assert time.monotonic() < deadline and main.poll() is None, "the build did not start"
+            time.sleep(0.2)
+        main.kill()  # no chance to clean up: the runner's SIGKILL after its grace period
+        main.wait()
+    finally:
+        if main.poll() is None:
+            main.kill()
+            main.wait()
+    assert slots_held_by_pid(main.pid), "the slot is still held after SIGKILL"
+    state_file = heredoc_values(runner.files["state"].read_text())["state-file"]
+    post = runner.run("post", runner.env(inputs, **{"STATE_state-file": state_file}))
+    assert post.returncode == 0, post.stderr
+    assert "warmbuild: released slot" in post.stderr and "::warning" not in post.stdout
+    assert slots_held_by_pid(main.pid) == []
+    assert not Path(state_file).exists()
+    # SIGKILL gave main no chance to stop its buildctl (it runs in its own session); in the action's
+    # container it dies with PID 1. Here, end that orphan, which this test started, by its PID.
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"context={workspace / 'app'}".encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except OSError:
+            continue
+
+
 # --- GitLab ------------------------------------------------------------------------------------
 
 def gitlab_job(inputs: dict[str, object]) -> tuple[dict, dict[str, str]]:
@@ -272,9 +307,11 @@ def gitlab_job(inputs: dict[str, object]) -> tuple[dict, dict[str, str]]:
 
 
 def run_gitlab_lines(lines: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    """Run script lines as the runner does (one shell, stop at the first failure); keep \r as is."""
     script = "\n".join(lines)
-    return subprocess.run(["bash", "-eo", "pipefail", "-c", script], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=600, stdin=subprocess.DEVNULL)
+    done = subprocess.run(["bash", "-eo", "pipefail", "-c", script], env=env, cwd=cwd, capture_output=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
 def test_gitlab_component_job_builds_and_reports(tmp_path, workspace, registry):

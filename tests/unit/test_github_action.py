@@ -131,10 +131,11 @@ def test_inputs_map_to_the_cli_argv_like_build_push_action():
         "namespace": "builds",
         "target": "-odd",
         "fallback": "ephemeral",
+        "scheduler": "https://127.0.0.1:8443",
     })
     assert invocation.argv("--state-file=s.json") == [
         "build",
-        "--file=app/Dockerfile.gpu", "--target=-odd", "--pool=gpu", "--namespace=builds",
+        "--file=app/Dockerfile.gpu", "--target=-odd", "--pool=gpu", "--namespace=builds", "--scheduler=https://127.0.0.1:8443",
         "--tag=r/app:1", "--tag=r/app:latest", "--tag=r/app:sha",
         "--platform=linux/amd64", "--platform=linux/arm64",
         "--build-arg=A=1", "--build-arg=LIST=x,y",
@@ -172,7 +173,6 @@ def test_inline_secret_values_go_through_the_environment_never_argv():
         ({"push": "yes"}, "input 'push' is 'yes': write true or false"),
         ({"max-wait": "soon"}, "input 'max-wait' is 'soon'"),
         ({"fallback": "maybe"}, "input 'fallback' is 'maybe': write one of auto, wait, ephemeral, fail"),
-        ({"scheduler": "http://127.0.0.1:8080"}, "input 'scheduler'"),
         ({"secret-envs": "hf"}, "input 'secret-envs', item 1: write id=ENV_VARIABLE"),
     ],
 )
@@ -214,6 +214,7 @@ def test_cluster_access_from_inputs():
     assert cluster_access({"kubeconfig": KUBECONFIG}).kubeconfig == KUBECONFIG
     token = cluster_access({"server": "https://127.0.0.1:6443", "token": "t", "certificate-authority-data": "Q0E="})
     assert dict(token.env) == {"WARMBUILD_K8S_SERVER": "https://127.0.0.1:6443", "WARMBUILD_K8S_TOKEN": "t", "WARMBUILD_K8S_CA_DATA": "Q0E="}
+    assert dict(cluster_access({"scheduler": "https://127.0.0.1:8443", "token": "sa"}).env) == {"WARMBUILD_SCHEDULER_TOKEN": "sa"}
     oidc = cluster_access({"server": "https://127.0.0.1:6443", "oidc-audience": "warmbuild"})
     assert dict(oidc.env)["WARMBUILD_K8S_OIDC_AUDIENCE"] == "warmbuild"
     for bad, fragment in (
@@ -222,6 +223,7 @@ def test_cluster_access_from_inputs():
         ({"server": "https://127.0.0.1:6443"}, "exactly one of"),
         ({"server": "https://127.0.0.1:6443", "token": "t", "oidc-audience": "a"}, "exactly one of"),
         ({"server": "https://127.0.0.1:6443", "token": "t", "certificate-authority-data": "not base64!"}, "not base64"),
+        ({"scheduler": "https://127.0.0.1:8443", "kubeconfig": KUBECONFIG}, "with input 'scheduler'"),
     ):
         with pytest.raises(InputError) as err:
             cluster_access(bad)

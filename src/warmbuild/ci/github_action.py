@@ -45,9 +45,14 @@ class ClusterAccess:
 
 
 def cluster_access(inputs: Mapping[str, str]) -> ClusterAccess:
-    """Which credentials the inputs give: a kubeconfig, or a server with a token or OIDC audience."""
+    """Which credentials the inputs give: a kubeconfig, or a server with a token or OIDC audience;
+    with a scheduler, `token` is the bearer token for the scheduler instead."""
     kubeconfig, server, token = inputs.get("kubeconfig", ""), inputs.get("server", "").strip(), inputs.get("token", "").strip()
     ca, audience = inputs.get("certificate-authority-data", "").strip(), inputs.get("oidc-audience", "").strip()
+    if inputs.get("scheduler", "").strip():
+        if kubeconfig.strip() or server or audience or ca:
+            raise InputError("with input 'scheduler', give only input 'token' (the scheduler checks it); no cluster credentials")
+        return ClusterAccess(env=(("WARMBUILD_SCHEDULER_TOKEN", token),) if token else ())
     if kubeconfig.strip():
         if server or token or audience:
             raise InputError("give input 'kubeconfig' or input 'server' (with 'token' or 'oidc-audience'), not both")
@@ -221,8 +226,11 @@ def run_post(environ: Mapping[str, str] | None = None, out: TextIO | None = None
         return 0
     kubeconfig_file: Path | None = None
     try:
-        access = cluster_access(_masked_inputs(environ, out))
+        inputs = _masked_inputs(environ, out)
+        access = cluster_access(inputs)
         flags = [f"--state-file={state}"]
+        if inputs["scheduler"].strip():
+            flags.append(f"--scheduler={inputs['scheduler'].strip()}")  # the slot came from the scheduler
         if access.kubeconfig is not None:
             kubeconfig_file = _write_private(_private_dir(environ) / f"kubeconfig-{os.getpid()}", access.kubeconfig)
             flags.append(f"--kubeconfig={kubeconfig_file}")

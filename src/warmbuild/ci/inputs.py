@@ -30,6 +30,7 @@ SINGLE_FLAGS = {
     "namespace": "--namespace",
     "cache-key": "--cache-key",
     "kube-context": "--kube-context",
+    "scheduler": "--scheduler",
 }
 LIST_FLAGS = {  # name → (flag, also split on commas)
     "tags": ("--tag", True),
@@ -42,7 +43,7 @@ BOOLEAN_FLAGS = {"push": "--push", "no-cache": "--no-cache"}
 SECRET_INPUTS = ("secrets", "secret-envs", "secret-files")
 # Every input build_invocation reads.
 BUILD_INPUTS = (
-    "context", *SINGLE_FLAGS, *LIST_FLAGS, *CACHE_FLAGS, *BOOLEAN_FLAGS, *SECRET_INPUTS, "max-wait", "fallback", "scheduler"
+    "context", *SINGLE_FLAGS, *LIST_FLAGS, *CACHE_FLAGS, *BOOLEAN_FLAGS, *SECRET_INPUTS, "max-wait", "fallback"
 )
 SECRET_ENV_PREFIX = "WARMBUILD_SECRET_"
 
@@ -114,8 +115,6 @@ def build_invocation(inputs: Mapping[str, str]) -> BuildInvocation:
         if get("fallback") not in FALLBACKS:
             raise InputError(f"input 'fallback' is '{get('fallback')}': write one of {', '.join(FALLBACKS)}")
         argv.append(f"--fallback={get('fallback')}")
-    if get("scheduler"):
-        raise InputError("input 'scheduler': the scheduler service is not available in this warmbuild version yet; leave it empty")
 
     env: list[tuple[str, str]] = []
     values: list[str] = []
