@@ -19,7 +19,7 @@ from .history import BuildRecord
 PRIOR_WARM_SECONDS = 60.0
 PRIOR_EPHEMERAL_BUILD_SECONDS = 180.0
 PRIOR_EPHEMERAL_STARTUP_SECONDS = 20.0
-OVERRUN_REMAINING_SECONDS = 5.0  # a holder past its expected time: assume it ends soon, but not now
+OVERRUN_REMAINING_SECONDS = 5.0  # the least a running build is assumed to still need
 RECENT = 10
 
 FALLBACKS = ("auto", "wait", "ephemeral", "fail")
@@ -78,12 +78,26 @@ def expected_warm_duration(records: tuple[BuildRecord, ...], key: str) -> float:
     return _estimate(records, key, "warm", PRIOR_WARM_SECONDS)[0]
 
 
+def expected_remaining(records: tuple[BuildRecord, ...], key: str, held: float) -> float:
+    """How much longer a build of `key` that has run `held` seconds will take.
+
+    Within its expected time: the rest of it. Past it (a dependency change, a cold cache): the
+    median of this key's recent warm builds that ran longer than `held`, else — nothing known about
+    builds this long — as long again as half of what it has run (long builds tend to run long),
+    and never less than a few seconds.
+    """
+    left = expected_warm_duration(records, key) - held
+    if left > 0:
+        return left
+    tail = _median(d for d in _recent(records, "warm", key) if d > held)
+    if tail is not None:
+        return max(OVERRUN_REMAINING_SECONDS, tail - held)
+    return max(OVERRUN_REMAINING_SECONDS, 0.5 * held)
+
+
 def estimate_slot_wait(holders: Iterable[tuple[str, float]], records: tuple[BuildRecord, ...]) -> float:
     """Seconds until the first of a builder's slots frees: holders are (workload key hash, seconds held)."""
-    remaining = []
-    for key, held in holders:
-        left = expected_warm_duration(records, key) - held
-        remaining.append(left if left > 0 else OVERRUN_REMAINING_SECONDS)
+    remaining = [expected_remaining(records, key, held) for key, held in holders]
     return min(remaining) if remaining else 0.0
 
 

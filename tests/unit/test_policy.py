@@ -101,6 +101,14 @@ def test_estimates_use_this_workloads_history_then_the_pools_then_priors():
 def test_slot_wait_is_the_first_holder_expected_to_finish():
     history = (record("fast", "warm", 30), record("slow", "warm", 300))
     assert estimate_slot_wait([("fast", 10.0), ("slow", 10.0)], history) == 20
-    # A holder past its expected time is assumed to end soon, but not instantly.
-    assert 0 < estimate_slot_wait([("fast", 100.0)], history) <= 5
     assert estimate_slot_wait([], history) == 0
+
+
+def test_a_holder_past_its_expected_time_is_judged_by_the_longer_builds_of_its_key():
+    history = (record("k", "warm", 30), record("k", "warm", 32), record("k", "warm", 31),
+               record("k", "warm", 240), record("k", "warm", 260))  # dependency changes run long
+    assert estimate_slot_wait([("k", 100.0)], history) == 150  # median of the longer ones (250) - 100
+    # Nothing known about builds this long: half as long again, never less than a few seconds.
+    assert estimate_slot_wait([("k", 600.0)], history) == 300
+    assert estimate_slot_wait([("k", 32.0)], (record("k", "warm", 30),)) == 16
+    assert estimate_slot_wait([("k", 31.0)], (record("k", "warm", 30),)) >= 5

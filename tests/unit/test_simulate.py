@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from warmbuild import affinity, policy
 from warmbuild.history import BuildRecord
+from warmbuild.placement import POLL_SECONDS
 from warmbuild.simulate import POLICIES, compare, run_policy
 from warmbuild.simulate import policies as sim_policies
 from warmbuild.simulate.engine import HistoryIndex
@@ -219,6 +220,9 @@ def test_no_builder_exceeds_its_slots_and_every_build_ends_exactly_once(scenario
     for outcomes in by_arrival.values():
         final = [o for o in outcomes if o.status != "aborted"]
         assert len(final) == 1  # aborted attempts are retried until one ends
+    if name == "warmbuild":  # nobody waits past --max-wait (+ one poll and the placement latency)
+        limit = cfg.warmbuild.max_wait_seconds + POLL_SECONDS + cfg.fleet.acquire_seconds + 1e-6
+        assert all(o.queue_seconds <= limit for o in run.outcomes if o.status != "aborted")
     slots = {b.name: b.slots for b in run.builders}
     edges = defaultdict(list)
     for o in run.outcomes:

@@ -321,11 +321,6 @@ class Simulation:
             self.records.snapshot()
             self._snapshot_at = self.now
 
-    def history(self) -> tuple[BuildRecord, ...]:
-        """The whole snapshot: the newest 1000 records at the last refresh."""
-        self.refresh_history()
-        return self.records.snapshot_records()
-
     # --- scale events ---------------------------------------------------------------------
     def _scale(self, action: str, count: int) -> None:
         if action == "join":

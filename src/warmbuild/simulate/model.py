@@ -44,7 +44,7 @@ class Arrival:
     index: int
     time: float
     key: str
-    change: str = "code"
+    change: str = "code"  # code (a code-only change) | deps (touches the dependency layers)
     jitter: float = 1.0
 
 

@@ -46,7 +46,7 @@ class WarmbuildPolicy:
         self.waiting: dict[int, Build] = {}  # by wait start: FIFO
         self.by_affine: dict[str, dict[int, Build]] = {}
         self._next_check: dict[int, float] = {}
-        self.decisions = 0
+        self.decisions = 0  # policy.decide calls, for benchmarks
 
     # --- what placement computes ------------------------------------------------------------
     def _affine(self, build: Build, builders: list[BuilderState]) -> BuilderState:
@@ -84,6 +84,8 @@ class WarmbuildPolicy:
             return
         sim.refresh_history()
         waited = now - build.arrived
+        if abs(waited - opts.max_wait_seconds) < 1e-6:
+            waited = opts.max_wait_seconds  # the recheck at the end of the wait: the budget is spent, not 1e-12 left
         spill_free = False
         affine_wait = 0.0
         if affine is not None:
@@ -137,7 +139,7 @@ class WarmbuildPolicy:
         deadline = build.arrived + self.options.max_wait_seconds
         now = self.sim.now
         at = now + self.options.recheck_seconds
-        if now < deadline < at:
+        if now + 1e-6 < deadline < at:
             at = deadline
         if self._next_check.get(build.id) != at:
             self._next_check[build.id] = at
