@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Callable
 
 from .cluster import KubeClient, KubeNotFound
-from .errors import ClusterError, DrainTimedOut, WarmbuildError
+from .errors import ClusterError, DrainTimedOut
 from .leases import BUILDER_LABEL, RUN_URL_ANNOTATION, lease_expiry, lease_is_free, lease_owner_uid, leases_path
 from .pool import DRAINING_ANNOTATION
 

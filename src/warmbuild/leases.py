@@ -12,12 +12,13 @@ Lease name it is the fencing token: a holder that finds another holder, or anoth
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Callable
 
 from .cluster import KubeClient, KubeConflict, KubeNotFound, format_micro_time, parse_kube_time
-from .errors import ClusterError, LeaseLost
+from .errors import ClusterError, LeaseLost, WarmbuildError
 from .pool import POOL_LABEL, Builder
 
 BUILDER_LABEL = "warmbuild.dev/builder"
@@ -230,18 +231,25 @@ def release_slot(client: KubeClient, namespace: str, name: str, holder: str) -> 
     raise ClusterError(f"could not release slot lease {name}: it kept changing under us")
 
 
-class LeaseKeeper:
-    """Renews a held slot every duration/3 in a background thread; calls `on_lost` once if fenced."""
+class SlotKeeper:
+    """Renews a held slot every duration/3 in a background thread; calls `on_lost` once if fenced.
 
-    def __init__(self, client: KubeClient, held: SlotLease, on_lost: Callable[[str], None]):
-        self.client = client
+    `renew` returns the renewed slot or raises: LeaseLost when another holder has it; any other
+    WarmbuildError is retried at the next interval until a whole lease duration has passed since
+    the last renewal — from then on the slot may be someone else's, and the build must stop.
+    """
+
+    def __init__(self, renew: Callable[[SlotLease], SlotLease], held: SlotLease, on_lost: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic):
+        self.renew = renew
         self.held = held
         self.on_lost = on_lost
+        self.clock = clock
         self.lost_reason: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"renew-{held.name}", daemon=True)
 
-    def start(self) -> "LeaseKeeper":
+    def start(self) -> "SlotKeeper":
         self._thread.start()
         return self
 
@@ -251,19 +259,26 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         interval = max(0.5, self.held.duration_seconds / 3)
-        deadline = self.client.server_now() + timedelta(seconds=self.held.duration_seconds)
+        renewed_at = self.clock()
         while not self._stop.wait(interval):
             try:
-                self.held = renew_slot(self.client, self.held)
-                deadline = self.client.server_now() + timedelta(seconds=self.held.duration_seconds)
+                self.held = self.renew(self.held)
+                renewed_at = self.clock()
             except LeaseLost as exc:
                 self._lose(exc.message)
                 return
-            except ClusterError as exc:
-                if self.client.server_now() >= deadline:
+            except WarmbuildError as exc:
+                if self.clock() - renewed_at >= self.held.duration_seconds:
                     self._lose(f"could not renew slot lease {self.held.name} before it expired: {exc.message}")
                     return
 
     def _lose(self, reason: str) -> None:
         self.lost_reason = reason
         self.on_lost(reason)
+
+
+class LeaseKeeper(SlotKeeper):
+    """A SlotKeeper that renews the Lease directly on the API server."""
+
+    def __init__(self, client: KubeClient, held: SlotLease, on_lost: Callable[[str], None]):
+        super().__init__(lambda slot: renew_slot(client, slot), held, on_lost)

@@ -23,8 +23,9 @@ from warmbuild.cluster import KubeNotFound, connect
 from warmbuild.ephemeral import EPHEMERAL_LABEL, pods_path
 from warmbuild.gc import collect_garbage
 from warmbuild.history import BuildRecord, append_record, key_hash
-from warmbuild.leases import HolderInfo, lease_is_free, list_pool_leases, release_slot, try_acquire_slot
+from warmbuild.leases import HolderInfo, list_pool_leases, release_slot, try_acquire_slot
 from warmbuild.pool import discover_builders
+from poolkit import held_slots, wait_for
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
@@ -44,28 +45,13 @@ def ephemeral_pods(client) -> list[str]:
     return [p["metadata"]["name"] for p in items]
 
 
-def held(client) -> list[str]:
-    now = client.server_now()
-    return [n for n, l in list_pool_leases(client, NAMESPACE, POOL).items() if not lease_is_free(l, now)]
-
-
-def wait_for(predicate, timeout, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.fixture(autouse=True)
 def clean_pool(ci):
     collect_garbage(ci, NAMESPACE)  # what a killed earlier run may have left, as the gc CronJob would
     wait_for(lambda: len(discover_builders(ci, NAMESPACE, POOL)) == 3, 120, what="3 ready builders")
-    wait_for(lambda: not held(ci) and not ephemeral_pods(ci), 30, what="a quiet pool before the test")
+    wait_for(lambda: not held_slots(ci) and not ephemeral_pods(ci), 30, what="a quiet pool before the test")
     yield
-    wait_for(lambda: not held(ci), 30, what="every slot free after the test")
+    wait_for(lambda: not held_slots(ci), 30, what="every slot free after the test")
     wait_for(lambda: not ephemeral_pods(ci), 30, what="no ephemeral builder left after the test")
 
 
@@ -282,7 +268,7 @@ def test_a_signal_in_any_phase_deletes_the_builder_and_frees_everything_within_5
         for name in pods:
             with pytest.raises(KubeNotFound):
                 ci.request("GET", pods_path(NAMESPACE, name))
-        assert not held(ci)
+        assert not held_slots(ci)
         assert not (tmp_path / "s.json").exists()
         result = json.loads((tmp_path / "r.json").read_text()) if (tmp_path / "r.json").exists() else None
         if result is not None:

@@ -14,15 +14,16 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pytest
 
 from warmbuild.cluster import KubeConflict, connect
 from warmbuild.errors import NoSlotAvailable
-from warmbuild.leases import HolderInfo, LeaseKeeper, lease_is_free, leases_path, list_pool_leases, release_slot, try_acquire_slot
+from warmbuild.leases import HolderInfo, LeaseKeeper, leases_path, list_pool_leases, release_slot, try_acquire_slot
 from warmbuild.placement import PlacementRequest, acquire_build_slot
 from warmbuild.pool import discover_builders
+from poolkit import held_slots, wait_for
 
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")
@@ -39,32 +40,13 @@ def ci_kubeconfig():
     return os.environ["WARMBUILD_CI_KUBECONFIG"]
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def held_leases(client) -> dict[str, str]:
-    now = client.server_now()
-    return {
-        name: lease["spec"]["holderIdentity"]
-        for name, lease in list_pool_leases(client, NAMESPACE, POOL).items()
-        if not lease_is_free(lease, now)
-    }
-
-
 @pytest.fixture(autouse=True)
 def pool_is_idle(admin):
     wait_for(lambda: len(discover_builders(admin, NAMESPACE, POOL)) == 3, 120, what="3 ready builders")
-    wait_for(lambda: not held_leases(admin), 30, what="all slots free before the test")
+    wait_for(lambda: not held_slots(admin), 30, what="all slots free before the test")
     yield
     # Every test must leave every slot free again.
-    wait_for(lambda: not held_leases(admin), 30, what="all slots free after the test")
+    wait_for(lambda: not held_slots(admin), 30, what="all slots free after the test")
 
 
 def take_over(admin, lease_name: str, usurper: str = "usurper") -> None:
@@ -99,7 +81,7 @@ def test_forty_racing_acquirers_never_exceed_six_holders_and_all_get_served(ci_k
         nonlocal holders_seen_max
         client = connect(ci_kubeconfig)
         while not stop.is_set():
-            holders = held_leases(client)
+            holders = held_slots(client)
             holders_seen_max = max(holders_seen_max, len(holders))
             if len(holders) > 6:
                 violations.append(f"{len(holders)} holders: {holders}")
@@ -159,7 +141,7 @@ def test_forty_racing_acquirers_never_exceed_six_holders_and_all_get_served(ci_k
             assert end_a <= start_b, f"two holders overlapped on {name}"
     tokens = [token for *_, token in intervals]
     assert len(set(tokens)) == len(tokens)
-    assert not held_leases(admin)
+    assert not held_slots(admin)
 
 
 HOLD_ALL_SLOTS = """
@@ -209,7 +191,7 @@ def test_a_holder_killed_with_sigkill_frees_its_slot_within_duration_plus_two_se
         assert freed_after <= lease_seconds + 2, f"slot free only after {freed_after:.1f}s"
         release_slot(client, NAMESPACE, held.name, held.holder)
         # The other slot of that builder expires the same way; wait so the next test starts clean.
-        wait_for(lambda: not held_leases(client), lease_seconds + 5, what="the second slot to expire")
+        wait_for(lambda: not held_slots(client), lease_seconds + 5, what="the second slot to expire")
     finally:
         if child.poll() is None:
             child.kill()
@@ -375,7 +357,7 @@ def test_build_through_the_pool_lands_on_the_affine_builder_and_reuses_its_cache
     assert pip_step["cached"] is True
     assert second["cache"]["cached_steps"] > 0
     assert not (tmp_path / "state.json").exists()  # released and cleaned up
-    assert not held_leases(admin)
+    assert not held_slots(admin)
 
 
 def test_fencing_aborts_a_running_build_with_a_clear_message(ci_kubeconfig, admin, tmp_path, registry, run_warmbuild):
@@ -444,6 +426,6 @@ def test_release_from_another_process_reads_the_state_file(ci_kubeconfig, run_wa
     done = run_warmbuild("release", "--state-file", str(state_file), env={"KUBECONFIG": ci_kubeconfig})
     assert done.returncode == 0, done.stderr
     assert f"released slot {grant.lease.name}" in done.stderr
-    assert grant.lease.name not in held_leases(client)
+    assert grant.lease.name not in held_slots(client)
     again = run_warmbuild("release", "--state-file", str(state_file), env={"KUBECONFIG": ci_kubeconfig})
     assert again.returncode == 0 and "nothing to release" in again.stderr

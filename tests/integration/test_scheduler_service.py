@@ -21,35 +21,20 @@ from scheduler_harness import CI_USER, NAMESPACE, SchedulerProcess, ci_token, en
 from warmbuild.affinity import preference_order
 from warmbuild.cluster import KubeConflict, connect
 from warmbuild.errors import LeaseLost
-from warmbuild.leases import HolderInfo, lease_is_free, leases_path, list_pool_leases, release_slot
+from warmbuild.leases import HolderInfo, leases_path, release_slot
 from warmbuild.placement import PlacementRequest
 from warmbuild.pool import discover_builders
 from warmbuild.scheduler.client import SchedulerClient, SchedulerError, SchedulerOptions
+from poolkit import held_slots, wait_for
 
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 OTHER_SA = "warmbuild-other-team"
 LEASE_SECONDS = 5  # short, so a grant whose answer died with a killed replica expires quickly
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def held_leases(client) -> dict[str, str]:
-    now = client.server_now()
-    return {name: lease["spec"]["holderIdentity"] for name, lease in list_pool_leases(client, NAMESPACE, POOL).items()
-            if not lease_is_free(lease, now)}
-
-
 def held_by(client, hint_prefix: str) -> dict[str, str]:
     """Slots held by this test's clients (their holder identities start with the hint they sent)."""
-    return {name: holder for name, holder in held_leases(client).items() if holder.startswith(hint_prefix)}
+    return {name: holder for name, holder in held_slots(client).items() if holder.startswith(hint_prefix)}
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +71,9 @@ def replicas(admin, setup):
 @pytest.fixture(autouse=True)
 def pool_is_idle(ci):
     wait_for(lambda: len(discover_builders(ci, NAMESPACE, POOL)) == 3, 120, what="3 ready builders")
-    wait_for(lambda: not held_leases(ci), 30, what="all slots free before the test")
+    wait_for(lambda: not held_slots(ci), 30, what="all slots free before the test")
     yield
-    wait_for(lambda: not held_leases(ci), 30, what="all slots free after the test")
+    wait_for(lambda: not held_slots(ci), 30, what="all slots free after the test")
 
 
 def client_for(setup, *urls: str, poll_seconds: float = 3.0) -> SchedulerClient:
@@ -118,7 +103,7 @@ def race(setup, urls, clients: int, hold_seconds: float, observer_client, during
     def observe():
         nonlocal seen_max
         while not stop.is_set():
-            holders = held_leases(observer_client)
+            holders = held_slots(observer_client)
             seen_max = max(seen_max, len(holders))
             if len(holders) > 6:
                 violations.append(f"{len(holders)} holders: {holders}")
@@ -196,7 +181,7 @@ def test_a_replica_killed_mid_run_leaves_clients_finishing_through_the_other(adm
         victim, survivor = replicas
 
         def kill_soon():
-            wait_for(lambda: len(held_leases(ci)) >= 4, 30, interval=0.05, what="the race to be under way")
+            wait_for(lambda: len(held_slots(ci)) >= 4, 30, interval=0.05, what="the race to be under way")
             victim.kill()
 
         # Hold 1.2 s with 3 s leases (renewed every second): every holder renews through the scheduler.
@@ -250,9 +235,9 @@ def test_metrics_match_the_leases_and_the_desired_builders_count_the_queue(setup
     grants = [client.acquire(placement(f"metrics-{i}", f"metrics-{i}", max_wait=0)) for i in range(3)]
     try:
         for _ in range(5):  # the scrape must see what the Leases say at that moment: nothing moved around it
-            before = held_leases(ci)
+            before = held_slots(ci)
             samples = scrape(replica, setup)
-            after = held_leases(ci)
+            after = held_slots(ci)
             if before == after:
                 break
         assert before == after and len(held_by(ci, "metrics-")) == 3
@@ -335,7 +320,7 @@ def test_build_through_the_scheduler_without_any_kubernetes_credentials(
     assert result["image"]["pushed"] is True and result["image"]["digest"].startswith("sha256:")
     assert f"on {placement_doc['builder_name']}" in done.stderr
     assert not state_file.exists()
-    assert not any("@system:serviceaccount:" in holder for holder in held_leases(ci).values())
+    assert not any("@system:serviceaccount:" in holder for holder in held_slots(ci).values())
 
 
 def test_a_dead_scheduler_is_one_clear_line_within_seconds(setup, tiny_app, run_warmbuild, tmp_path, registry):

@@ -37,6 +37,7 @@ from warmbuild.simulate import run_policy
 from warmbuild.simulate.model import FleetConfig, SimulationConfig, WarmbuildOptions
 from warmbuild.simulate.report import policy_metrics
 from warmbuild.simulate.workload import read_history_file, workload_from_history
+from poolkit import wait_for
 
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")
@@ -48,16 +49,6 @@ WAVES = [
     ["A1", "A2", "A1"], ["B", "B", "C"], ["A1", "A1", "A1"], ["C", "A2", "B"], ["A2", "A1", "A2"],
 ]
 SLOW_STEP = 'RUN python /app/app.py && sleep 3\n'  # every build runs it: a code-only build takes seconds, as a real one would
-
-
-def wait_for(predicate, timeout, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -23,8 +22,8 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from ..errors import ClusterError, InputError, LeaseLost, NoSlotAvailable, WarmbuildError
-from ..leases import SlotLease
+from ..errors import ClusterError, InputError, LeaseLost, NoSlotAvailable
+from ..leases import SlotKeeper, SlotLease
 from ..placement import Grant, PlacementRequest
 from ..pool import Builder
 
@@ -304,47 +303,9 @@ def _short(value, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class SchedulerKeeper:
-    """Renews a slot through the scheduler every duration/3; `on_lost` once if fenced or expired.
+class SchedulerKeeper(SlotKeeper):
+    """A SlotKeeper that renews through the scheduler."""
 
-    A renewal the scheduler cannot answer is retried at the next interval; once a whole lease
-    duration has passed since the last successful renewal, the slot may be someone else's and the
-    build is stopped.
-    """
-
-    def __init__(self, client: SchedulerClient, held: SlotLease, on_lost: Callable[[str], None],
+    def __init__(self, client: "SchedulerClient", held: SlotLease, on_lost: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic):
-        self.client = client
-        self.held = held
-        self.on_lost = on_lost
-        self.clock = clock
-        self.lost_reason: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"renew-{held.name}", daemon=True)
-
-    def start(self) -> "SchedulerKeeper":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        interval = max(0.5, self.held.duration_seconds / 3)
-        renewed_at = self.clock()
-        while not self._stop.wait(interval):
-            try:
-                self.held = self.client.renew(self.held)
-                renewed_at = self.clock()
-            except LeaseLost as exc:
-                self._lose(exc.message)
-                return
-            except WarmbuildError as exc:
-                if self.clock() - renewed_at >= self.held.duration_seconds:
-                    self._lose(f"could not renew slot lease {self.held.name} before it expired: {exc.message}")
-                    return
-
-    def _lose(self, reason: str) -> None:
-        self.lost_reason = reason
-        self.on_lost(reason)
+        super().__init__(client.renew, held, on_lost, clock)
