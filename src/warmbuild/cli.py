@@ -9,6 +9,7 @@ import socket
 import sys
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .affinity import explicit_key, workload_key
@@ -35,9 +36,11 @@ from .pipeline import run_build, run_pool_build
 from .placement import PlacementRequest
 from .pool_status import read_pool_status, render_status_table, status_to_dict
 from .report import Placement
-from .scheduler.client import SchedulerClient, scheduler_options
 from .simulate.commands import COMMANDS as SIMULATION_COMMANDS, add_commands as add_simulation_commands, run_command as run_simulation_command
 from .signals import install_cancel_handlers, signals_deferred
+
+if TYPE_CHECKING:
+    from .scheduler.client import SchedulerClient
 
 
 class _Parser(argparse.ArgumentParser):
@@ -243,9 +246,11 @@ def _build_in_pool(args: argparse.Namespace, request, tls: TlsFiles | None) -> i
     return 0
 
 
-def _scheduler_client(args: argparse.Namespace) -> SchedulerClient | None:
+def _scheduler_client(args: argparse.Namespace) -> "SchedulerClient | None":
     if not args.scheduler:
         return None
+    from .scheduler.client import SchedulerClient, scheduler_options  # only for --scheduler: keeps start-up quick
+
     return SchedulerClient(scheduler_options(args.scheduler, args.scheduler_token, args.scheduler_token_file, args.scheduler_ca))
 
 
