@@ -47,7 +47,7 @@ tb_pool_up() {
     || tb_die "could not apply testbed/manifests/pool.yaml"
   "$python" "$TESTBED_SRC/kube.py" --kubeconfig "$kubeconfig" wait-ready \
       --namespace "$POOL_NAMESPACE" --selector "$POOL_SELECTOR" --count "$POOL_BUILDERS" --port "$BUILDKITD_PORT" --timeout 180 \
-      --while-pid "$(cat "$(tb_pidfile node-emulator)")" \
+      --while-pid "$(tb_recorded_pid node-emulator)" \
     || tb_die "the builder pool did not become Ready; see $WARMBUILD_TESTBED_DIR/logs/node-emulator.log"
   tb_log "builder pool '$POOL_NAME' ($POOL_BUILDERS builders on node $POOL_NODE) ready in $((SECONDS - started))s"
 }
