@@ -128,8 +128,69 @@ def run_pool_build(
     """Place the build in the pool, run it there, give back the slot or delete the ephemeral
     builder whatever happens, and add the build to the pool's history."""
     log = sys.stderr if log is None else log
-    broker = broker or DirectLeases(client)  # or the scheduler's client, for runners without Lease RBAC (client None)
     started = time.monotonic()
+    reported: list[BuildResult] = []
+
+    def reporting(record: Callable[[BuildResult], None]) -> Callable[[BuildResult], None]:
+        def on_result(result: BuildResult) -> None:
+            reported.append(result)
+            record(result)
+
+        return on_result
+
+    try:
+        return _place_and_build(
+            request, client, placement_request, tls=tls, state=state, state_file=state_file, cache_ref=cache_ref,
+            cache_export=cache_export, ephemeral=ephemeral, buildctl=buildctl, log=log, broker=broker,
+            started=started, reporting=reporting,
+        )
+    except WarmbuildError as failure:
+        if not reported:  # placement or builder startup failed: no solve ran, but CI still gets a result
+            report_unbuilt(request, failure, queue_seconds=time.monotonic() - started, log=log)
+        raise
+
+
+def report_unbuilt(request: BuildRequest, failure: WarmbuildError, *, queue_seconds: float, log: TextIO,
+                   environ: Mapping[str, str] | None = None) -> BuildResult:
+    """The result of a build that never reached a builder: written and published like any other."""
+    environ = os.environ if environ is None else environ
+    now = datetime.now(timezone.utc)
+    result = BuildResult(
+        status="cancelled" if isinstance(failure, Cancelled) else "failed",
+        placement=Placement(builder="", path="none", reason=failure.message),
+        timings=Timings(queue_seconds=round(queue_seconds, 3), total_seconds=round(queue_seconds, 3)),
+        cache=CacheStats(0, 0),
+        started_at=now,
+        finished_at=now,
+        error=failure.message,
+        exit_code=failure.exit_code,
+    )
+    with signals_deferred():
+        document = result_to_dict(result, __version__)
+        write_result_file(result, request.result_file, __version__)
+        for publisher in [*publishers_from_env(environ), ReportFilesPublisher.from_env(environ)]:
+            publisher.publish(result, document)
+    return result
+
+
+def _place_and_build(
+    request: BuildRequest,
+    client: KubeClient | None,
+    placement_request: PlacementRequest,
+    *,
+    tls: TlsFiles | None,
+    state: ReleaseState,
+    state_file: Path,
+    cache_ref: str | None,
+    cache_export: str,
+    ephemeral: EphemeralSettings | None,
+    buildctl: str | None,
+    log: TextIO,
+    broker: SlotBroker | None,
+    started: float,
+    reporting: Callable[[Callable[[BuildResult], None]], Callable[[BuildResult], None]],
+) -> BuildResult:
+    broker = broker or DirectLeases(client)  # or the scheduler's client, for runners without Lease RBAC (client None)
     title = f"Placement: a slot in pool '{placement_request.pool}' (namespace {placement_request.namespace})"
     grant = None
     try:  # from the moment a slot is granted, every way out releases it
@@ -138,7 +199,7 @@ def run_pool_build(
         queue_seconds = time.monotonic() - started
         options = cache_options(grant.path, cache_ref, cache_export, request.push, placement_request.untrusted)
         request = replace(request, cache_from=request.cache_from + options.imports, cache_to=request.cache_to + options.exports)
-        record = _history_recorder(client, placement_request, started_wall=client.server_now()) if client else (lambda _result: None)
+        record = reporting(_history_recorder(client, placement_request, started_wall=client.server_now()) if client else (lambda _result: None))
         if grant.path == "ephemeral":
             return _run_on_ephemeral_builder(
                 request, client, placement_request, grant, queue_seconds,

@@ -35,7 +35,7 @@ class Timings:
 @dataclass(frozen=True)
 class Placement:
     builder: str  # address the build ran on
-    path: str  # direct | warm | spill | ephemeral
+    path: str  # direct | warm | spill | ephemeral | none (the build never reached a builder)
     builder_name: str | None = None
     affine: bool | None = None
     reason: str | None = None

@@ -171,6 +171,9 @@ def test_an_unschedulable_builder_fails_within_the_timeout_naming_the_reason(ci,
     assert len(error) == 1
     assert "was not ready after 6s" in error[0] and "FailedScheduling" in error[0] and "node" in error[0]
     assert not ephemeral_pods(ci)
+    result = json.loads((tmp_path / "r.json").read_text())  # CI gets a result even without a solve
+    assert result["status"] == "failed" and result["exit_code"] == 9
+    assert result["placement"]["path"] == "none" and "FailedScheduling" in result["error"]
 
 
 def buildctl_du_ids(address: str) -> set[str]:

@@ -331,6 +331,8 @@ def test_a_missing_permission_is_one_line_naming_it(admin, tiny_app, registry, r
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, lines
     assert "missing permission: " in lines[0] and "leases.coordination.k8s.io in namespace warmbuild" in lines[0]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["status"] == "failed" and result["exit_code"] == 6 and "missing permission" in result["error"]
     assert "create" in lines[0] or "update" in lines[0]
 
 
