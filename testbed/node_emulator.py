@@ -193,20 +193,26 @@ class Buildkitd:
         return 128 - code if code is not None and code < 0 else code
 
 
-def stop_process_group(process: subprocess.Popen) -> None:
-    """SIGTERM the process group led by `process`, SIGKILL it after STOP_TIMEOUT_SECONDS."""
+def signal_process_group(process: subprocess.Popen, signum: int) -> None:
     try:
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, signum)
     except ProcessLookupError:
         pass
+
+
+def wait_or_kill(process: subprocess.Popen, seconds: float) -> None:
+    """Wait for `process` to exit; SIGKILL its process group after `seconds`."""
     try:
-        process.wait(STOP_TIMEOUT_SECONDS)
+        process.wait(seconds)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        signal_process_group(process, signal.SIGKILL)
         process.wait()
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group led by `process`, SIGKILL it after STOP_TIMEOUT_SECONDS."""
+    signal_process_group(process, signal.SIGTERM)
+    wait_or_kill(process, STOP_TIMEOUT_SECONDS)
 
 
 def kill_leftover_buildkitd(pid_file: Path) -> None:
@@ -466,7 +472,7 @@ class NodeEmulator:
         """Processes stopped at shutdown: buildkitds and running preStop commands."""
         with self.processes_lock:
             if self.stopping.is_set():
-                os.killpg(process.pid, signal.SIGKILL)
+                signal_process_group(process, signal.SIGKILL)
                 raise Shutdown("stopping")
             self.processes[process.pid] = process
 
@@ -481,20 +487,10 @@ class NodeEmulator:
             processes = list(self.processes.values())
             self.processes.clear()
         for process in processes:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+            signal_process_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS  # one grace period for all, not one each
         for process in processes:
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                process.wait()
+            wait_or_kill(process, max(0.1, deadline - time.monotonic()))
             what = "buildkitd" if process.args[0] == str(RUN_BUILDKITD) else "preStop"
             log.info("stopped %s pid %d", what, process.pid)
 
@@ -747,10 +743,7 @@ class PodWorker(threading.Thread):
                 log.info("%s: preStop exited with %d after %.1fs", self.key, code, time.monotonic() - started)
             except subprocess.TimeoutExpired:
                 log.warning("%s: preStop still running after the %ds grace period; killing it", self.key, timeout)
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                signal_process_group(process, signal.SIGKILL)
                 process.wait()
             finally:
                 self.emulator.untrack(process)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from warmbuild.leases import lease_is_free, list_pool_leases
@@ -30,3 +31,59 @@ def held_slots(client, namespace: str = NAMESPACE, pool: str = POOL) -> dict[str
         for name, lease in list_pool_leases(client, namespace, pool).items()
         if not lease_is_free(lease, now)
     }
+
+
+def race_for_slots(acquire_hold_release, clients: int, observer_client, during=None, join_timeout: float = 240.0,
+                   most_holders: int = 6):
+    """Run `clients` threads of `acquire_hold_release(index) -> (lease, start, end, fencing token)` while
+    an observer watches the pool's Leases. Returns (most holders seen, violations, intervals, errors)."""
+    seen_max = 0
+    violations: list[str] = []
+    intervals: list[tuple[str, float, float, str]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def observe():
+        nonlocal seen_max
+        while not stop.is_set():
+            holders = held_slots(observer_client)
+            seen_max = max(seen_max, len(holders))
+            if len(holders) > most_holders:
+                violations.append(f"{len(holders)} holders: {holders}")
+            time.sleep(0.02)
+
+    def run(index: int):
+        try:
+            interval = acquire_hold_release(index)
+            with lock:
+                intervals.append(interval)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+
+    observer = threading.Thread(target=observe)
+    observer.start()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    if during is not None:
+        during()
+    for t in threads:
+        t.join(timeout=join_timeout)
+    stop.set()
+    observer.join()
+    return seen_max, violations, intervals, errors
+
+
+def assert_served_without_overlap(intervals, clients: int) -> None:
+    """Every client was served, no two held one slot at once, and no fencing token was reused."""
+    assert len(intervals) == clients
+    by_lease: dict[str, list[tuple[float, float]]] = {}
+    for name, start, end, _token in intervals:
+        by_lease.setdefault(name, []).append((start, end))
+    for name, spans in by_lease.items():
+        spans.sort()
+        for (_, end_a), (start_b, _) in zip(spans, spans[1:]):
+            assert end_a <= start_b, f"two holders overlapped on {name}"
+    tokens = [token for *_, token in intervals]
+    assert len(set(tokens)) == len(tokens)

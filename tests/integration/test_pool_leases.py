@@ -23,7 +23,7 @@ from warmbuild.errors import NoSlotAvailable
 from warmbuild.leases import HolderInfo, LeaseKeeper, leases_path, list_pool_leases, release_slot, try_acquire_slot
 from warmbuild.placement import PlacementRequest, acquire_build_slot
 from warmbuild.pool import discover_builders
-from poolkit import held_slots, wait_for
+from poolkit import assert_served_without_overlap, held_slots, race_for_slots, wait_for
 
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")
@@ -73,74 +73,33 @@ def scale(admin, replicas: int):
 
 
 def test_forty_racing_acquirers_never_exceed_six_holders_and_all_get_served(ci_kubeconfig, admin):
-    holders_seen_max = 0
-    violations: list[str] = []
-    stop = threading.Event()
-
-    def observe():
-        nonlocal holders_seen_max
+    def acquire_hold_release(index: int):
         client = connect(ci_kubeconfig)
-        while not stop.is_set():
-            holders = held_slots(client)
-            holders_seen_max = max(holders_seen_max, len(holders))
-            if len(holders) > 6:
-                violations.append(f"{len(holders)} holders: {holders}")
-            time.sleep(0.02)
+        request = PlacementRequest(
+            namespace=NAMESPACE,
+            pool=POOL,
+            workload_key=f"race-{index % 12}",
+            holder=HolderInfo(identity=f"race-{index}-{uuid.uuid4().hex[:6]}", run_url=f"https://ci.example/run/{index}"),
+            max_wait_seconds=3,
+            lease_seconds=15,
+        )
+        grant = None
+        while grant is None:
+            try:
+                grant = acquire_build_slot(client, request)
+            except NoSlotAvailable:
+                time.sleep(0.2)  # all six busy for 3 s: try again, as a retrying CI job would
+        start = time.monotonic()
+        time.sleep(0.3)
+        end = time.monotonic()
+        assert release_slot(client, NAMESPACE, grant.lease.name, grant.lease.holder)
+        return grant.lease.name, start, end, grant.lease.fencing_token
 
-    intervals: list[tuple[str, float, float, str]] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def acquirer(index: int):
-        try:
-            client = connect(ci_kubeconfig)
-            request = PlacementRequest(
-                namespace=NAMESPACE,
-                pool=POOL,
-                workload_key=f"race-{index % 12}",
-                holder=HolderInfo(identity=f"race-{index}-{uuid.uuid4().hex[:6]}", run_url=f"https://ci.example/run/{index}"),
-                max_wait_seconds=3,
-                lease_seconds=15,
-            )
-            grant = None
-            while grant is None:
-                try:
-                    grant = acquire_build_slot(client, request)
-                except NoSlotAvailable:
-                    time.sleep(0.2)  # all six busy for 3 s: try again, as a retrying CI job would
-            start = time.monotonic()
-            time.sleep(0.3)
-            end = time.monotonic()
-            assert release_slot(client, NAMESPACE, grant.lease.name, grant.lease.holder)
-            with lock:
-                intervals.append((grant.lease.name, start, end, grant.lease.fencing_token))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    observer = threading.Thread(target=observe)
-    observer.start()
-    threads = [threading.Thread(target=acquirer, args=(i,)) for i in range(40)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=240)
-    stop.set()
-    observer.join()
-
+    holders_seen_max, violations, intervals, errors = race_for_slots(acquire_hold_release, 40, connect(ci_kubeconfig))
     assert not errors, errors[:3]
-    assert len(intervals) == 40  # every acquirer was served
     assert not violations, violations[:3]
     assert 1 <= holders_seen_max <= 6
-    # No two acquirers held the same slot at the same time, and fencing tokens are never reused.
-    by_lease: dict[str, list[tuple[float, float]]] = {}
-    for name, start, end, _token in intervals:
-        by_lease.setdefault(name, []).append((start, end))
-    for name, spans in by_lease.items():
-        spans.sort()
-        for (_, end_a), (start_b, _) in zip(spans, spans[1:]):
-            assert end_a <= start_b, f"two holders overlapped on {name}"
-    tokens = [token for *_, token in intervals]
-    assert len(set(tokens)) == len(tokens)
+    assert_served_without_overlap(intervals, 40)  # every acquirer was served, one holder per slot at a time
     assert not held_slots(admin)
 
 

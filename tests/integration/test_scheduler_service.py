@@ -25,7 +25,7 @@ from warmbuild.leases import HolderInfo, leases_path, release_slot
 from warmbuild.placement import PlacementRequest
 from warmbuild.pool import discover_builders
 from warmbuild.scheduler.client import SchedulerClient, SchedulerError, SchedulerOptions
-from poolkit import held_slots, wait_for
+from poolkit import assert_served_without_overlap, held_slots, race_for_slots, wait_for
 
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 OTHER_SA = "warmbuild-other-team"
@@ -96,24 +96,8 @@ def scrape(replica, setup) -> dict[tuple[str, tuple], float]:
 
 def race(setup, urls, clients: int, hold_seconds: float, observer_client, during=None, lease_seconds: int = LEASE_SECONDS):
     """`clients` threads acquire, hold (renewing through the scheduler), release; an observer watches the Leases."""
-    seen_max = 0
-    violations: list[str] = []
-    stop = threading.Event()
 
-    def observe():
-        nonlocal seen_max
-        while not stop.is_set():
-            holders = held_slots(observer_client)
-            seen_max = max(seen_max, len(holders))
-            if len(holders) > 6:
-                violations.append(f"{len(holders)} holders: {holders}")
-            time.sleep(0.02)
-
-    intervals: list[tuple[str, float, float, str]] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def acquirer(index: int):
+    def acquire_hold_release(index: int):
         client = client_for(setup, *urls)
         try:
             grant = client.acquire(placement(f"race-{index % 12}", f"racer-{index}", lease_seconds=lease_seconds))
@@ -125,38 +109,11 @@ def race(setup, urls, clients: int, hold_seconds: float, observer_client, during
             end = time.monotonic()
             assert not lost, lost
             assert client.release(grant), f"{grant.lease.name} was not ours any more at release"
-            with lock:
-                intervals.append((grant.lease.name, start, end, grant.lease.fencing_token))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+            return grant.lease.name, start, end, grant.lease.fencing_token
         finally:
             client.close()
 
-    observer = threading.Thread(target=observe)
-    observer.start()
-    threads = [threading.Thread(target=acquirer, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    if during is not None:
-        during()
-    for t in threads:
-        t.join(timeout=180)
-    stop.set()
-    observer.join()
-    return seen_max, violations, intervals, errors
-
-
-def assert_served_without_overlap(intervals, clients: int):
-    assert len(intervals) == clients
-    by_lease: dict[str, list[tuple[float, float]]] = {}
-    for name, start, end, _token in intervals:
-        by_lease.setdefault(name, []).append((start, end))
-    for name, spans in by_lease.items():
-        spans.sort()
-        for (_, end_a), (start_b, _) in zip(spans, spans[1:]):
-            assert end_a <= start_b, f"two holders overlapped on {name}"
-    tokens = [token for *_, token in intervals]
-    assert len(set(tokens)) == len(tokens)
+    return race_for_slots(acquire_hold_release, clients, observer_client, during=during, join_timeout=180)
 
 
 def test_forty_clients_through_two_replicas_never_exceed_six_holders(setup, replicas, ci):
