@@ -106,3 +106,18 @@ def github_files(tmp_path) -> GitHubFiles:
     root = tmp_path / "github"
     root.mkdir()
     return GitHubFiles(root)
+
+
+@pytest.fixture(scope="session")
+def api():
+    """An admin client of the official Kubernetes library, for tests that drive the cluster with it."""
+    from kubernetes import config
+
+    return config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+
+
+@pytest.fixture(scope="session")
+def core(api):
+    from kubernetes import client
+
+    return client.CoreV1Api(api)

@@ -60,16 +60,6 @@ NOT_SERVED = {
 
 
 @pytest.fixture(scope="module")
-def api():
-    return config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
-
-
-@pytest.fixture(scope="module")
-def core(api):
-    return client.CoreV1Api(api)
-
-
-@pytest.fixture(scope="module")
 def resources(api):
     return dynamic.DynamicClient(api).resources
 

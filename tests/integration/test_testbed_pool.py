@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 kubernetes = pytest.importorskip("kubernetes")
-from kubernetes import client, config, watch  # noqa: E402
+from kubernetes import client, watch  # noqa: E402
 from kubernetes.client.rest import ApiException  # noqa: E402
 
 NODE = "warmbuild-node-0"
@@ -30,16 +30,6 @@ if not os.environ.get("KUBECONFIG") or not os.environ.get("WARMBUILD_POOL"):
     if os.environ.get("WARMBUILD_REQUIRE_TESTBED") == "1":
         raise RuntimeError("the testbed's control plane and pool are not up: eval \"$(testbed/up)\"")
     pytest.skip("the testbed's control plane and pool are not up", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def api():
-    return config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
-
-
-@pytest.fixture(scope="module")
-def core(api):
-    return client.CoreV1Api(api)
 
 
 @pytest.fixture(scope="module")
