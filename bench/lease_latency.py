@@ -12,52 +12,54 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import threading
 import time
 import uuid
 
+from warmbuild.broker import DirectLeases
 from warmbuild.cluster import connect
 from warmbuild.errors import NoSlotAvailable
-from warmbuild.leases import HolderInfo, release_slot
-from warmbuild.placement import PlacementRequest, acquire_build_slot
+from warmbuild.leases import HolderInfo
+from warmbuild.placement import PlacementRequest
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def run(clients: int, rounds: int, kubeconfig: str, namespace: str, pool: str) -> dict:
+def run(label: str, make_broker, clients: int, rounds: int, namespace: str, pool: str, max_seconds: float) -> dict:
     acquire_ms: list[float] = []
     pair_ms: list[float] = []
     busy = 0
     lock = threading.Lock()
+    deadline = time.monotonic() + max_seconds
 
     def client_loop(index: int) -> None:
         nonlocal busy
-        client = connect(kubeconfig)
+        broker = make_broker()
         done = 0
-        while done < rounds:
+        while done < rounds and time.monotonic() < deadline:
             holder = HolderInfo(identity=f"bench-{index}-{uuid.uuid4().hex[:6]}")
             request = PlacementRequest(namespace, pool, f"bench-key-{index}", holder, max_wait_seconds=0)
             start = time.perf_counter()
             try:
-                grant = acquire_build_slot(client, request)
+                grant = broker.acquire(request)
             except NoSlotAvailable:
                 with lock:
                     busy += 1
                 continue
             acquired = time.perf_counter()
-            release_slot(client, namespace, grant.lease.name, grant.lease.holder)
+            broker.release(grant)
             released = time.perf_counter()
             with lock:
                 acquire_ms.append((acquired - start) * 1000)
                 pair_ms.append((released - start) * 1000)
             done += 1
+        if hasattr(broker, "close"):
+            broker.close()
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
@@ -68,6 +70,7 @@ def run(clients: int, rounds: int, kubeconfig: str, namespace: str, pool: str) -
     elapsed = time.perf_counter() - started
     attempts = len(pair_ms) + busy
     return {
+        "label": label,
         "clients": clients,
         "pairs": len(pair_ms),
         "acquire_p50": percentile(acquire_ms, 50),
@@ -76,7 +79,6 @@ def run(clients: int, rounds: int, kubeconfig: str, namespace: str, pool: str) -
         "pair_p99": percentile(pair_ms, 99),
         "busy_share": busy / attempts if attempts else 0.0,
         "pairs_per_second": len(pair_ms) / elapsed,
-        "mean": statistics.mean(pair_ms) if pair_ms else float("nan"),
     }
 
 
@@ -87,10 +89,14 @@ def main() -> None:
     parser.add_argument("--kubeconfig", default=os.environ.get("WARMBUILD_CI_KUBECONFIG") or os.environ.get("KUBECONFIG"))
     parser.add_argument("--namespace", default=os.environ.get("WARMBUILD_NAMESPACE", "warmbuild"))
     parser.add_argument("--pool", default=os.environ.get("WARMBUILD_POOL", "default"))
+    parser.add_argument("--max-seconds", type=float, default=300, help="stop each run after this long")
     args = parser.parse_args()
 
-    rows = [run(1, args.rounds, args.kubeconfig, args.namespace, args.pool),
-            run(args.clients, args.rounds, args.kubeconfig, args.namespace, args.pool)]
+    def direct():
+        return DirectLeases(connect(args.kubeconfig))
+
+    rows = [run("direct Leases", direct, 1, args.rounds, args.namespace, args.pool, args.max_seconds),
+            run("direct Leases", direct, args.clients, args.rounds, args.namespace, args.pool, args.max_seconds)]
     print("| clients | pairs | acquire p50 ms | acquire p99 ms | acquire+release p50 ms | acquire+release p99 ms | all-busy attempts | pairs/s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

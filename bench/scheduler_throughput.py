@@ -17,80 +17,17 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
-import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
 from scheduler_harness import CI_USER, SchedulerProcess, ci_token, prepare  # noqa: E402
 
+from lease_latency import run  # noqa: E402  (bench/ is on sys.path: the same loop measures both sides)
+
 from warmbuild.broker import DirectLeases  # noqa: E402
 from warmbuild.cluster import connect  # noqa: E402
-from warmbuild.errors import NoSlotAvailable  # noqa: E402
-from warmbuild.leases import HolderInfo  # noqa: E402
-from warmbuild.placement import PlacementRequest  # noqa: E402
 from warmbuild.scheduler.client import SchedulerClient, SchedulerOptions  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def run(label: str, make_broker, clients: int, rounds: int, namespace: str, pool: str, max_seconds: float) -> dict:
-    acquire_ms: list[float] = []
-    pair_ms: list[float] = []
-    busy = 0
-    lock = threading.Lock()
-    deadline = time.monotonic() + max_seconds
-
-    def client_loop(index: int) -> None:
-        nonlocal busy
-        broker = make_broker()
-        done = 0
-        while done < rounds and time.monotonic() < deadline:
-            holder = HolderInfo(identity=f"bench-{index}-{uuid.uuid4().hex[:6]}")
-            request = PlacementRequest(namespace, pool, f"bench-key-{index}", holder, max_wait_seconds=0)
-            start = time.perf_counter()
-            try:
-                grant = broker.acquire(request)
-            except NoSlotAvailable:
-                with lock:
-                    busy += 1
-                continue
-            acquired = time.perf_counter()
-            broker.release(grant)
-            released = time.perf_counter()
-            with lock:
-                acquire_ms.append((acquired - start) * 1000)
-                pair_ms.append((released - start) * 1000)
-            done += 1
-        if hasattr(broker, "close"):
-            broker.close()
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    attempts = len(pair_ms) + busy
-    return {
-        "label": label,
-        "clients": clients,
-        "pairs": len(pair_ms),
-        "acquire_p50": percentile(acquire_ms, 50),
-        "acquire_p99": percentile(acquire_ms, 99),
-        "pair_p50": percentile(pair_ms, 50),
-        "pair_p99": percentile(pair_ms, 99),
-        "busy_share": busy / attempts if attempts else 0.0,
-        "pairs_per_second": len(pair_ms) / elapsed,
-    }
 
 
 def main() -> None:
