@@ -822,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     given = argv if argv is not None else sys.argv[1:]
     command = shlex.join(["bench/run", *(a for a in given if a not in ("--keep-workdir", "--no-docs"))])
     bench = Bench(settings)
+    commit = git_commit()  # what is measured: taken before the run, so later edits cannot relabel it
     started = time.monotonic()
     started_at = datetime.now(timezone.utc)
     load = os.getloadavg()[0]
@@ -860,7 +861,7 @@ def main(argv: list[str] | None = None) -> int:
               f"bench/results/reference-{settings.mode}.png and docs/benchmarks.md")
         return 0
     meta = reference_report.RunInfo(
-        run_id=settings.run_id, mode=settings.mode, repeat=settings.repeat, command=command, commit=git_commit(),
+        run_id=settings.run_id, mode=settings.mode, repeat=settings.repeat, command=command, commit=commit,
         started_at=started_at.isoformat(timespec="seconds"), wall_seconds=time.monotonic() - started,
         load_at_start=load, cpus=os.cpu_count() or 0, affine_builder=f"{bench.pool.affine_name} ({bench.pool.affine_address})",
         requirements=(REFERENCE / ("requirements-quick.txt" if settings.mode == "quick" else "requirements.txt")).name,

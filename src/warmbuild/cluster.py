@@ -3,8 +3,11 @@
 Credentials, in order: --kubeconfig/--context given explicitly; WARMBUILD_K8S_SERVER with a token
 (WARMBUILD_K8S_TOKEN, WARMBUILD_K8S_TOKEN_FILE, or the CI job's OIDC token for the audience in
 WARMBUILD_K8S_OIDC_AUDIENCE, see oidc.py) and a CA (WARMBUILD_K8S_CA_FILE or
-WARMBUILD_K8S_CA_DATA); $KUBECONFIG or ~/.kube/config (exec credential plugins and OIDC as the
-kubeconfig says); the in-cluster service account. The user's kubeconfig is read, never written.
+WARMBUILD_K8S_CA_DATA); $KUBECONFIG or ~/.kube/config (read as kubectl reads it, see kubeconfig.py);
+the in-cluster service account. The user's kubeconfig is read, never written.
+
+The transport is urllib3 itself, not the official `kubernetes` client: importing that package alone
+took a quarter of a second of every CI step, more than the rest of warmbuild's own overhead.
 
 Requests go out as raw JSON, not generated models: Lease times must be MicroTime with exactly six
 fractional digits, and the server's Date header is the clock leases are judged by.
@@ -15,19 +18,26 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
+from urllib.parse import urlencode
 
+from . import __version__
 from .errors import ClusterError
+from .kubeconfig import ClusterAccess, ExecPlugin, in_cluster_access, kubeconfig_paths, read_kubeconfig
 
-IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-IN_CLUSTER_CA = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
 REQUEST_TIMEOUT_SECONDS = 15
+CONNECT_TIMEOUT_SECONDS = 5
+EXEC_TIMEOUT_SECONDS = 60
+EXEC_REFRESH_MARGIN_SECONDS = 30
+USER_AGENT = f"warmbuild/{__version__}"
 
 
 @dataclass(frozen=True)
@@ -46,22 +56,6 @@ class KubeNotFound(Exception):
 
 
 _VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
-
-
-class _ErrorResponse:
-    """An ApiException shaped like the urllib3 response the newer client returns."""
-
-    def __init__(self, exc):
-        self.status = exc.status
-        body = exc.body or b""
-        self.data = body if isinstance(body, bytes) else body.encode()
-        self.headers = exc.headers or {}
-
-    def release_conn(self) -> None:
-        pass
-
-    def stream(self, *_args, **_kwargs):
-        return iter(())
 
 
 def _resource_from_path(path: str) -> tuple[str, str | None]:
@@ -90,11 +84,13 @@ def verb_for(method: str, path: str) -> str:
 
 
 class KubeClient:
-    """Thin wrapper over the official client's ApiClient: auth, TLS, retries are its job."""
+    """Raw JSON requests to one API server over a pooled, thread-safe urllib3 connection."""
 
-    def __init__(self, api_client, description: str):
-        self.api_client = api_client
-        self.description = description  # where the credentials came from, for messages
+    def __init__(self, access: ClusterAccess, credentials: "Credentials | None" = None):
+        self.access = access
+        self.description = access.description  # where the credentials came from, for messages
+        self.credentials = credentials or Credentials(access)
+        self._pool = _pool_manager(access, self.credentials.client_certificate())
         self._clock = ServerClock()
 
     def server_now(self) -> datetime:
@@ -103,7 +99,11 @@ class KubeClient:
 
     @property
     def host(self) -> str:
-        return self.api_client.configuration.host
+        return self.access.server
+
+    def allow_concurrent_requests(self, count: int) -> None:
+        """Keep up to `count` connections to the API server alive (the scheduler's request threads)."""
+        self._pool.connection_pool_kw["maxsize"] = max(count, self._pool.connection_pool_kw.get("maxsize") or 1)
 
     def request(self, method: str, path: str, body: dict | None = None, query: Mapping[str, str] | None = None,
                 content_type: str = "application/json") -> KubeResponse:
@@ -111,44 +111,28 @@ class KubeClient:
 
         sent = time.time()
         try:
-            status, data, headers = self._send(method, path, body, query, content_type)
+            response = self._open(method, path, body, query, content_type, REQUEST_TIMEOUT_SECONDS, stream=False)
         except (HTTPError, OSError) as exc:
             raise ClusterError(f"cannot reach the Kubernetes API at {self.host} ({self.description}): {exc}") from None
-        self._clock.observe(headers.get("Date") if headers else None, sent, time.time())
+        status, data = response.status, response.data
+        self._clock.observe(response.headers.get("Date"), sent, time.time())
         if status >= 400:
             self._raise_for(status, data, method, path)
         return KubeResponse(status, json.loads(data) if data else {}, self._clock.now())
 
-    def _send(self, method: str, path: str, body, query, content_type: str, timeout=REQUEST_TIMEOUT_SECONDS):
-        """One HTTP exchange through the official client (auth headers, TLS, token refresh)."""
-        response = self._open(method, path, body, query, content_type, timeout)
-        try:
-            return response.status, response.data, response.headers
-        finally:
-            response.release_conn()
+    def _open(self, method: str, path: str, body, query, content_type: str, read_timeout: float, stream: bool):
+        """The urllib3 response; with `stream` its body is not read yet (a watch reads it as it comes)."""
+        import urllib3
 
-    def _open(self, method: str, path: str, body, query, content_type: str, timeout):
-        """The urllib3 response, body not yet read (a watch streams it)."""
-        from kubernetes.client.exceptions import ApiException
-
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        query_params = list((query or {}).items())
-        client = self.api_client
-        try:
-            if hasattr(client, "param_serialize"):  # kubernetes >= 35: generated by the newer openapi-generator
-                method, url, header_params, serialized, post_params = client.param_serialize(
-                    method, path, query_params=query_params, header_params=headers, body=body, auth_settings=["BearerToken"]
-                )
-                return client.call_api(method, url, header_params=header_params, body=serialized,
-                                       post_params=post_params, _request_timeout=timeout).response
-            raw, _status, _headers = client.call_api(
-                path, method, query_params=query_params, header_params=headers, body=body,
-                auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=False,
-                _request_timeout=timeout,
-            )
-            return raw
-        except ApiException as exc:  # older clients raise for non-2xx; present it as a response
-            return _ErrorResponse(exc)
+        headers = {"Accept": "application/json", "Content-Type": content_type, "User-Agent": USER_AGENT}
+        authorization = self.credentials.authorization()
+        if authorization:
+            headers["Authorization"] = authorization
+        url = self.host + path + ("?" + urlencode(query) if query else "")
+        payload = None if body is None else json.dumps(body).encode()
+        return self._pool.request(method, url, body=payload, headers=headers, preload_content=not stream,
+                                  timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=read_timeout),
+                                  retries=urllib3.Retry(total=2, connect=2, read=0, status=0, redirect=0))
 
     def watch(self, path: str, query: Mapping[str, str] | None = None, timeout_seconds: int = 60):
         """Yield (event type, object) from a watch until the server ends it after `timeout_seconds`."""
@@ -156,7 +140,7 @@ class KubeClient:
 
         params = {**(query or {}), "watch": "true", "timeoutSeconds": str(timeout_seconds)}
         try:
-            response = self._open("GET", path, None, params, "application/json", (5, timeout_seconds + 5))
+            response = self._open("GET", path, None, params, "application/json", timeout_seconds + 5, stream=True)
         except (HTTPError, OSError) as exc:
             raise ClusterError(f"cannot reach the Kubernetes API at {self.host} ({self.description}): {exc}") from None
         if response.status >= 400:
@@ -235,69 +219,174 @@ class ServerClock:
 
 def connect(kubeconfig: str | None = None, context: str | None = None, environ: Mapping[str, str] | None = None) -> KubeClient:
     """Build an authenticated client from the first source of credentials that is configured."""
-    from kubernetes import client, config
-
     environ = os.environ if environ is None else environ
-    try:
-        if kubeconfig or context:
-            path = kubeconfig or environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
-            return KubeClient(_from_kubeconfig(path, context), f"kubeconfig {path}" + (f", context {context}" if context else ""))
-        if environ.get("WARMBUILD_K8S_SERVER"):
-            return KubeClient(_from_env(environ), "WARMBUILD_K8S_SERVER and token")
-        path = environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube" / "config")
-        if Path(path).is_file():
-            return KubeClient(_from_kubeconfig(path, None), f"kubeconfig {path}")
-        if environ.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.is_file():
-            configuration = client.Configuration()
-            config.load_incluster_config(client_configuration=configuration)
-            return KubeClient(client.ApiClient(configuration), "in-cluster service account")
-    except config.ConfigException as exc:
-        raise ClusterError(f"cannot load Kubernetes credentials: {exc}") from None
+    if kubeconfig or context:
+        return KubeClient(read_kubeconfig(kubeconfig_paths(kubeconfig or environ.get("KUBECONFIG")), context))
+    if environ.get("WARMBUILD_K8S_SERVER"):
+        return _from_env(environ)
+    paths = kubeconfig_paths(environ.get("KUBECONFIG"))
+    if any(Path(p).is_file() for p in paths):
+        return KubeClient(read_kubeconfig(paths))
+    in_cluster = in_cluster_access(environ)
+    if in_cluster:
+        return KubeClient(in_cluster)
     raise ClusterError(
         "no Kubernetes credentials: set KUBECONFIG (or pass --kubeconfig), set WARMBUILD_K8S_SERVER and "
         "WARMBUILD_K8S_TOKEN, or run inside the cluster with a service account"
     )
 
 
-def _from_kubeconfig(path: str, context: str | None):
-    from kubernetes import config
-
-    if not Path(path).is_file():
-        raise ClusterError(f"kubeconfig {path} does not exist")
-    return config.new_client_from_config(config_file=path, context=context, persist_config=False)
-
-
-def _from_env(environ: Mapping[str, str]):
-    from kubernetes import client
-
-    configuration = client.Configuration()
-    configuration.host = environ["WARMBUILD_K8S_SERVER"]
-    token = environ.get("WARMBUILD_K8S_TOKEN")
-    token_file = environ.get("WARMBUILD_K8S_TOKEN_FILE")
-    if not token and token_file:
-        token = Path(token_file).read_text().strip()
-    if not token and environ.get("WARMBUILD_K8S_OIDC_AUDIENCE"):
+def _from_env(environ: Mapping[str, str]) -> KubeClient:
+    ca_data = environ.get("WARMBUILD_K8S_CA_DATA")
+    access = ClusterAccess(
+        server=environ["WARMBUILD_K8S_SERVER"].rstrip("/"),
+        description="WARMBUILD_K8S_SERVER and token",
+        ca_file=environ.get("WARMBUILD_K8S_CA_FILE") or None,
+        ca_pem=base64.b64decode(ca_data).decode() if ca_data and not environ.get("WARMBUILD_K8S_CA_FILE") else None,
+        token=environ.get("WARMBUILD_K8S_TOKEN") or None,
+        token_file=environ.get("WARMBUILD_K8S_TOKEN_FILE") or None,
+    )
+    if access.token or access.token_file:
+        return KubeClient(access)
+    if environ.get("WARMBUILD_K8S_OIDC_AUDIENCE"):
         # The CI job's OIDC identity (GitHub Actions): short-lived, re-minted before each expiry.
         from .oidc import GitHubOidcTokenSource
 
         source = GitHubOidcTokenSource.from_env(environ, environ["WARMBUILD_K8S_OIDC_AUDIENCE"])
-        configuration.refresh_api_key_hook = source.refresh_hook
-        token = source.token()  # fail here, with one clear line, rather than at the first request
-    if not token:
-        raise ClusterError(
-            "WARMBUILD_K8S_SERVER is set but no token: set WARMBUILD_K8S_TOKEN, WARMBUILD_K8S_TOKEN_FILE "
-            "or WARMBUILD_K8S_OIDC_AUDIENCE (GitHub OIDC)"
-        )
-    configuration.api_key = {"authorization": token}
-    configuration.api_key_prefix = {"authorization": "Bearer"}
-    if environ.get("WARMBUILD_K8S_CA_FILE"):
-        configuration.ssl_ca_cert = environ["WARMBUILD_K8S_CA_FILE"]
-    elif environ.get("WARMBUILD_K8S_CA_DATA"):
-        ca = tempfile.NamedTemporaryFile("wb", prefix="warmbuild-ca-", suffix=".crt", delete=False)
-        ca.write(base64.b64decode(environ["WARMBUILD_K8S_CA_DATA"]))
-        ca.close()
-        configuration.ssl_ca_cert = ca.name
-    return client.ApiClient(configuration)
+        source.token()  # fail here, with one clear line, rather than at the first request
+        return KubeClient(access, Credentials(access, token_source=source.token))
+    raise ClusterError(
+        "WARMBUILD_K8S_SERVER is set but no token: set WARMBUILD_K8S_TOKEN, WARMBUILD_K8S_TOKEN_FILE "
+        "or WARMBUILD_K8S_OIDC_AUDIENCE (GitHub OIDC)"
+    )
+
+
+class Credentials:
+    """The Authorization header for each request, and the TLS client certificate, of one ClusterAccess.
+
+    Token files are re-read (projected service-account tokens rotate); exec plugins are run again
+    when the credential they printed expires; a token source (OIDC) re-mints on its own schedule.
+    """
+
+    def __init__(self, access: ClusterAccess, token_source: Callable[[], str] | None = None):
+        self.access = access
+        self._token_source = token_source
+        self._exec_lock = threading.Lock()
+        self._exec_status: dict | None = None
+        self._exec_expires_at: float | None = None
+
+    def authorization(self) -> str | None:
+        access = self.access
+        if self._token_source:
+            return f"Bearer {self._token_source()}"
+        if access.token:
+            return f"Bearer {access.token}"
+        if access.token_file:
+            try:
+                return f"Bearer {Path(access.token_file).read_text().strip()}"
+            except OSError as exc:
+                raise ClusterError(f"cannot read the token file {access.token_file} ({access.description}): {exc.strerror}") from None
+        if access.exec_plugin:
+            token = self._exec_credential().get("token")
+            return f"Bearer {token}" if token else None
+        if access.username and access.password is not None:
+            return "Basic " + base64.b64encode(f"{access.username}:{access.password}".encode()).decode()
+        return None
+
+    def client_certificate(self) -> tuple[bytes, bytes] | None:
+        """PEM certificate and key: from the kubeconfig, or from what the exec plugin printed."""
+        access = self.access
+        if access.client_cert_pem or access.client_cert_file:
+            cert = access.client_cert_pem or _read_bytes(access.client_cert_file, access)
+            key = access.client_key_pem or _read_bytes(access.client_key_file, access)
+            return cert, key
+        if access.exec_plugin:
+            status = self._exec_credential()
+            if status.get("clientCertificateData") and status.get("clientKeyData"):
+                return status["clientCertificateData"].encode(), status["clientKeyData"].encode()
+        return None
+
+    def _exec_credential(self) -> dict:
+        with self._exec_lock:
+            fresh = self._exec_status is not None and (
+                self._exec_expires_at is None or time.time() < self._exec_expires_at - EXEC_REFRESH_MARGIN_SECONDS)
+            if not fresh:
+                self._exec_status, self._exec_expires_at = run_exec_plugin(self.access.exec_plugin, self.access)
+            return self._exec_status
+
+
+def run_exec_plugin(plugin: ExecPlugin, access: ClusterAccess) -> tuple[dict, float | None]:
+    """Run a client-go exec credential plugin; its ExecCredential status and when that expires."""
+    info = {"apiVersion": plugin.api_version, "kind": "ExecCredential", "spec": {"interactive": False}}
+    env = {**os.environ, **dict(plugin.env), "KUBERNETES_EXEC_INFO": json.dumps(info)}
+    what = f"the exec credential plugin {plugin.command!r} ({access.description})"
+    try:
+        done = subprocess.run([plugin.command, *plugin.args], env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=EXEC_TIMEOUT_SECONDS)
+    except FileNotFoundError:
+        raise ClusterError(f"{what} is not installed" + (f": {plugin.install_hint.strip()}" if plugin.install_hint else "")) from None
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"{what} did not answer within {EXEC_TIMEOUT_SECONDS:.0f} s") from None
+    if done.returncode != 0:
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        raise ClusterError(f"{what} failed with exit code {done.returncode}: {last}")
+    try:
+        status = json.loads(done.stdout)["status"]
+        if not isinstance(status, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise ClusterError(f"{what} did not print an ExecCredential with a status") from None
+    expires = parse_kube_time(status.get("expirationTimestamp"))
+    return status, expires.timestamp() if expires else None
+
+
+def _read_bytes(path: str | None, access: ClusterAccess) -> bytes:
+    if not path:
+        raise ClusterError(f"{access.description}: a client certificate needs both a certificate and a key")
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ClusterError(f"cannot read {path} ({access.description}): {exc.strerror}") from None
+
+
+def _pool_manager(access: ClusterAccess, client_certificate: tuple[bytes, bytes] | None):
+    """A urllib3 pool that trusts the cluster's CA (only it, when one is given) and presents the client certificate."""
+    import ssl
+
+    import urllib3
+
+    if access.insecure_skip_tls_verify:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        try:
+            context = ssl.create_default_context(cafile=access.ca_file, cadata=access.ca_pem)
+        except (OSError, ssl.SSLError) as exc:
+            raise ClusterError(f"cannot load the cluster CA ({access.description}): {exc}") from None
+    if client_certificate:
+        _load_client_certificate(context, *client_certificate, access)
+    options = {"ssl_context": context, "maxsize": 4, "block": False}
+    if access.tls_server_name:
+        options["server_hostname"] = access.tls_server_name
+    if access.proxy_url:
+        return urllib3.ProxyManager(access.proxy_url, **options)
+    return urllib3.PoolManager(**options)
+
+
+def _load_client_certificate(context, cert: bytes, key: bytes, access: ClusterAccess) -> None:
+    """ssl reads a certificate chain only from files: a private directory that is gone right after."""
+    import ssl
+
+    with tempfile.TemporaryDirectory(prefix="warmbuild-tls-") as directory:
+        cert_path, key_path = Path(directory) / "client.crt", Path(directory) / "client.key"
+        for path, data in ((cert_path, cert), (key_path, key)):
+            path.touch(mode=0o600)
+            path.write_bytes(data)
+        try:
+            context.load_cert_chain(cert_path, key_path)
+        except ssl.SSLError as exc:
+            raise ClusterError(f"the client certificate or key is not usable ({access.description}): {exc.reason}") from None
 
 
 def format_micro_time(moment: datetime) -> str:

@@ -3,9 +3,8 @@
 GitHub Actions hands a job `ACTIONS_ID_TOKEN_REQUEST_URL` and `ACTIONS_ID_TOKEN_REQUEST_TOKEN`
 (with `permissions: id-token: write`); a GET on that URL with an `audience` returns a signed JWT
 that an API server configured for GitHub's issuer accepts. Those tokens live minutes, shorter
-than a long build, so `cluster` installs `refresh_hook` on the client configuration: it is called
-before each request and fetches a new token when the current one is within `REFRESH_MARGIN`
-seconds of its `exp`.
+than a long build, so `cluster` asks `token()` before each request, and it fetches a new token
+when the current one is within `REFRESH_MARGIN` seconds of its `exp`.
 """
 
 from __future__ import annotations
@@ -67,11 +66,6 @@ class GitHubOidcTokenSource:
                 now = self.clock()
                 self._expires_at = jwt_expiry(self._token) or (now + ASSUMED_LIFETIME_SECONDS)
             return self._token
-
-    def refresh_hook(self, configuration) -> None:
-        """For kubernetes.client.Configuration.refresh_api_key_hook: put a fresh token in place."""
-        configuration.api_key["authorization"] = self.token()
-        configuration.api_key_prefix["authorization"] = "Bearer"
 
     def _mint(self) -> str:
         import requests

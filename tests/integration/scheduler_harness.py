@@ -166,7 +166,7 @@ class SchedulerProcess:
             "KUBECONFIG": "",
             "WARMBUILD_K8S_SERVER": admin.host,
             "WARMBUILD_K8S_TOKEN": setup.token,
-            "WARMBUILD_K8S_CA_FILE": admin.api_client.configuration.ssl_ca_cert,
+            "WARMBUILD_K8S_CA_FILE": str(Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "pki" / "ca.crt"),
         }
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(

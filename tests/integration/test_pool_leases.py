@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -279,7 +280,7 @@ def test_a_missing_permission_is_one_line_naming_it(admin, tiny_app, registry, r
     for kind, body in (("roles", role), ("rolebindings", binding)):
         admin.request("PATCH", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NAMESPACE}/{kind}/{name}?fieldManager=tests&force=true",
                       body=body, content_type="application/apply-patch+yaml")
-    ca_file = admin.api_client.configuration.ssl_ca_cert
+    ca_file = str(Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "pki" / "ca.crt")
     done = run_warmbuild(
         "build", str(tiny_app), "--pool", POOL, "--build-arg", f"REGISTRY={registry}", "--max-wait", "0",
         "--result-file", str(tmp_path / "r.json"), "--state-file", str(tmp_path / "state.json"),

@@ -355,7 +355,7 @@ def test_oidc_token_is_minted_for_the_audience_and_reminted_before_expiry():
 
 
 @responses.activate
-def test_cluster_client_refreshes_its_bearer_token_through_the_hook(monkeypatch):
+def test_cluster_client_sends_a_reminted_bearer_token_once_the_first_nears_expiry(monkeypatch):
     from warmbuild import cluster, oidc
 
     clock = Clock(2_000_000.0)
@@ -363,16 +363,15 @@ def test_cluster_client_refreshes_its_bearer_token_through_the_hook(monkeypatch)
     first, second = jwt(clock.now + 120), jwt(clock.now + 900)
     responses.get(TOKEN_ENDPOINT, json={"value": first}, match=AUDIENCE_QUERY)
     responses.get(TOKEN_ENDPOINT, json={"value": second}, match=AUDIENCE_QUERY)
-    api_client = cluster._from_env({
+    client = cluster._from_env({
         "WARMBUILD_K8S_SERVER": "https://127.0.0.1:6443",
         "WARMBUILD_K8S_OIDC_AUDIENCE": "warmbuild",
         "ACTIONS_ID_TOKEN_REQUEST_URL": TOKEN_URL,
         "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "request-token",
     })
-    configuration = api_client.configuration
-    assert configuration.auth_settings()["BearerToken"]["value"] == f"Bearer {first}"
+    assert client.credentials.authorization() == f"Bearer {first}"
     clock.now += 90  # past the refresh margin of the first token
-    assert configuration.auth_settings()["BearerToken"]["value"] == f"Bearer {second}"
+    assert client.credentials.authorization() == f"Bearer {second}"
     assert len(responses.calls) == 2
 
 

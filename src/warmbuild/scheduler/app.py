@@ -267,7 +267,7 @@ def serve(
     access = load_access_config(auth_config)
     disable_created_metrics()  # no *_created series: they double the output and nothing here uses them
     client = connect(kubeconfig, kube_context)
-    _widen_connection_pool(client, max_concurrent)
+    client.allow_concurrent_requests(max_concurrent)
     metrics = SchedulerMetrics(access.pools, lambda pool: read_pool_status(client, namespace, pool))
     service = SlotService(client, namespace, metrics, max_poll_seconds=max_poll_seconds)
     app = create_app(AppParts(service, TokenReviewer(client, access.audiences), access, metrics, max_concurrent))
@@ -291,14 +291,3 @@ def serve(
     server.run()
     if not server.started:
         raise InputError(f"the scheduler could not listen on {listen} (see the message above)")
-
-
-def _widen_connection_pool(client, size: int) -> None:
-    """Let up to `size` request threads share the API connection pool instead of reconnecting.
-
-    The official client sizes its urllib3 pool to cpu_count * 5; no request has been made yet, so
-    the pool for the API host is created with this size.
-    """
-    pool_manager = getattr(getattr(client.api_client, "rest_client", None), "pool_manager", None)
-    if pool_manager is not None and hasattr(pool_manager, "connection_pool_kw"):
-        pool_manager.connection_pool_kw["maxsize"] = max(size, pool_manager.connection_pool_kw.get("maxsize") or 1)
