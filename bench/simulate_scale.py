@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from warmbuild.simulate import POLICIES, run_policy
+from warmbuild.simulate.model import POLICIES
+from warmbuild.simulate.runs import run_policy
 from warmbuild.simulate.model import FleetConfig, SimulationConfig
 from warmbuild.simulate.report import metrics_table, policy_metrics
 from warmbuild.simulate.workload import SyntheticSpec, synthetic_workload

@@ -33,7 +33,7 @@ from warmbuild.ephemeral import EPHEMERAL_LABEL, pods_path
 from warmbuild.history import key_hash
 from warmbuild.leases import WORKLOAD_KEY_ANNOTATION, lease_is_free, list_pool_leases
 from warmbuild.pool import discover_builders
-from warmbuild.simulate import run_policy
+from warmbuild.simulate.runs import run_policy
 from warmbuild.simulate.model import FleetConfig, SimulationConfig, WarmbuildOptions
 from warmbuild.simulate.report import policy_metrics
 from warmbuild.simulate.workload import read_history_file, workload_from_history

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from warmbuild import cli
-from warmbuild.doctor import fix_dockerfile, rewrite_pip_to_uv, uv_dockerfile_for_build
+from warmbuild.doctor.diagnosis import uv_dockerfile_for_build
+from warmbuild.doctor.rewrite import fix_dockerfile, rewrite_pip_to_uv
 from warmbuild.doctor.analysis import RunInfo, walk
 from warmbuild.doctor.context import context_savings, ignore_patterns, is_ignored
 from warmbuild.doctor.parse import parse_dockerfile

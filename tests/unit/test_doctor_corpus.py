@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from warmbuild.doctor import diagnose, fix_dockerfile
+from warmbuild.doctor.diagnosis import diagnose
+from warmbuild.doctor.rewrite import fix_dockerfile
 from warmbuild.doctor.parse import parse_dockerfile
 from warmbuild.doctor.rules import find_issues
 

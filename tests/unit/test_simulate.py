@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from warmbuild import affinity, policy
 from warmbuild.history import BuildRecord
 from warmbuild.placement import POLL_SECONDS
-from warmbuild.simulate import POLICIES, compare, run_policy
+from warmbuild.simulate.model import POLICIES
+from warmbuild.simulate.runs import compare, run_policy
 from warmbuild.simulate import policies as sim_policies
 from warmbuild.simulate.engine import HistoryIndex
 from warmbuild.simulate.model import (

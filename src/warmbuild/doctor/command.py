@@ -19,7 +19,6 @@ from typing import Iterator
 from ..affinity import workload_key
 from ..config import repository_identity
 from ..errors import InputError
-from . import diagnose, exit_status, render_text, report_to_dict, uv_dockerfile_for_build
 
 
 def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +37,10 @@ def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command_doctor(args: argparse.Namespace) -> int:
+    from .diagnosis import diagnose
+    from .report import render_text, report_to_dict
+    from .rules import exit_status
+
     dockerfile = Path(args.dockerfile)
     if args.output is not None and not args.fix:
         raise InputError("--output goes with --fix: add --fix, or drop --output")
@@ -73,6 +76,8 @@ def uv_build_file(args: argparse.Namespace) -> Iterator[None]:
     if args.command != "build" or not getattr(args, "uv", False):
         yield
         return
+    from .diagnosis import uv_dockerfile_for_build
+
     original = Path(args.file) if args.file else Path(args.context) / "Dockerfile"
     with tempfile.TemporaryDirectory(prefix="warmbuild-uv-") as workdir:
         rewritten = uv_dockerfile_for_build(original, Path(workdir))

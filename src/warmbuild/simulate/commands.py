@@ -16,8 +16,7 @@ from typing import Callable
 from ..errors import InputError
 from ..history import read_history, render_records
 from ..policy import FALLBACKS
-from .model import DedicatedOptions, FleetConfig, ScaleEvent, SimulationConfig, WarmbuildOptions, Workload
-from .policies import POLICIES
+from .model import POLICIES, DedicatedOptions, FleetConfig, ScaleEvent, SimulationConfig, WarmbuildOptions, Workload
 from .workload import SyntheticSpec, read_history_file, synthetic_workload, workload_from_history
 
 COMMANDS = ("history", "simulate", "plan")
@@ -198,7 +197,7 @@ def command_history_export(args: argparse.Namespace) -> int:
 
 
 def command_simulate(args: argparse.Namespace) -> int:
-    from . import run_policy
+    from .runs import run_policy
     from .report import comparison_charts, metrics_json, metrics_table, policy_metrics, write_outcomes
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]

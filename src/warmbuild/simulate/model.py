@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 CHANGES = ("code", "deps")
+POLICIES = ("warmbuild", "sticky", "random", "dedicated")  # routing policies, made by policies.make_policy
 DEFAULT_ACQUIRE_SECONDS = 0.05  # a code-only change, or one that touches the dependency layers
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
-from . import run_policy
+from .runs import run_policy
 from .model import PolicyMetrics, SimulationConfig, Workload
 from .report import _pyplot, policy_metrics
 

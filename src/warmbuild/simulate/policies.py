@@ -23,10 +23,7 @@ from ..affinity import preference_order, rank_builders
 from ..placement import POLL_SECONDS
 from ..policy import PathEstimates, Situation, decide, estimate_paths, estimate_slot_wait
 from .engine import Build, BuilderState, Simulation
-from .model import DedicatedOptions, WarmbuildOptions
-
-POLICIES = ("warmbuild", "sticky", "random", "dedicated")
-
+from .model import POLICIES, DedicatedOptions, WarmbuildOptions
 
 class WarmbuildPolicy:
     name = "warmbuild"
