@@ -128,7 +128,7 @@ class KubeClient:
         authorization = self.credentials.authorization()
         if authorization:
             headers["Authorization"] = authorization
-        url = self.host + path + ("?" + urlencode(query) if query else "")
+        url = self.host + path + (("&" if "?" in path else "?") + urlencode(query) if query else "")
         payload = None if body is None else json.dumps(body).encode()
         return self._pool.request(method, url, body=payload, headers=headers, preload_content=not stream,
                                   timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=read_timeout),
@@ -238,11 +238,15 @@ def connect(kubeconfig: str | None = None, context: str | None = None, environ: 
 
 def _from_env(environ: Mapping[str, str]) -> KubeClient:
     ca_data = environ.get("WARMBUILD_K8S_CA_DATA")
+    try:
+        ca_pem = base64.b64decode(ca_data, validate=True).decode() if ca_data and not environ.get("WARMBUILD_K8S_CA_FILE") else None
+    except ValueError:
+        raise ClusterError("WARMBUILD_K8S_CA_DATA is not base64 of a PEM certificate: set it to `base64 -w0 ca.crt`") from None
     access = ClusterAccess(
         server=environ["WARMBUILD_K8S_SERVER"].rstrip("/"),
         description="WARMBUILD_K8S_SERVER and token",
         ca_file=environ.get("WARMBUILD_K8S_CA_FILE") or None,
-        ca_pem=base64.b64decode(ca_data).decode() if ca_data and not environ.get("WARMBUILD_K8S_CA_FILE") else None,
+        ca_pem=ca_pem,
         token=environ.get("WARMBUILD_K8S_TOKEN") or None,
         token_file=environ.get("WARMBUILD_K8S_TOKEN_FILE") or None,
     )

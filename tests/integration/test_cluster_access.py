@@ -70,3 +70,9 @@ def test_a_server_signed_by_another_ca_is_refused_and_said_so(tmp_path, testbed)
     assert "CERTIFICATE_VERIFY_FAILED" in err.value.message
     assert ci_token() not in err.value.message
 
+
+
+def test_a_path_with_its_own_query_takes_more_query_parameters():
+    client = connect(os.environ["WARMBUILD_CI_KUBECONFIG"])
+    listed = client.request("GET", LEASES + "?limit=1", query={"labelSelector": "warmbuild.dev/no-such-label=x"})
+    assert listed.body["kind"] == "LeaseList" and listed.body["items"] == []

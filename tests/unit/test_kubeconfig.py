@@ -147,3 +147,10 @@ def test_an_exec_plugin_that_fails_or_is_missing_is_one_line(tmp_path):
     with pytest.raises(ClusterError) as err:
         run_exec_plugin(ExecPlugin(command=str(tmp_path / "absent"), install_hint="install it with the-cloud components install\n"), access)
     assert err.value.message.endswith("is not installed: install it with the-cloud components install")
+
+
+def test_env_credentials_with_a_ca_that_is_not_base64_are_one_line():
+    from warmbuild import cluster
+
+    with pytest.raises(ClusterError, match="WARMBUILD_K8S_CA_DATA is not base64"):
+        cluster._from_env({"WARMBUILD_K8S_SERVER": "https://127.0.0.1:6443", "WARMBUILD_K8S_TOKEN": "t", "WARMBUILD_K8S_CA_DATA": "not base64!"})
