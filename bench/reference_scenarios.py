@@ -20,6 +20,8 @@ Strategies, interleaved round-robin within every repetition (the starting one ro
              (rawjson progress, metadata file, registry cache export): the floor of warmbuild's overhead.
   warm-uv    `warm` with `--uv` (pip install rewritten to uv with a cache mount): cold and dependency
              change only, for pip vs uv.
+  warm-uv-zstd  `warm-uv` with `--compression zstd` (the image and the registry cache): cold and
+             dependency change only; what layer compression costs once the install is incremental.
 
 Every timed build pushes a fresh tag to the local registry; the time is the wall time of the
 command a CI job runs, from launch to exit. For code and dependency changes each strategy first
@@ -59,7 +61,8 @@ BUMP = ("pandas==2.2.2", "pandas==2.2.3")  # the dependency change: one pin bump
 CODE_FILE = Path("app") / "model.py"  # the code change: this file edited
 
 SCENARIOS = ("cold", "code", "deps")
-STRATEGIES = ("standard", "warm", "ephemeral", "raw", "warm-uv")
+STRATEGIES = ("standard", "warm", "ephemeral", "raw", "warm-uv", "warm-uv-zstd")
+UV_STRATEGIES = ("warm-uv", "warm-uv-zstd")
 UV_SCENARIOS = ("cold", "deps")
 BUILD_TIMEOUT = 3600
 STRIPPED_ENV = ("WARMBUILD_", "GITHUB_", "GITLAB_", "CI_")
@@ -560,7 +563,7 @@ class Bench:
         return argv + ["--output", f'type=image,"name={tag}",push=true']
 
     def warmbuild_argv(self, ctx: Context, tag: str, cache_ref: str, result: Path, no_cache: bool,
-                       uv: bool = False, ephemeral: bool = False) -> list[str]:
+                       uv: bool = False, ephemeral: bool = False, zstd: bool = False) -> list[str]:
         argv = [self.s.warmbuild, "build", str(ctx.path), "--pool", self.s.pool, "--namespace", self.s.namespace, "--cache-key", BENCH_KEY,
                 "--build-arg", f"REGISTRY={self.s.registry}", "--tag", tag, "--push", "--cache-ref", cache_ref,
                 "--result-file", str(result), "--state-file", str(result.with_suffix(".state.json"))]
@@ -568,6 +571,8 @@ class Bench:
             argv.append("--no-cache")
         if uv:
             argv.append("--uv")
+        if zstd:
+            argv += ["--compression", "zstd"]
         if ephemeral:
             argv += ["--fallback", "ephemeral"]
         return argv
@@ -603,9 +608,9 @@ class Bench:
         return self._from_rawjson(Outcome(seconds, log, path="raw", builder=self.pool.affine_address, digest=digest_from(metadata)))
 
     def run_warmbuild(self, ctx: Context, label: str, tag: str, cache_ref: str, no_cache: bool,
-                      uv: bool = False, ephemeral: bool = False) -> Outcome:
+                      uv: bool = False, ephemeral: bool = False, zstd: bool = False) -> Outcome:
         result_file = self.s.workdir / f"{label}.result.json"
-        argv = self.warmbuild_argv(ctx, tag, cache_ref, result_file, no_cache, uv=uv, ephemeral=ephemeral)
+        argv = self.warmbuild_argv(ctx, tag, cache_ref, result_file, no_cache, uv=uv, ephemeral=ephemeral, zstd=zstd)
         expected = "ephemeral" if ephemeral else "warm"
         for attempt in range(3):
             if ephemeral:
@@ -661,7 +666,7 @@ class Bench:
         if strategy == "raw":
             return self.run_raw(ctx, label, tag, cache_ref, no_cache)
         return self.run_warmbuild(ctx, label, tag, cache_ref, no_cache,
-                                  uv=strategy == "warm-uv", ephemeral=strategy == "ephemeral")
+                                  uv=strategy in UV_STRATEGIES, ephemeral=strategy == "ephemeral", zstd=strategy == "warm-uv-zstd")
 
     def prime(self, strategy: str, ctx: Context, label: str, tag: str, cache_ref: str) -> None:
         """Untimed: the strategy's cache in the "before" state. Registry-cache strategies (standard,
@@ -736,7 +741,7 @@ class Bench:
         order = []
         for rep in range(self.s.repeat):
             for scenario in self.s.scenarios:
-                strategies = [s for s in STRATEGIES if s != "warm-uv" or scenario in UV_SCENARIOS]
+                strategies = [s for s in STRATEGIES if s not in UV_STRATEGIES or scenario in UV_SCENARIOS]
                 shift = rep % len(strategies)
                 for strategy in strategies[shift:] + strategies[:shift]:
                     order.append((scenario, strategy, rep))

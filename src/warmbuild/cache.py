@@ -34,12 +34,15 @@ def default_cache_ref(tags: tuple[str, ...]) -> str | None:
     return f"{repository}:buildcache"
 
 
-def cache_options(path: str, cache_ref: str | None, export_policy: str, push: bool, untrusted: bool) -> CacheOptions:
+def cache_options(path: str, cache_ref: str | None, export_policy: str, push: bool, untrusted: bool,
+                  compression_options: str = "") -> CacheOptions:
+    """`compression_options` is the image's (BuildRequest.compression_options): the cache's layers
+    are then the blobs the image push already made, not a second compression of each."""
     if cache_ref is None:
         return CacheOptions((), ())
     registry_import = (f"type=registry,ref={cache_ref}",)
     # ignore-error: a cache that could not be written is a warning, never a failed build.
-    registry_export = (f"type=registry,ref={cache_ref},mode=max,ignore-error=true",)
+    registry_export = (f"type=registry,ref={cache_ref},mode=max,ignore-error=true{compression_options}",)
     if untrusted:
         return CacheOptions(registry_import, ())
     if path in ("ephemeral", "spill"):

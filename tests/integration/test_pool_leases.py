@@ -322,6 +322,42 @@ def test_build_through_the_pool_lands_on_the_affine_builder_and_reuses_its_cache
     assert not held_slots(admin)
 
 
+def registry_layers(reference: str) -> list[tuple[str, str]]:
+    """(media type, digest) of each layer of an image or a registry cache, following an index."""
+    import requests
+
+    host, _, rest = reference.partition("/")
+    repo, _, tag = rest.rpartition(":")
+    accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+    document = requests.get(f"http://{host}/v2/{repo}/manifests/{tag}", headers={"Accept": accept}, timeout=10).json()
+    if "manifests" in document and document.get("mediaType", "").endswith("index.v1+json") and "layers" not in document:
+        manifests = [m for m in document["manifests"] if "manifest" in m.get("mediaType", "")]
+        if manifests:  # an image index: the image's own manifest (a cache index lists layers directly)
+            document = requests.get(f"http://{host}/v2/{repo}/manifests/{manifests[0]['digest']}", headers={"Accept": accept}, timeout=10).json()
+    return [(layer["mediaType"], layer["digest"]) for layer in document.get("layers") or document.get("manifests") or []]
+
+
+def test_zstd_compresses_the_layers_a_build_makes_in_the_image_and_in_the_registry_cache(
+    ci_kubeconfig, tiny_app, registry, unique_repo, run_warmbuild, tmp_path
+):
+    (tiny_app / "app.py").write_text(f'print("zstd {uuid.uuid4().hex}")\n')
+    done = run_warmbuild(
+        "build", str(tiny_app), "--pool", POOL, "--cache-key", f"zstd-{unique_repo}",
+        "--build-arg", f"REGISTRY={registry}", "--tag", f"{unique_repo}:zstd", "--push", "--compression", "zstd",
+        "--result-file", str(tmp_path / "r.json"), "--state-file", str(tmp_path / "state.json"),
+        env={"KUBECONFIG": ci_kubeconfig, "WARMBUILD_BUILDER": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["placement"]["path"] == "warm"
+    image = registry_layers(f"{unique_repo}:zstd")
+    # The code layer is new (app.py is unique); layers reused from the base image or the builder's
+    # cache keep the compression their blob already has.
+    code_layer_type, code_layer_digest = image[-1]
+    assert code_layer_type.endswith("tar+zstd"), image
+    cache = registry_layers(f"{unique_repo}:buildcache")
+    assert (code_layer_type, code_layer_digest) in cache, cache  # the same blob, not a second compression
+
+
 def test_fencing_aborts_a_running_build_with_a_clear_message(ci_kubeconfig, admin, tmp_path, registry, run_warmbuild):
     app = tmp_path / "slow"
     app.mkdir()

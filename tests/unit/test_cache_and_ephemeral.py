@@ -42,6 +42,12 @@ def test_cache_options(path, policy, push, untrusted, imports, exports):
         assert "mode=max" in export and "ignore-error=true" in export
 
 
+def test_the_cache_warmbuild_writes_is_compressed_as_the_image_is():
+    (export,) = cache_options("warm", "r/app:buildcache", "auto", True, False, ",compression=zstd,compression-level=3").exports
+    assert export.endswith(",compression=zstd,compression-level=3") and "mode=max" in export
+    assert cache_options("ephemeral", "r/app:buildcache", "auto", True, False, ",compression=zstd").imports == ("type=registry,ref=r/app:buildcache",)
+
+
 def test_no_cache_ref_means_no_registry_cache():
     assert cache_options("ephemeral", None, "always", True, False).imports == ()
 

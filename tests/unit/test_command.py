@@ -185,3 +185,20 @@ def test_build_argv_carries_the_tls_flags_before_the_subcommand():
     build_at = argv.index("build")
     for flag in ("--tlscacert", "--tlscert", "--tlskey"):
         assert argv.index(flag) < build_at  # global flags of buildctl
+
+
+def test_gzip_by_default_leaves_the_output_as_buildkit_defaults_it():
+    fields = csv_fields(image_output(request(tags=("app:1",), push=True)))
+    assert "compression" not in fields and "compression-level" not in fields
+
+
+@pytest.mark.parametrize("compression, level, expected", [
+    ("zstd", None, {"compression": "zstd"}),
+    ("zstd", 3, {"compression": "zstd", "compression-level": "3"}),
+    ("gzip", 1, {"compression": "gzip", "compression-level": "1"}),
+    ("uncompressed", None, {"compression": "uncompressed"}),
+])
+def test_compression_goes_into_the_image_output(compression, level, expected):
+    fields = csv_fields(image_output(request(tags=("a:1", "a:2"), push=True, compression=compression, compression_level=level)))
+    assert {k: v for k, v in fields.items() if k.startswith("compression")} == expected
+    assert fields["name"] == "a:1,a:2"

@@ -371,3 +371,21 @@ def test_messages_stay_on_one_line_when_the_input_has_a_line_break(ctx, call):
     # CI inputs are often multi-line YAML strings; the error must still be one line
     # (errors.WarmbuildError: "`str(err)` is the one line shown to the user").
     input_error(call, ctx)
+
+
+# --- compression ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("compression, level", [("gzip", None), ("gzip", 9), ("zstd", 0), ("zstd", 22), ("uncompressed", None)])
+def test_compressions_and_their_levels(ctx, compression, level):
+    request = req(ctx, compression=compression, compression_level=level)
+    assert (request.compression, request.compression_level) == (compression, level)
+
+
+@pytest.mark.parametrize("compression, level, fragment", [
+    ("brotli", None, "invalid --compression 'brotli': choose gzip, zstd, uncompressed"),
+    ("gzip", 10, "invalid --compression-level 10 for gzip: allowed 0–9"),
+    ("zstd", 23, "allowed 0–22"),
+    ("uncompressed", 1, "drop --compression-level"),
+])
+def test_a_compression_buildkit_would_refuse_is_one_line(ctx, compression, level, fragment):
+    assert fragment in input_error(req, ctx, compression=compression, compression_level=level).message

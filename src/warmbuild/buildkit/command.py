@@ -25,7 +25,7 @@ def image_output(request: BuildRequest) -> str | None:
         return None
     names = ",".join(request.tags)
     # The name list contains commas, so it is quoted as BuildKit's CSV parser expects.
-    return f'type=image,"name={names}",push={"true" if request.push else "false"}'
+    return f'type=image,"name={names}",push={"true" if request.push else "false"}{request.compression_options()}'
 
 
 def build_argv(buildctl: str, builder: BuilderEndpoint, request: BuildRequest, metadata_file: Path) -> list[str]:
