@@ -109,11 +109,16 @@ class KubeClient:
                 content_type: str = "application/json") -> KubeResponse:
         from urllib3.exceptions import HTTPError
 
-        sent = time.time()
-        try:
-            response = self._open(method, path, body, query, content_type, REQUEST_TIMEOUT_SECONDS, stream=False)
-        except (HTTPError, OSError) as exc:
-            raise ClusterError(f"cannot reach the Kubernetes API at {self.host} ({self.description}): {exc}") from None
+        for attempt in range(2):
+            sent = time.time()
+            try:
+                response = self._open(method, path, body, query, content_type, REQUEST_TIMEOUT_SECONDS, stream=False)
+            except (HTTPError, OSError) as exc:
+                raise ClusterError(f"cannot reach the Kubernetes API at {self.host} ({self.description}): {exc}") from None
+            # A token an exec plugin printed may be revoked before the expiry it gave: run the plugin
+            # again once, as kubectl does. A 401 is an answer, not a side effect, so retrying is safe.
+            if not (response.status == 401 and attempt == 0 and self.credentials.forget_exec_credential()):
+                break
         status, data = response.status, response.data
         self._clock.observe(response.headers.get("Date"), sent, time.time())
         if status >= 400:
@@ -309,6 +314,14 @@ class Credentials:
             if status.get("clientCertificateData") and status.get("clientKeyData"):
                 return status["clientCertificateData"].encode(), status["clientKeyData"].encode()
         return None
+
+    def forget_exec_credential(self) -> bool:
+        """Drop what the exec plugin printed, so the next request runs it again; False without one."""
+        if self.access.exec_plugin is None or self._token_source or self.access.token or self.access.token_file:
+            return False
+        with self._exec_lock:
+            self._exec_status = None
+        return True
 
     def _exec_credential(self) -> dict:
         with self._exec_lock:

@@ -52,6 +52,32 @@ def test_an_exec_credential_plugin_authenticates_as_the_identity_it_prints(tmp_p
         client.request("GET", "/api/v1/nodes")
 
 
+def test_a_revoked_exec_token_is_replaced_by_running_the_plugin_again(tmp_path, testbed):
+    """The first token the plugin prints is refused (401); the client runs it again once and goes on."""
+    calls = tmp_path / "calls"
+    plugin = tmp_path / "token-plugin"
+    plugin.write_text(f"#!{sys.executable}\nimport json, pathlib\ncalls = pathlib.Path({str(calls)!r})\n"
+                      "count = len(calls.read_text()) if calls.exists() else 0\ncalls.write_text('x' * (count + 1))\n"
+                      f"token = 'revoked-token' if count == 0 else {ci_token()!r}\n"
+                      "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1', 'kind': 'ExecCredential', "
+                      "'status': {'token': token, 'expirationTimestamp': '2099-01-01T00:00:00Z'}}))\n")
+    plugin.chmod(plugin.stat().st_mode | stat.S_IEXEC)
+    path = kubeconfig(tmp_path / "config", {"server": "https://127.0.0.1:6443", "certificate-authority": str(testbed / "pki" / "ca.crt")},
+                      {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin)}})
+    client = connect(path)
+    assert client.request("GET", LEASES).body["kind"] == "LeaseList"
+    assert calls.read_text() == "xx"  # run twice: the refused token, then a good one
+    client.request("GET", LEASES)
+    assert calls.read_text() == "xx"  # the good one is kept until it expires
+
+
+def test_a_token_that_is_refused_for_good_is_one_line_after_one_retry(tmp_path, testbed):
+    path = kubeconfig(tmp_path / "config", {"server": "https://127.0.0.1:6443", "certificate-authority": str(testbed / "pki" / "ca.crt")},
+                      {"token": "not-a-token"})
+    with pytest.raises(ClusterError, match="rejected the credentials"):
+        connect(path).request("GET", LEASES)
+
+
 def test_client_certificate_files_relative_to_the_kubeconfig_authenticate(tmp_path, testbed):
     for name in ("ca.crt", "admin.crt", "admin.key"):
         (tmp_path / name).write_bytes((testbed / "pki" / name).read_bytes())
