@@ -6,13 +6,14 @@ import os
 import threading
 import time
 
-from warmbuild.leases import lease_is_free, list_pool_leases
+from warmbuild.cluster import KubeConflict
+from warmbuild.leases import lease_is_free, leases_path, list_pool_leases
 
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
+def wait_for(predicate, timeout: float, what: str = "condition", interval: float = 0.2):
     """Poll until `predicate()` is truthy and return it; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -21,6 +22,20 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "cond
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def take_over(admin, lease_name: str, usurper: str = "usurper", namespace: str = NAMESPACE) -> None:
+    """Another holder takes the slot: a compare-and-swap, retried if the holder renewed meanwhile."""
+    for _ in range(20):
+        lease = admin.request("GET", leases_path(namespace, lease_name)).body
+        lease["spec"]["holderIdentity"] = usurper
+        lease["spec"]["leaseTransitions"] = int(lease["spec"].get("leaseTransitions") or 0) + 1
+        try:
+            admin.request("PUT", leases_path(namespace, lease_name), body=lease)
+            return
+        except KubeConflict:
+            continue
+    raise AssertionError(f"could not take over {lease_name}")
 
 
 def held_slots(client, namespace: str = NAMESPACE, pool: str = POOL) -> dict[str, str]:

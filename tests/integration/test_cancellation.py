@@ -8,6 +8,7 @@ the registry's manifests, and build-result.json.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -23,12 +24,15 @@ from pathlib import Path
 import pytest
 import requests
 
+import poolkit
 from warmbuild.cluster import connect
 from warmbuild.leases import list_pool_leases
 
 CANCEL_BUDGET_SECONDS = 5.0
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")
+# A process is watched for the cancel budget: polled finely, so the wait itself adds little to it.
+wait_for = functools.partial(poolkit.wait_for, interval=0.1)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -60,16 +64,6 @@ def running_with(marker: str) -> list[int]:
 
 def buildctl_of(pid: int) -> list[int]:
     return [p for p, (ppid, _, cmd) in processes().items() if ppid == pid and "buildctl" in cmd and " build " in cmd]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Warmbuild:

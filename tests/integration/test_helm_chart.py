@@ -35,6 +35,7 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from helm_render import CHART, VARIANTS, helm, template_command  # noqa: E402
 
+from poolkit import wait_for  # noqa: E402
 from warmbuild.affinity import preference_order  # noqa: E402
 
 if not os.environ.get("KUBECONFIG") or not os.environ.get("WARMBUILD_POOL"):
@@ -62,17 +63,6 @@ NOT_SERVED = {
 @pytest.fixture(scope="module")
 def resources(api):
     return dynamic.DynamicClient(api).resources
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def ignore_missing(action, *args, **kwargs):

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from warmbuild.cluster import KubeConflict, connect
+from warmbuild.cluster import connect
 from warmbuild.errors import NoSlotAvailable
 from warmbuild.leases import HolderInfo, LeaseKeeper, leases_path, list_pool_leases, release_slot, try_acquire_slot
 from warmbuild.placement import PlacementRequest, acquire_build_slot
 from warmbuild.pool import discover_builders
-from poolkit import assert_served_without_overlap, held_slots, race_for_slots, wait_for
+from poolkit import assert_served_without_overlap, held_slots, race_for_slots, take_over, wait_for
 
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")
@@ -48,20 +48,6 @@ def pool_is_idle(admin):
     yield
     # Every test must leave every slot free again.
     wait_for(lambda: not held_slots(admin), 30, what="all slots free after the test")
-
-
-def take_over(admin, lease_name: str, usurper: str = "usurper") -> None:
-    """Another holder takes the slot: a compare-and-swap, retried if the holder renewed meanwhile."""
-    for _ in range(20):
-        lease = admin.request("GET", leases_path(NAMESPACE, lease_name)).body
-        lease["spec"]["holderIdentity"] = usurper
-        lease["spec"]["leaseTransitions"] = int(lease["spec"].get("leaseTransitions") or 0) + 1
-        try:
-            admin.request("PUT", leases_path(NAMESPACE, lease_name), body=lease)
-            return
-        except KubeConflict:
-            continue
-    raise AssertionError(f"could not take over {lease_name}")
 
 
 def scale(admin, replicas: int):

@@ -19,13 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler_harness import CI_USER, NAMESPACE, SchedulerProcess, ci_token, ensure_service_account, prepare, token_for
 from warmbuild.affinity import preference_order
-from warmbuild.cluster import KubeConflict, connect
+from warmbuild.cluster import connect
 from warmbuild.errors import LeaseLost
 from warmbuild.leases import HolderInfo, leases_path, release_slot
 from warmbuild.placement import PlacementRequest
 from warmbuild.pool import discover_builders
 from warmbuild.scheduler.client import SchedulerClient, SchedulerError, SchedulerOptions
-from poolkit import assert_served_without_overlap, held_slots, race_for_slots, wait_for
+from poolkit import assert_served_without_overlap, held_slots, race_for_slots, take_over, wait_for
 
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 OTHER_SA = "warmbuild-other-team"
@@ -239,10 +239,7 @@ def test_a_renewal_after_a_takeover_says_the_slot_is_lost(setup, replicas, admin
     client = client_for(setup, *(r.url for r in replicas))
     grant = client.acquire(placement("fencing-check", "victim", max_wait=0))
     try:
-        lease = admin.request("GET", leases_path(NAMESPACE, grant.lease.name)).body
-        lease["spec"]["holderIdentity"] = "usurper"
-        lease["spec"]["leaseTransitions"] = grant.lease.transitions + 1
-        admin.request("PUT", leases_path(NAMESPACE, grant.lease.name), body=lease)
+        take_over(admin, grant.lease.name)
         with pytest.raises(LeaseLost, match=f"slot lease {grant.lease.name} is now held by usurper"):
             client.renew(grant.lease)
         lost = threading.Event()
@@ -361,15 +358,7 @@ def test_a_build_whose_slot_is_taken_over_is_aborted_through_the_scheduler(setup
     try:
         state = wait_for(lambda: state_file.exists() and json.loads(state_file.read_text()), 60, what="the build to hold a slot")
         time.sleep(2)  # let the solve start
-        for _ in range(10):  # the build renews every second: retry a write that raced a renewal
-            lease = admin.request("GET", leases_path(NAMESPACE, state["lease"])).body
-            lease["spec"]["holderIdentity"] = "usurper"
-            lease["spec"]["leaseTransitions"] = int(lease["spec"]["leaseTransitions"]) + 1
-            try:
-                admin.request("PUT", leases_path(NAMESPACE, state["lease"]), body=lease)
-                break
-            except KubeConflict:
-                continue
+        take_over(admin, state["lease"])  # retried if it races one of the build's renewals (every second)
         taken = time.monotonic()
         _, stderr = process.communicate(timeout=30)
         assert time.monotonic() - taken < 10

@@ -19,6 +19,7 @@ import pytest
 kubernetes = pytest.importorskip("kubernetes")
 from kubernetes import client, watch  # noqa: E402
 from kubernetes.client.rest import ApiException  # noqa: E402
+from poolkit import wait_for  # noqa: E402
 
 NODE = "warmbuild-node-0"
 STATEFULSET = "builders"
@@ -43,18 +44,6 @@ def namespace():
 
 
 # ------------------------------------------------------------------------------------- helpers
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.25):
-    """Poll `condition` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def is_ready(pod) -> bool:

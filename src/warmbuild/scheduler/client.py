@@ -23,11 +23,11 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from ..errors import ClusterError, InputError, LeaseLost, NoSlotAvailable
+from ..kubeconfig import IN_CLUSTER_TOKEN
 from ..leases import SlotKeeper, SlotLease
 from ..placement import Grant, PlacementRequest
 from ..pool import Builder
 
-IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 CONNECT_TIMEOUT_SECONDS = 3.0
 READ_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 20.0
@@ -74,8 +74,8 @@ def scheduler_token_file(token: str | None, token_file: str | None, environ: Map
     if token or environ.get("WARMBUILD_SCHEDULER_TOKEN"):
         return None
     token_file = token_file or environ.get("WARMBUILD_SCHEDULER_TOKEN_FILE")
-    if not token_file and environ.get("KUBERNETES_SERVICE_HOST") and Path(IN_CLUSTER_TOKEN).is_file():
-        token_file = IN_CLUSTER_TOKEN
+    if not token_file and environ.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.is_file():
+        token_file = str(IN_CLUSTER_TOKEN)
     return token_file
 
 
@@ -84,9 +84,7 @@ def scheduler_token(token: str | None, token_file: str | None, environ: Mapping[
     token = token or environ.get("WARMBUILD_SCHEDULER_TOKEN")
     if token:
         return token.strip()
-    token_file = token_file or environ.get("WARMBUILD_SCHEDULER_TOKEN_FILE")
-    if not token_file and environ.get("KUBERNETES_SERVICE_HOST") and Path(IN_CLUSTER_TOKEN).is_file():
-        token_file = IN_CLUSTER_TOKEN
+    token_file = scheduler_token_file(None, token_file, environ)
     if not token_file:
         raise InputError(
             "no token for the scheduler: pass --scheduler-token-file FILE, or set WARMBUILD_SCHEDULER_TOKEN "
