@@ -27,8 +27,8 @@ COPY --from=buildkit /usr/bin/buildctl /usr/local/bin/buildctl
 COPY --from=install /opt/warmbuild /opt/warmbuild
 # The GitHub action's main and post steps (action.yml): one executable each, since the runner
 # passes a post step the same `args` as the main step.
-RUN printf '#!/bin/sh\nexec python -m warmbuild.ci.github_action main\n' >/usr/local/bin/warmbuild-github-main \
- && printf '#!/bin/sh\nexec python -m warmbuild.ci.github_action post\n' >/usr/local/bin/warmbuild-github-post \
+RUN printf '#!/bin/sh\nexec python -m warmbuild.entry.github_action main\n' >/usr/local/bin/warmbuild-github-main \
+ && printf '#!/bin/sh\nexec python -m warmbuild.entry.github_action post\n' >/usr/local/bin/warmbuild-github-post \
  && chmod 0755 /usr/local/bin/warmbuild-github-main /usr/local/bin/warmbuild-github-post \
  && useradd --uid 1001 --user-group --create-home --shell /usr/sbin/nologin warmbuild
 ENV PATH=/opt/warmbuild/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1

@@ -27,10 +27,10 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from warmbuild.affinity import preference_order
-from warmbuild.cluster import connect
-from warmbuild.leases import HolderInfo, list_pool_leases, release_slot, try_acquire_slot
-from warmbuild.pool import discover_builders
+from warmbuild.pool.affinity import preference_order
+from warmbuild.kube.client import connect
+from warmbuild.pool.leases import HolderInfo, list_pool_leases, release_slot, try_acquire_slot
+from warmbuild.pool.membership import discover_builders
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")

@@ -16,11 +16,11 @@ import threading
 import time
 import uuid
 
-from warmbuild.broker import DirectLeases
-from warmbuild.cluster import connect
+from warmbuild.pool.broker import DirectLeases
+from warmbuild.kube.client import connect
 from warmbuild.errors import NoSlotAvailable
-from warmbuild.leases import HolderInfo
-from warmbuild.placement import PlacementRequest
+from warmbuild.pool.leases import HolderInfo
+from warmbuild.pool.placement import PlacementRequest
 
 
 def percentile(values: list[float], q: float) -> float:

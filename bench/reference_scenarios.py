@@ -386,14 +386,14 @@ class Pool:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.client = None
-        self.affine = None  # warmbuild.pool.Builder
+        self.affine = None  # warmbuild.pool.membership.Builder
         self.keepers: list = []  # (keeper, grant) pairs currently held
 
     def connect(self) -> None:
-        from warmbuild.affinity import preference_order
-        from warmbuild.cluster import connect
+        from warmbuild.pool.affinity import preference_order
+        from warmbuild.kube.client import connect
         from warmbuild.errors import WarmbuildError
-        from warmbuild.pool import discover_builders
+        from warmbuild.pool.membership import discover_builders
 
         try:
             client = connect(self.settings.ci_kubeconfig)
@@ -419,7 +419,7 @@ class Pool:
         return self.affine.address if self.affine else "tcp://<affine builder>:1234"
 
     def _free_slots(self) -> int:
-        from warmbuild.leases import lease_is_free, list_pool_leases, slot_lease_name
+        from warmbuild.pool.leases import lease_is_free, list_pool_leases, slot_lease_name
 
         leases = list_pool_leases(self.client, self.settings.namespace, self.settings.pool)
         now = self.client.server_now()
@@ -441,7 +441,7 @@ class Pool:
             time.sleep(1)
 
     def _acquire(self, what: str):
-        from warmbuild.leases import HolderInfo, LeaseKeeper, list_pool_leases, try_acquire_slot
+        from warmbuild.pool.leases import HolderInfo, LeaseKeeper, list_pool_leases, try_acquire_slot
 
         holder = HolderInfo(identity=f"bench-{what}-{uuid.uuid4().hex[:6]}", workload_key=f"bench-{what}")
         grant = try_acquire_slot(self.client, self.settings.namespace, self.settings.pool, self.affine, holder,
@@ -482,7 +482,7 @@ class Pool:
             self.release(start)
 
     def release(self, start: int = 0) -> None:
-        from warmbuild.leases import release_slot
+        from warmbuild.pool.leases import release_slot
 
         while len(self.keepers) > start:
             keeper, grant = self.keepers.pop()
@@ -493,7 +493,7 @@ class Pool:
                 print(f"bench: could not release {grant.name}: {exc}", file=sys.stderr)
 
     def existing_pods(self, names: set[str]) -> list[str]:
-        from warmbuild.ephemeral import EPHEMERAL_LABEL, pods_path
+        from warmbuild.pool.ephemeral import EPHEMERAL_LABEL, pods_path
 
         body = self.client.request("GET", pods_path(self.settings.namespace),
                                    query={"labelSelector": f"{EPHEMERAL_LABEL}=true"}).body

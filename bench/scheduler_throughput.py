@@ -25,8 +25,8 @@ from scheduler_harness import CI_USER, SchedulerProcess, ci_token, prepare  # no
 
 from lease_latency import run  # noqa: E402  (bench/ is on sys.path: the same loop measures both sides)
 
-from warmbuild.broker import DirectLeases  # noqa: E402
-from warmbuild.cluster import connect  # noqa: E402
+from warmbuild.pool.broker import DirectLeases  # noqa: E402
+from warmbuild.kube.client import connect  # noqa: E402
 from warmbuild.scheduler.client import SchedulerClient, SchedulerOptions  # noqa: E402
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .affinity import explicit_key, workload_key
-from .ci.state import ReleaseState, read_state, remove_state, state_file_path
-from .cluster import connect
-from .drain import add_drain_arguments, command_drain
+from .pool.affinity import explicit_key, workload_key
+from .pool.state import ReleaseState, read_state, remove_state, state_file_path
+from .kube.client import connect
+from .pool.drain import add_drain_arguments, command_drain
 from .doctor.command import add_doctor_arguments, command_doctor, uv_build_file
 from .cache import CACHE_EXPORT_POLICIES, default_cache_ref
 from .config import (
@@ -28,14 +28,14 @@ from .config import (
     repository_identity,
     validate_image_reference,
 )
-from .ephemeral import delete_ephemeral_pod, load_ephemeral_settings
-from .gc import collect_garbage
-from .policy import FALLBACKS
+from .pool.ephemeral import delete_ephemeral_pod, load_ephemeral_settings
+from .pool.gc import collect_garbage
+from .pool.policy import FALLBACKS
 from .errors import InputError, ToolMissing, WarmbuildError
-from .leases import HolderInfo, release_slot
+from .pool.leases import HolderInfo, release_slot
 from .pipeline import run_build, run_pool_build
-from .placement import PlacementRequest
-from .pool_status import read_pool_status, render_status_table, status_to_dict
+from .pool.placement import PlacementRequest
+from .pool.status import read_pool_status, render_status_table, status_to_dict
 from .report import Placement
 from .simulate.commands import COMMANDS as SIMULATION_COMMANDS, add_commands as add_simulation_commands, run_command as run_simulation_command
 from .signals import install_cancel_handlers, signals_deferred

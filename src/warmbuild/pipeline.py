@@ -19,15 +19,15 @@ from .buildkit import CacheStats, SolveAbort, check_buildkit_answers, check_reac
 from .ci import publishers_from_env
 from .ci.report_files import ReportFilesPublisher
 from .ci.sections import log_section
-from .ci.state import ReleaseState, remove_state, write_state
-from .broker import DirectLeases, SlotBroker
-from .cluster import KubeClient
+from .pool.state import ReleaseState, remove_state, write_state
+from .pool.broker import DirectLeases, SlotBroker
+from .kube.client import KubeClient
 from .config import BuilderEndpoint, BuildRequest, TlsFiles
 from .cache import cache_options
-from .ephemeral import EphemeralSettings, create_ephemeral_pod, create_run_lease, delete_ephemeral_pod, ephemeral_pod_manifest, wait_until_ready
-from .history import BuildRecord, append_record, key_hash
-from .leases import LeaseKeeper
-from .placement import PlacementRequest
+from .pool.ephemeral import EphemeralSettings, create_ephemeral_pod, create_run_lease, delete_ephemeral_pod, ephemeral_pod_manifest, wait_until_ready
+from .pool.history import BuildRecord, append_record, key_hash
+from .pool.leases import LeaseKeeper
+from .pool.placement import PlacementRequest
 from .errors import BuildFailed, Cancelled, WarmbuildError
 from .report import BuildResult, Placement, Timings, render_table, result_to_dict, write_result_file
 from .signals import signals_deferred

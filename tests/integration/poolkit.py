@@ -6,8 +6,8 @@ import os
 import threading
 import time
 
-from warmbuild.cluster import KubeConflict
-from warmbuild.leases import lease_is_free, leases_path, list_pool_leases
+from warmbuild.kube.client import KubeConflict
+from warmbuild.pool.leases import lease_is_free, leases_path, list_pool_leases
 
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")

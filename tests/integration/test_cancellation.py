@@ -25,8 +25,8 @@ import pytest
 import requests
 
 import poolkit
-from warmbuild.cluster import connect
-from warmbuild.leases import list_pool_leases
+from warmbuild.kube.client import connect
+from warmbuild.pool.leases import list_pool_leases
 
 CANCEL_BUDGET_SECONDS = 5.0
 POOL = os.environ.get("WARMBUILD_POOL", "default")
@@ -310,12 +310,13 @@ def test_githubs_sigint_then_sigterm_still_releases_the_slot(gap, tmp_path, admi
 
 def test_a_second_signal_during_the_release_does_not_cut_it_short(tmp_path, admin, tiny_app, registry, monkeypatch):
     """In process: SIGTERM arrives exactly inside the release; it finishes, then the signal counts."""
-    from warmbuild import broker, pipeline
-    from warmbuild.ci.state import ReleaseState
+    from warmbuild import pipeline
+    from warmbuild.pool import broker
+    from warmbuild.pool.state import ReleaseState
     from warmbuild.config import build_request
     from warmbuild.errors import Cancelled
-    from warmbuild.leases import HolderInfo
-    from warmbuild.placement import PlacementRequest
+    from warmbuild.pool.leases import HolderInfo
+    from warmbuild.pool.placement import PlacementRequest
     from warmbuild.signals import install_cancel_handlers
 
     real_release = broker.release_slot

@@ -22,8 +22,8 @@ import yaml
 from junitparser import JUnitXml
 from prometheus_client.parser import text_string_to_metric_families
 
-from warmbuild.cluster import connect
-from warmbuild.leases import list_pool_leases
+from warmbuild.kube.client import connect
+from warmbuild.pool.leases import list_pool_leases
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL = os.environ.get("WARMBUILD_POOL", "default")
@@ -152,7 +152,7 @@ def test_step_image_builds_from_the_local_registry_non_root_with_exec_form_entry
 
     assert in_image("/opt/warmbuild/bin/warmbuild", "--version").strip() == "warmbuild 0.1.0"
     assert "v0.34.2" in in_image("/usr/local/bin/buildctl", "--version")
-    assert in_image("python", "-c", "import warmbuild.ci.github_action, warmbuild.ci.gitlab_job; print('ok')").strip() == "ok"
+    assert in_image("python", "-c", "import warmbuild.entry.github_action, warmbuild.entry.gitlab_job; print('ok')").strip() == "ok"
 
 
 # --- GitHub ------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ class GitHubRunner:
         return env
 
     def run(self, stage: str, env: dict) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "warmbuild.ci.github_action", stage], env=env, cwd=self.workspace,
+        return subprocess.run([sys.executable, "-m", "warmbuild.entry.github_action", stage], env=env, cwd=self.workspace,
                               capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
 
 
@@ -243,7 +243,7 @@ def test_github_post_step_releases_the_slot_of_a_killed_main_step(tmp_path, work
     marker = f"wb-post-{uuid.uuid4().hex[:10]}"
     (workspace / "app" / "Dockerfile").write_text(f"FROM {os.environ['WARMBUILD_BASE_IMAGE']}\nRUN echo {marker} && sleep 60\n")
     inputs = {"context": "app", "pool": POOL, "namespace": NAMESPACE, "kubeconfig": Path(os.environ["WARMBUILD_CI_KUBECONFIG"]).read_text()}
-    main = subprocess.Popen([sys.executable, "-m", "warmbuild.ci.github_action", "main"], env=runner.env(inputs), cwd=workspace,
+    main = subprocess.Popen([sys.executable, "-m", "warmbuild.entry.github_action", "main"], env=runner.env(inputs), cwd=workspace,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

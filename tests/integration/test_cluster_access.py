@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from warmbuild.cluster import connect
+from warmbuild.kube.client import connect
 from warmbuild.errors import ClusterError
 
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")

@@ -18,13 +18,13 @@ from contextlib import contextmanager
 import pytest
 import requests
 
-from warmbuild.affinity import preference_order
-from warmbuild.cluster import KubeNotFound, connect
-from warmbuild.ephemeral import EPHEMERAL_LABEL, pods_path
-from warmbuild.gc import collect_garbage
-from warmbuild.history import BuildRecord, append_record, key_hash
-from warmbuild.leases import HolderInfo, list_pool_leases, release_slot, try_acquire_slot
-from warmbuild.pool import discover_builders
+from warmbuild.pool.affinity import preference_order
+from warmbuild.kube.client import KubeNotFound, connect
+from warmbuild.pool.ephemeral import EPHEMERAL_LABEL, pods_path
+from warmbuild.pool.gc import collect_garbage
+from warmbuild.pool.history import BuildRecord, append_record, key_hash
+from warmbuild.pool.leases import HolderInfo, list_pool_leases, release_slot, try_acquire_slot
+from warmbuild.pool.membership import discover_builders
 from poolkit import held_slots, wait_for
 
 MANIFEST_TYPES = ", ".join([

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from helm_render import CHART, VARIANTS, helm, template_command  # noqa: E402
 
 from poolkit import wait_for  # noqa: E402
-from warmbuild.affinity import preference_order  # noqa: E402
+from warmbuild.pool.affinity import preference_order  # noqa: E402
 
 if not os.environ.get("KUBECONFIG") or not os.environ.get("WARMBUILD_POOL"):
     if os.environ.get("WARMBUILD_REQUIRE_TESTBED") == "1":

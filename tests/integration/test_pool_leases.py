@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from warmbuild.cluster import connect
+from warmbuild.kube.client import connect
 from warmbuild.errors import NoSlotAvailable
-from warmbuild.leases import HolderInfo, LeaseKeeper, leases_path, list_pool_leases, release_slot, try_acquire_slot
-from warmbuild.placement import PlacementRequest, acquire_build_slot
-from warmbuild.pool import discover_builders
+from warmbuild.pool.leases import HolderInfo, LeaseKeeper, leases_path, list_pool_leases, release_slot, try_acquire_slot
+from warmbuild.pool.placement import PlacementRequest, acquire_build_slot
+from warmbuild.pool.membership import discover_builders
 from poolkit import assert_served_without_overlap, held_slots, race_for_slots, take_over, wait_for
 
 POOL = os.environ.get("WARMBUILD_POOL", "default")
@@ -92,9 +92,9 @@ def test_forty_racing_acquirers_never_exceed_six_holders_and_all_get_served(ci_k
 
 HOLD_ALL_SLOTS = """
 import sys, time
-from warmbuild.cluster import connect
-from warmbuild.leases import HolderInfo, LeaseKeeper, list_pool_leases, try_acquire_slot
-from warmbuild.pool import discover_builders
+from warmbuild.kube.client import connect
+from warmbuild.pool.leases import HolderInfo, LeaseKeeper, list_pool_leases, try_acquire_slot
+from warmbuild.pool.membership import discover_builders
 namespace, pool, builder_name, seconds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 client = connect()
 builder = next(b for b in discover_builders(client, namespace, pool) if b.name == builder_name)
@@ -221,7 +221,7 @@ def test_scaling_to_four_builders_is_picked_up_without_a_restart(ci_kubeconfig, 
         )
         newcomer = next(b for b in builders if b.name.endswith("-3"))
         # Some workload key now prefers the newcomer, and placement sends it there.
-        from warmbuild.affinity import preference_order
+        from warmbuild.pool.affinity import preference_order
 
         key = next(f"scale-{i}" for i in range(1000) if preference_order(f"scale-{i}", [b.name for b in builders])[0] == newcomer.name)
         grant = acquire_build_slot(client, PlacementRequest(NAMESPACE, POOL, key, HolderInfo(identity="scale"), max_wait_seconds=0))

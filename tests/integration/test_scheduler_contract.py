@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 
 from scheduler_harness import CI_USER, SchedulerProcess, ci_token, prepare
-from warmbuild.cluster import connect
+from warmbuild.kube.client import connect
 
 SPEC = Path(__file__).resolve().parents[2] / "docs" / "scheduler-openapi.yaml"
 POOL_PATTERN = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")

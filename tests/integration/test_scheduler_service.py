@@ -18,12 +18,12 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler_harness import CI_USER, NAMESPACE, SchedulerProcess, ci_token, ensure_service_account, prepare, token_for
-from warmbuild.affinity import preference_order
-from warmbuild.cluster import connect
+from warmbuild.pool.affinity import preference_order
+from warmbuild.kube.client import connect
 from warmbuild.errors import LeaseLost
-from warmbuild.leases import HolderInfo, leases_path, release_slot
-from warmbuild.placement import PlacementRequest
-from warmbuild.pool import discover_builders
+from warmbuild.pool.leases import HolderInfo, leases_path, release_slot
+from warmbuild.pool.placement import PlacementRequest
+from warmbuild.pool.membership import discover_builders
 from warmbuild.scheduler.client import SchedulerClient, SchedulerError, SchedulerOptions
 from poolkit import assert_served_without_overlap, held_slots, race_for_slots, take_over, wait_for
 

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from warmbuild.affinity import preference_order
-from warmbuild.cluster import connect
-from warmbuild.ephemeral import EPHEMERAL_LABEL, pods_path
-from warmbuild.history import key_hash
-from warmbuild.leases import WORKLOAD_KEY_ANNOTATION, lease_is_free, list_pool_leases
-from warmbuild.pool import discover_builders
+from warmbuild.pool.affinity import preference_order
+from warmbuild.kube.client import connect
+from warmbuild.pool.ephemeral import EPHEMERAL_LABEL, pods_path
+from warmbuild.pool.history import key_hash
+from warmbuild.pool.leases import WORKLOAD_KEY_ANNOTATION, lease_is_free, list_pool_leases
+from warmbuild.pool.membership import discover_builders
 from warmbuild.simulate.runs import run_policy
 from warmbuild.simulate.model import FleetConfig, SimulationConfig, WarmbuildOptions
 from warmbuild.simulate.report import policy_metrics

@@ -3,7 +3,7 @@
 import math
 import random
 
-from warmbuild.affinity import load_cap, preference_order, rank_builders, workload_key
+from warmbuild.pool.affinity import load_cap, preference_order, rank_builders, workload_key
 
 KEYS = [f"github.com/team-{i % 37}/svc-{i}|Dockerfile|" for i in range(1000)]
 THREE = [f"builders-{i}" for i in range(3)]

@@ -5,16 +5,16 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from warmbuild.cache import cache_options, default_cache_ref
-from warmbuild.ephemeral import (
+from warmbuild.pool.ephemeral import (
     EPHEMERAL_POOL_LABEL,
     EphemeralSettings,
     ephemeral_pod_manifest,
     load_ephemeral_settings,
 )
 from warmbuild.errors import InputError
-from warmbuild.gc import STARTUP_GRACE_SECONDS, find_garbage
-from warmbuild.leases import HolderInfo
-from warmbuild.pool import POOL_LABEL
+from warmbuild.pool.gc import STARTUP_GRACE_SECONDS, find_garbage
+from warmbuild.pool.leases import HolderInfo
+from warmbuild.pool.membership import POOL_LABEL
 
 
 def test_default_cache_ref_is_the_first_tags_repository():

@@ -5,8 +5,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from warmbuild.cli import main
-from warmbuild.cluster import KubeNotFound, KubeResponse, format_micro_time
-from warmbuild.drain import DrainTimedOut, drain_builder, held_slots
+from warmbuild.kube.client import KubeNotFound, KubeResponse, format_micro_time
+from warmbuild.pool.drain import DrainTimedOut, drain_builder, held_slots
 from warmbuild.errors import ClusterError
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)

@@ -20,7 +20,7 @@ from responses import matchers
 import yaml
 
 from warmbuild.ci.github import escape_data, escape_property, group_end, group_start, heredoc_entry, mask_commands, workflow_command
-from warmbuild.ci.github_action import (
+from warmbuild.entry.github_action import (
     ACTION_INPUTS,
     annotation,
     cluster_access,
@@ -29,11 +29,11 @@ from warmbuild.ci.github_action import (
     read_inputs,
     secrets_to_mask,
 )
-from warmbuild.ci.inputs import build_invocation, split_list
+from warmbuild.entry.inputs import build_invocation, split_list
 from warmbuild.ci.outputs import output_values
 from warmbuild.ci.sections import log_section
 from warmbuild.errors import Cancelled, ClusterError, InputError
-from warmbuild.oidc import GitHubOidcTokenSource, jwt_expiry
+from warmbuild.kube.oidc import GitHubOidcTokenSource, jwt_expiry
 from warmbuild.signals import install_cancel_handlers, signals_deferred
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -257,7 +257,7 @@ def test_the_dockerfile_line_buildkit_names_becomes_the_annotation(tmp_path):
 def _run_entrypoint(stage: str, env: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("INPUT_", "WARMBUILD_", "GITHUB_", "KUBECONFIG"))}
     return subprocess.run(
-        [sys.executable, "-m", "warmbuild.ci.github_action", stage],
+        [sys.executable, "-m", "warmbuild.entry.github_action", stage],
         env={**base, "HOME": str(tmp_path), "GITHUB_ACTIONS": "true", **env},
         capture_output=True, text=True, timeout=60, cwd=tmp_path, stdin=subprocess.DEVNULL,
     )
@@ -306,8 +306,8 @@ def test_action_is_a_docker_action_with_a_post_step_and_valid_by_schema():
     assert runs["entrypoint"] == "/usr/local/bin/warmbuild-github-main"
     assert runs["post-entrypoint"] == "/usr/local/bin/warmbuild-github-post"
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "exec python -m warmbuild.ci.github_action main" in dockerfile
-    assert "exec python -m warmbuild.ci.github_action post" in dockerfile
+    assert "exec python -m warmbuild.entry.github_action main" in dockerfile
+    assert "exec python -m warmbuild.entry.github_action post" in dockerfile
     schema = json.loads((files("check_jsonschema.builtin_schemas.vendor") / "github-actions.json").read_text())
     validator = jsonschema.validators.validator_for(schema)(schema)
     assert [e.message for e in validator.iter_errors(ACTION)] == []
@@ -356,7 +356,8 @@ def test_oidc_token_is_minted_for_the_audience_and_reminted_before_expiry():
 
 @responses.activate
 def test_cluster_client_sends_a_reminted_bearer_token_once_the_first_nears_expiry(monkeypatch):
-    from warmbuild import cluster, oidc
+    from warmbuild.kube import client as cluster
+    from warmbuild.kube import oidc
 
     clock = Clock(2_000_000.0)
     monkeypatch.setattr(oidc, "now", clock)

@@ -13,8 +13,8 @@ import jsonschema
 import pytest
 import yaml
 
-from warmbuild.ci.gitlab_job import GITLAB_INPUTS, read_inputs, variable_name
-from warmbuild.policy import FALLBACKS
+from warmbuild.entry.gitlab_job import GITLAB_INPUTS, read_inputs, variable_name
+from warmbuild.pool.policy import FALLBACKS
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "gitlab" / "templates" / "build.yml"
 HEADER, JOBS = yaml.safe_load_all(TEMPLATE.read_text())
@@ -73,7 +73,7 @@ def test_every_warmbuild_input_reaches_the_job_as_its_variable_only():
     for key in ("script", "after_script"):
         for line in JOB[key]:
             assert "$[[" not in line and "$WARMBUILD_INPUT" not in line, line
-    assert JOB["script"] == ["python -m warmbuild.ci.gitlab_job"]
+    assert JOB["script"] == ["python -m warmbuild.entry.gitlab_job"]
     assert JOB["after_script"] == ["warmbuild release"]
     assert JOB["image"]["entrypoint"] == [""]
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from warmbuild.cluster import Credentials, run_exec_plugin
+from warmbuild.kube.client import Credentials, run_exec_plugin
 from warmbuild.errors import ClusterError
-from warmbuild.kubeconfig import ClusterAccess, ExecPlugin, access_from, kubeconfig_paths, read_kubeconfig
+from warmbuild.kube.kubeconfig import ClusterAccess, ExecPlugin, access_from, kubeconfig_paths, read_kubeconfig
 
 
 def write_config(path: Path, clusters=(), users=(), contexts=(), current: str | None = None) -> str:
@@ -122,7 +122,7 @@ def calls_of(tmp_path: Path) -> list[dict]:
 
 
 def test_an_exec_plugin_is_run_with_its_args_and_env_and_cached_until_it_expires(tmp_path, monkeypatch):
-    from warmbuild import cluster
+    from warmbuild.kube import client as cluster
 
     script = exec_plugin_script(tmp_path, {"token": "exec-token", "expirationTimestamp": "2030-01-01T00:00:00Z"})
     plugin = ExecPlugin(command=str(script), args=("get-token", "--cluster", "c"), env=(("PLUGIN_ENV", "yes"),))
@@ -150,7 +150,7 @@ def test_an_exec_plugin_that_fails_or_is_missing_is_one_line(tmp_path):
 
 
 def test_env_credentials_with_a_ca_that_is_not_base64_are_one_line():
-    from warmbuild import cluster
+    from warmbuild.kube import client as cluster
 
     with pytest.raises(ClusterError, match="WARMBUILD_K8S_CA_DATA is not base64"):
         cluster._from_env({"WARMBUILD_K8S_SERVER": "https://127.0.0.1:6443", "WARMBUILD_K8S_TOKEN": "t", "WARMBUILD_K8S_CA_DATA": "not base64!"})

@@ -2,8 +2,8 @@
 
 import pytest
 
-from warmbuild.history import BuildRecord
-from warmbuild.policy import (
+from warmbuild.pool.history import BuildRecord
+from warmbuild.pool.policy import (
     PRIOR_EPHEMERAL_BUILD_SECONDS,
     PRIOR_EPHEMERAL_STARTUP_SECONDS,
     PRIOR_WARM_SECONDS,

@@ -11,8 +11,8 @@ import responses
 
 from warmbuild import cli
 from warmbuild.errors import InputError, LeaseLost, NoSlotAvailable
-from warmbuild.leases import HolderInfo
-from warmbuild.placement import PlacementRequest
+from warmbuild.pool.leases import HolderInfo
+from warmbuild.pool.placement import PlacementRequest
 from warmbuild.scheduler.client import (
     SchedulerClient,
     SchedulerError,

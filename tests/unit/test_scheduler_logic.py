@@ -7,10 +7,10 @@ from datetime import datetime, timezone
 import pytest
 
 from warmbuild.errors import InputError
-from warmbuild.leases import SlotLease
-from warmbuild.placement import Grant
-from warmbuild.pool import Builder
-from warmbuild.pool_status import BuilderStatus, PoolStatus, SlotStatus
+from warmbuild.pool.leases import SlotLease
+from warmbuild.pool.placement import Grant
+from warmbuild.pool.membership import Builder
+from warmbuild.pool.status import BuilderStatus, PoolStatus, SlotStatus
 from warmbuild.scheduler.auth import Caller, TokenReviewer, Unauthenticated, caller_from_review, parse_access_config
 from warmbuild.scheduler.metrics import desired_builders, slots_per_builder
 from warmbuild.scheduler.service import AcquireAsk, acquisition_outcome, holder_identity, holder_owner, poll_plan

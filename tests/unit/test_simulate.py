@@ -9,9 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from warmbuild import affinity, policy
-from warmbuild.history import BuildRecord
-from warmbuild.placement import POLL_SECONDS
+from warmbuild.pool import affinity
+
+from warmbuild.pool import policy
+from warmbuild.pool.history import BuildRecord
+from warmbuild.pool.placement import POLL_SECONDS
 from warmbuild.simulate.model import POLICIES
 from warmbuild.simulate.runs import compare, run_policy
 from warmbuild.simulate import policies as sim_policies

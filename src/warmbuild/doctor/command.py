@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from ..affinity import workload_key
+from ..pool.affinity import workload_key
 from ..config import repository_identity
 from ..errors import InputError
 

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InputError, LeaseLost, WarmbuildError
-from ..placement import Grant
-from ..pool_status import status_to_dict
+from ..pool.placement import Grant
+from ..pool.status import status_to_dict
 from .auth import AccessConfig, Caller, TokenReviewer, Unauthenticated
 from .metrics import SchedulerMetrics
 from .service import AcquireAsk, NotYours, SlotService
@@ -248,8 +248,8 @@ def serve(
     """Run the scheduler until SIGTERM/SIGINT; long-polls answer "wait" at once when it comes."""
     import uvicorn
 
-    from ..cluster import connect
-    from ..pool_status import read_pool_status
+    from ..kube.client import connect
+    from ..pool.status import read_pool_status
     from prometheus_client import disable_created_metrics
 
     from .auth import load_access_config

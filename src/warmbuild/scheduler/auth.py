@@ -27,7 +27,7 @@ from typing import Callable
 
 import yaml
 
-from ..cluster import KubeClient
+from ..kube.client import KubeClient
 from ..errors import InputError, WarmbuildError
 
 TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"

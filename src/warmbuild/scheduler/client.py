@@ -23,10 +23,10 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from ..errors import ClusterError, InputError, LeaseLost, NoSlotAvailable
-from ..kubeconfig import IN_CLUSTER_TOKEN
-from ..leases import SlotKeeper, SlotLease
-from ..placement import Grant, PlacementRequest
-from ..pool import Builder
+from ..kube.kubeconfig import IN_CLUSTER_TOKEN
+from ..pool.leases import SlotKeeper, SlotLease
+from ..pool.placement import Grant, PlacementRequest
+from ..pool.membership import Builder
 
 CONNECT_TIMEOUT_SECONDS = 3.0
 READ_TIMEOUT_SECONDS = 10.0

@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 
 from ..errors import WarmbuildError
-from ..pool import DEFAULT_SLOTS
-from ..pool_status import PoolStatus
+from ..pool.membership import DEFAULT_SLOTS
+from ..pool.status import PoolStatus
 
 WAIT_BUCKETS = (0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 BUILD_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)

@@ -19,11 +19,11 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from ..cluster import KubeClient
+from ..kube.client import KubeClient
 from ..errors import LeaseLost, NoSlotAvailable
-from ..leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, leases_path, release_slot, renew_slot
-from ..placement import Grant, PlacementRequest, acquire_build_slot
-from ..pool_status import PoolStatus, read_pool_status
+from ..pool.leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, leases_path, release_slot, renew_slot
+from ..pool.placement import Grant, PlacementRequest, acquire_build_slot
+from ..pool.status import PoolStatus, read_pool_status
 from .auth import Caller
 from .metrics import SchedulerMetrics
 

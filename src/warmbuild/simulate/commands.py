@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import InputError
-from ..history import read_history, render_records
-from ..policy import FALLBACKS
+from ..pool.history import read_history, render_records
+from ..pool.policy import FALLBACKS
 from .model import POLICIES, DedicatedOptions, FleetConfig, ScaleEvent, SimulationConfig, WarmbuildOptions, Workload
 from .workload import SyntheticSpec, read_history_file, synthetic_workload, workload_from_history
 
@@ -182,7 +182,7 @@ def _say(line: str) -> None:
 
 
 def command_history_export(args: argparse.Namespace) -> int:
-    from ..cluster import connect
+    from ..kube.client import connect
 
     client = connect(args.kubeconfig, args.kube_context)
     records = read_history(client, args.namespace, args.pool)

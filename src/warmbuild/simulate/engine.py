@@ -27,9 +27,9 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import Callable, Protocol
 
-from ..history import MAX_RECORDS, BuildRecord
-from ..placement import HISTORY_REFRESH_SECONDS
-from ..policy import RECENT
+from ..pool.history import MAX_RECORDS, BuildRecord
+from ..pool.placement import HISTORY_REFRESH_SECONDS
+from ..pool.policy import RECENT
 from .model import DEFAULT_ACQUIRE_SECONDS, Arrival, BuilderUsage, BuildOutcome, FleetConfig, KeyProfile, PolicyRun, SimulationConfig, Workload
 
 _ARRIVE, _START, _FINISH, _TIMER, _SCALE, _ABORT = range(6)

@@ -19,9 +19,9 @@ import bisect
 import hashlib
 from collections import deque
 
-from ..affinity import preference_order, rank_builders
-from ..placement import POLL_SECONDS
-from ..policy import PathEstimates, Situation, decide, estimate_paths, estimate_slot_wait
+from ..pool.affinity import preference_order, rank_builders
+from ..pool.placement import POLL_SECONDS
+from ..pool.policy import PathEstimates, Situation, decide, estimate_paths, estimate_slot_wait
 from .engine import Build, BuilderState, Simulation
 from .model import POLICIES, DedicatedOptions, WarmbuildOptions
 

@@ -25,8 +25,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..history import BuildRecord, parse_records
-from ..policy import PRIOR_EPHEMERAL_STARTUP_SECONDS, PRIOR_WARM_SECONDS
+from ..pool.history import BuildRecord, parse_records
+from ..pool.policy import PRIOR_EPHEMERAL_STARTUP_SECONDS, PRIOR_WARM_SECONDS
 from .model import Arrival, KeyProfile, Workload
 
 DAY = 86400.0

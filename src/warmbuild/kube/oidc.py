@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable, Mapping
 
-from .errors import ClusterError
+from ..errors import ClusterError
 
 REFRESH_MARGIN_SECONDS = 60.0
 ASSUMED_LIFETIME_SECONDS = 300.0  # when a token's exp cannot be read

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from .cluster import KubeClient
+from ..kube.client import KubeClient
 
 POOL_LABEL = "warmbuild.dev/pool"
 SLOTS_ANNOTATION = "warmbuild.dev/slots"

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .affinity import preference_order, rank_builders
-from .cluster import KubeClient, parse_kube_time
-from .errors import ClusterError, NoSlotAvailable
+from ..kube.client import KubeClient, parse_kube_time
+from ..errors import ClusterError, NoSlotAvailable
 from .history import BuildRecord, key_hash, read_history
 from .leases import DEFAULT_LEASE_SECONDS, WORKLOAD_KEY_ANNOTATION, HolderInfo, SlotLease, lease_is_free, list_pool_leases, try_acquire_slot
 from .policy import Decision, Situation, decide, estimate_paths, estimate_slot_wait
-from .pool import Builder, discover_builders
+from .membership import Builder, discover_builders
 
 POLL_SECONDS = 0.5
 HISTORY_REFRESH_SECONDS = 30.0

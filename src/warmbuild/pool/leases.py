@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Callable
 
-from .cluster import KubeClient, KubeConflict, KubeNotFound, format_micro_time, parse_kube_time
-from .errors import ClusterError, LeaseLost, WarmbuildError
-from .pool import POOL_LABEL, Builder
+from ..kube.client import KubeClient, KubeConflict, KubeNotFound, format_micro_time, parse_kube_time
+from ..errors import ClusterError, LeaseLost, WarmbuildError
+from .membership import POOL_LABEL, Builder
 
 BUILDER_LABEL = "warmbuild.dev/builder"
 RUN_URL_ANNOTATION = "warmbuild.dev/run-url"

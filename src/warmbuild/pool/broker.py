@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from .cluster import KubeClient
+from ..kube.client import KubeClient
 from .leases import LeaseKeeper, SlotLease, release_slot, renew_slot
 from .placement import Grant, PlacementRequest, acquire_build_slot
 

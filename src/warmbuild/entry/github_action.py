@@ -23,7 +23,7 @@ from typing import Iterable, Mapping, TextIO
 
 from .. import cli
 from ..errors import InputError
-from .github import heredoc_entry, mask_commands, workflow_command
+from ..ci.github import heredoc_entry, mask_commands, workflow_command
 from .inputs import BUILD_INPUTS, build_invocation, split_list
 
 CREDENTIAL_INPUTS = ("kubeconfig", "server", "token", "certificate-authority-data", "oidc-audience")

@@ -16,8 +16,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from .cluster import KubeClient, KubeConflict, KubeNotFound, format_micro_time
-from .errors import BuilderStartFailed, ClusterError, InputError
+from ..kube.client import KubeClient, KubeConflict, KubeNotFound, format_micro_time
+from ..errors import BuilderStartFailed, ClusterError, InputError
 from .leases import RUN_URL_ANNOTATION, WORKLOAD_KEY_ANNOTATION, HolderInfo, SlotLease, leases_path
 
 EPHEMERAL_LABEL = "warmbuild.dev/ephemeral"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..errors import InputError
-from ..policy import FALLBACKS
+from ..pool.policy import FALLBACKS
 
 TRUE_VALUES = ("true", "True", "TRUE")
 FALSE_VALUES = ("false", "False", "FALSE")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .cluster import KubeClient, KubeConflict, KubeNotFound, parse_kube_time
+from ..kube.client import KubeClient, KubeConflict, KubeNotFound, parse_kube_time
 from .ephemeral import EPHEMERAL_LABEL, EPHEMERAL_POOL_LABEL, delete_ephemeral_pod, pods_path
 from .leases import lease_is_free, leases_path, lease_owner_uid
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlencode
 
-from . import __version__
-from .errors import ClusterError
+from .. import __version__
+from ..errors import ClusterError
 from .kubeconfig import ClusterAccess, ExecPlugin, in_cluster_access, kubeconfig_paths, read_kubeconfig
 
 REQUEST_TIMEOUT_SECONDS = 15

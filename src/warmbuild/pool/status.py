@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from .cluster import KubeClient, parse_kube_time
+from ..kube.client import KubeClient, parse_kube_time
 from .leases import RUN_URL_ANNOTATION, WORKLOAD_KEY_ANNOTATION, lease_is_free, list_pool_leases, slot_lease_name
-from .pool import list_pool_pods
+from .membership import list_pool_pods
 
 
 @dataclass(frozen=True)

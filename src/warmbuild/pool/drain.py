@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
-from .cluster import KubeClient, KubeNotFound
-from .errors import ClusterError, DrainTimedOut
+from ..kube.client import KubeClient, KubeNotFound
+from ..errors import ClusterError, DrainTimedOut
 from .leases import BUILDER_LABEL, RUN_URL_ANNOTATION, lease_expiry, lease_is_free, lease_owner_uid, leases_path
-from .pool import DRAINING_ANNOTATION
+from .membership import DRAINING_ANNOTATION
 
 DEFAULT_TIMEOUT_SECONDS = 3570.0  # the chart's default grace period (3600 s) minus time for buildkitd to stop
 DEFAULT_SETTLE_SECONDS = 3.0
@@ -224,8 +224,8 @@ def add_drain_arguments(parser) -> None:
 def command_drain(args) -> int:
     import sys
 
-    from .cluster import connect
-    from .errors import InputError
+    from ..kube.client import connect
+    from ..errors import InputError
 
     if not args.pod or not args.namespace:
         raise InputError("drain needs the pod: set POD_NAME and POD_NAMESPACE (downward API) or pass --pod and --namespace")

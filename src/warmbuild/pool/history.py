@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-from .cluster import KubeClient, KubeConflict, KubeNotFound
+from ..kube.client import KubeClient, KubeConflict, KubeNotFound
 
 MAX_RECORDS = 1000  # ~150 bytes each: well under the 1 MiB ConfigMap limit
 DATA_KEY = "builds.jsonl"
