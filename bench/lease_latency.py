@@ -21,6 +21,7 @@ from warmbuild.kube.client import connect
 from warmbuild.errors import NoSlotAvailable
 from warmbuild.pool.leases import HolderInfo
 from warmbuild.pool.placement import PlacementRequest
+from warmbuild.pool.workload import explicit_key
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -43,7 +44,7 @@ def run(label: str, make_broker, clients: int, rounds: int, namespace: str, pool
         done = 0
         while done < rounds and time.monotonic() < deadline:
             holder = HolderInfo(identity=f"bench-{index}-{uuid.uuid4().hex[:6]}")
-            request = PlacementRequest(namespace, pool, f"bench-key-{index}", holder, max_wait_seconds=0)
+            request = PlacementRequest(namespace, pool, explicit_key(f"bench-key-{index}"), holder, max_wait_seconds=0)
             start = time.perf_counter()
             try:
                 grant = broker.acquire(request)

@@ -5,40 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .pool.affinity import explicit_key, workload_key
-from .pool.state import ReleaseState, read_state, remove_state, state_file_path
-from .kube.client import connect
-from .pool.drain import add_drain_arguments, command_drain
-from .doctor.command import add_doctor_arguments, command_doctor, uv_build_file
-from .cache import CACHE_EXPORT_POLICIES, default_cache_ref
-from .config import (
-    COMPRESSION_LEVELS,
-    TlsFiles,
-    build_request,
-    ci_run_url,
-    is_untrusted_change,
-    parse_builder,
-    repository_identity,
-    validate_image_reference,
-)
-from .pool.ephemeral import delete_ephemeral_pod, load_ephemeral_settings
-from .pool.gc import collect_garbage
-from .pool.policy import FALLBACKS
+from .cache import CACHE_EXPORT_POLICIES
+from .config import COMPRESSION_LEVELS, PoolFlags, TlsFiles, build_request, check_pool_flags, parse_builder
+from .doctor.command import add_doctor_arguments, command_doctor, uv_dockerfile
 from .errors import InputError, ToolMissing, WarmbuildError
-from .pool.leases import HolderInfo, release_slot
-from .pipeline import run_build, run_pool_build
-from .pool.placement import PlacementRequest
+from .kube.client import connect
+from .pipeline import plan_pool_build, run_build, run_pool_build
+from .pool.broker import DirectLeases
+from .pool.drain import add_drain_arguments, command_drain
+from .pool.ephemeral import delete_ephemeral_pod
+from .pool.gc import collect_garbage
+from .pool.history import add_history_commands, command_history_export
+from .pool.leases import release_slot
+from .pool.policy import FALLBACKS
+from .pool.state import read_state, remove_state, state_file_path
 from .pool.status import read_pool_status, render_status_table, status_to_dict
 from .report import Placement
-from .simulate.commands import COMMANDS as SIMULATION_COMMANDS, add_commands as add_simulation_commands, run_command as run_simulation_command
 from .signals import install_cancel_handlers, signals_deferred
+from .simulate.commands import COMMANDS as SIMULATION_COMMANDS, add_commands as add_simulation_commands, run_command as run_simulation_command
 
 if TYPE_CHECKING:
     from .scheduler.client import SchedulerClient
@@ -86,7 +75,10 @@ def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--buildctl", default=None, help="path to buildctl (env WARMBUILD_BUILDCTL, else PATH)")
     pool = parser.add_argument_group("pool (instead of --builder)")
     pool.add_argument("--pool", help="builder pool name (env WARMBUILD_POOL; WARMBUILD_BUILDER wins if both are set)")
-    pool.add_argument("--cache-key", default=env("WARMBUILD_CACHE_KEY"), help="workload key; default: repository + Dockerfile + target")
+    pool.add_argument("--cache-key", default=env("WARMBUILD_CACHE_KEY"), help="workload key; default: repository + Dockerfile path")
+    pool.add_argument("--cache-key-target", action="store_true", default=env("WARMBUILD_CACHE_KEY_TARGET", "").lower() in ("1", "true", "yes"),
+                      help="add --target to the default workload key, so each target keeps its own builder "
+                           "(env WARMBUILD_CACHE_KEY_TARGET; default: targets of one Dockerfile share a builder and its layers)")
     pool.add_argument("--max-wait", type=float, default=float(env("WARMBUILD_MAX_WAIT", "60")), help="seconds to wait for the affine builder before spilling (default 60)")
     pool.add_argument("--lease-seconds", type=int, default=int(env("WARMBUILD_LEASE_SECONDS", "15")), help="slot lease duration (default 15)")
     pool.add_argument("--fallback", choices=FALLBACKS, default=env("WARMBUILD_FALLBACK", "auto"),
@@ -157,7 +149,8 @@ def make_parser() -> argparse.ArgumentParser:
     scheduler.add_argument("--kube-context", dest="kube_context", default=None, help="kubeconfig context")
     scheduler.add_argument("--max-poll-seconds", type=float, default=30.0, help="longest a request waits for a slot before the client polls again (default 30)")
     scheduler.add_argument("--max-concurrent", type=int, default=128, help="requests served at once, long-polls included (default 128)")
-    add_simulation_commands(sub, _add_cluster_arguments)  # history export, simulate, plan
+    add_history_commands(sub, _add_cluster_arguments)  # history export
+    add_simulation_commands(sub)  # simulate, plan
     return parser
 
 
@@ -175,13 +168,23 @@ def command_build(args: argparse.Namespace) -> int:
         args.pool = None if args.builder else os.environ.get("WARMBUILD_POOL") or None
     if not args.builder and not args.pool:
         raise InputError("no builder given: pass --pool NAME or --builder tcp://HOST:PORT (or set WARMBUILD_POOL / WARMBUILD_BUILDER)")
-    if args.max_wait < 0:
-        raise InputError("--max-wait must be 0 or more seconds")
-    if args.lease_seconds < 3:
-        raise InputError("--lease-seconds must be at least 3")
-    request = build_request(
+    with uv_dockerfile(args.uv, args.context, args.file) as rewritten:
+        request = _build_request(args, rewritten)
+        if args.pool:
+            named = Path(args.file or Path(args.context) / "Dockerfile").expanduser() if rewritten else None
+            options = plan_pool_build(request, _pool_flags(args, named))
+            broker = _scheduler_client(args) or DirectLeases(connect(args.kubeconfig, args.kube_context))
+            run_pool_build(request, options, broker)
+            return 0
+        builder = parse_builder(args.builder, _tls_files(args))
+        run_build(request, builder, Placement(builder=builder.address, path="direct"), buildctl=args.buildctl)
+        return 0
+
+
+def _build_request(args: argparse.Namespace, rewritten: Path | None):
+    return build_request(
         context=args.context,
-        file=args.file,
+        file=str(rewritten) if rewritten else args.file,
         tags=args.tags,
         build_args=args.build_args,
         secrets=args.secrets,
@@ -196,62 +199,30 @@ def command_build(args: argparse.Namespace) -> int:
         compression=args.compression,
         compression_level=args.compression_level,
     )
-    tls = _tls_files(args)
-    if args.pool:
-        return _build_in_pool(args, request, tls)
-    builder = parse_builder(args.builder, tls)
-    run_build(request, builder, Placement(builder=builder.address, path="direct"), buildctl=args.buildctl)
-    return 0
 
 
-def _build_in_pool(args: argparse.Namespace, request, tls: TlsFiles | None) -> int:
-    environ = dict(os.environ)
-    if tls is not None:
-        parse_builder("tcp://tls-check:1234", tls)  # the same file checks as for --builder
-    if args.cache_key:
-        key = explicit_key(args.cache_key)
-    else:
-        repository = repository_identity(request.context, environ)
-        dockerfile = os.path.relpath(request.dockerfile, request.context)
-        key = workload_key(repository, dockerfile, request.target)
-    broker = _scheduler_client(args)  # None: the runner's own credentials on the Leases
-    client = None if broker else connect(args.kubeconfig, args.kube_context)
-    holder = HolderInfo(
-        identity=f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}",
-        run_url=ci_run_url(environ),
-        workload_key=key.value[:250],
-    )
-    untrusted = args.untrusted if args.untrusted is not None else is_untrusted_change(environ)
-    ephemeral = load_ephemeral_settings(
-        args.ephemeral_config, {"image": args.ephemeral_image, "startup_timeout_seconds": args.ephemeral_timeout}
-    )
-    cache_ref = args.cache_ref or default_cache_ref(request.tags)
-    if cache_ref is not None:
-        validate_image_reference(cache_ref)
-    placement = PlacementRequest(
-        namespace=args.namespace,
+def _pool_flags(args: argparse.Namespace, named_dockerfile: Path | None) -> PoolFlags:
+    return check_pool_flags(PoolFlags(
         pool=args.pool,
-        workload_key=key.value,
-        holder=holder,
+        namespace=args.namespace,
+        cache_key=args.cache_key,
+        key_by_target=args.cache_key_target,
+        named_dockerfile=named_dockerfile,
         max_wait_seconds=args.max_wait,
         lease_seconds=args.lease_seconds,
         fallback=args.fallback,
-        untrusted=untrusted,
-    )
-    run_pool_build(
-        request,
-        client,
-        placement,
-        tls=tls,
-        state=ReleaseState(namespace=args.namespace, lease="", holder="", kubeconfig=args.kubeconfig, context=args.kube_context),
-        state_file=state_file_path(args.state_file),
-        cache_ref=cache_ref,
+        untrusted=args.untrusted,
+        cache_ref=args.cache_ref,
         cache_export=args.cache_export,
-        ephemeral=ephemeral,
+        ephemeral_config=args.ephemeral_config,
+        ephemeral_image=args.ephemeral_image,
+        ephemeral_timeout=args.ephemeral_timeout,
+        kubeconfig=args.kubeconfig,
+        kube_context=args.kube_context,
+        state_file=args.state_file,
+        tls=_tls_files(args),
         buildctl=args.buildctl,
-        broker=broker,
-    )
-    return 0
+    ))
 
 
 def _scheduler_client(args: argparse.Namespace) -> "SchedulerClient | None":
@@ -322,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = make_parser().parse_args(argv)
         if args.command == "build":
-            with uv_build_file(args):
-                return command_build(args)
+            return command_build(args)
         if args.command == "doctor":
             return command_doctor(args)
         if args.command == "gc":
@@ -336,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_pool_status(args)
         if args.command == "scheduler":
             return command_scheduler(args)
+        if args.command == "history":
+            return command_history_export(args)
         if args.command in SIMULATION_COMMANDS:
             return run_simulation_command(args)
         raise InputError(f"unknown command {args.command}")

@@ -90,6 +90,42 @@ class BuildRequest:
         return f",compression={self.compression}{level}"
 
 
+@dataclass(frozen=True)
+class PoolFlags:
+    """A pool build's flags as given (`--pool` and the options beside it), checked by
+    `check_pool_flags`; `pipeline.plan_pool_build` derives the rest from them."""
+
+    pool: str
+    namespace: str = "warmbuild"
+    cache_key: str | None = None
+    key_by_target: bool = False  # --cache-key-target: the target joins the default workload key
+    named_dockerfile: Path | None = None  # the Dockerfile the user named, when --uv builds a rewritten copy
+    max_wait_seconds: float = 60.0
+    lease_seconds: int = 15
+    fallback: str = "auto"
+    untrusted: bool | None = None  # None: decided from the CI event (fork pull requests are untrusted)
+    cache_ref: str | None = None
+    cache_export: str = "auto"
+    ephemeral_config: str | None = None
+    ephemeral_image: str | None = None
+    ephemeral_timeout: float | None = None
+    kubeconfig: str | None = None
+    kube_context: str | None = None
+    state_file: str | None = None
+    tls: TlsFiles | None = None
+    buildctl: str | None = None
+
+
+def check_pool_flags(flags: PoolFlags) -> PoolFlags:
+    if flags.max_wait_seconds < 0:
+        raise InputError("--max-wait must be 0 or more seconds")
+    if flags.lease_seconds < 3:
+        raise InputError("--lease-seconds must be at least 3")
+    if flags.tls is not None:
+        parse_builder("tcp://tls-check:1234", flags.tls)  # the same file checks as for --builder
+    return flags
+
+
 def _csv_field(value: str) -> str:
     if any(c in value for c in ',"\n'):
         return '"' + value.replace('"', '""') + '"'

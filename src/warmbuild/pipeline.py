@@ -1,15 +1,20 @@
-"""One build from validated inputs to a written result: the stages wired in order.
+"""One build from validated inputs to a written result: place → build → report → publish.
 
-Placement (which builder) is decided before this is called; here the solve runs and its
-outcome — success or failure — becomes a BuildResult, build-result.json and CI outputs.
+`run_build` runs the solve on a given builder and turns its outcome — success or failure — into a
+BuildResult, build-result.json and CI outputs. `run_pool_build` first gets a builder from a
+`SlotBroker` (a warm slot, or an ephemeral builder it starts), keeps its Lease alive during the
+solve, and gives it back on every way out. `plan_pool_build` derives, once, what the flags leave
+open: the workload key, the holder, trust, the cache ref.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
-from dataclasses import replace
+import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 from datetime import datetime, timezone
 from typing import Callable, Mapping, TextIO
@@ -19,15 +24,23 @@ from .buildkit import CacheStats, SolveAbort, check_buildkit_answers, check_reac
 from .ci import publishers_from_env
 from .ci.report_files import ReportFilesPublisher
 from .ci.sections import log_section
-from .pool.state import ReleaseState, remove_state, write_state
-from .pool.broker import DirectLeases, SlotBroker
-from .kube.client import KubeClient
-from .config import BuilderEndpoint, BuildRequest, TlsFiles
-from .cache import cache_options
-from .pool.ephemeral import EphemeralSettings, create_ephemeral_pod, create_run_lease, delete_ephemeral_pod, ephemeral_pod_manifest, wait_until_ready
-from .pool.history import BuildRecord, append_record, key_hash
-from .pool.leases import LeaseKeeper
-from .pool.placement import PlacementRequest
+from .cache import cache_options, default_cache_ref
+from .config import (
+    BuilderEndpoint,
+    BuildRequest,
+    PoolFlags,
+    TlsFiles,
+    ci_run_url,
+    is_untrusted_change,
+    repository_identity,
+    validate_image_reference,
+)
+from .pool.broker import SlotBroker
+from .pool.ephemeral import EphemeralSettings, load_ephemeral_settings
+from .pool.leases import HolderInfo
+from .pool.placement import Grant, PlacementRequest
+from .pool.state import ReleaseState, remove_state, state_file_path, write_state
+from .pool.workload import WorkloadKey, derive_workload_key
 from .errors import BuildFailed, Cancelled, WarmbuildError
 from .report import BuildResult, Placement, Timings, render_table, result_to_dict, write_result_file
 from .signals import signals_deferred
@@ -110,40 +123,78 @@ def run_build(
         return result
 
 
-def run_pool_build(
-    request: BuildRequest,
-    client: KubeClient | None,
-    placement_request: PlacementRequest,
-    *,
-    tls: TlsFiles | None,
-    state: ReleaseState,
-    state_file: Path,
-    cache_ref: str | None = None,
-    cache_export: str = "auto",
-    ephemeral: EphemeralSettings | None = None,
-    buildctl: str | None = None,
-    log: TextIO | None = None,
-    broker: SlotBroker | None = None,
-) -> BuildResult:
-    """Place the build in the pool, run it there, give back the slot or delete the ephemeral
-    builder whatever happens, and add the build to the pool's history."""
+@dataclass(frozen=True)
+class PoolBuild:
+    """What a pool build needs besides its BuildRequest, derived once by `plan_pool_build`."""
+
+    placement: PlacementRequest  # namespace, pool, workload key, holder, wait, lease, fallback, trust
+    release_state: ReleaseState  # what `warmbuild release` needs to reach the cluster again
+    state_file: Path
+    tls: TlsFiles | None = None
+    cache_ref: str | None = None
+    cache_export: str = "auto"
+    ephemeral: EphemeralSettings = EphemeralSettings()
+    buildctl: str | None = None
+
+
+def workload_key_of(request: BuildRequest, flags: PoolFlags, environ: Mapping[str, str]) -> WorkloadKey:
+    """The build's one WorkloadKey: `--cache-key`, else repository + the Dockerfile the user named
+    (under --uv, not the rewritten copy), + the target when `--cache-key-target` asks for it."""
+    dockerfile = (flags.named_dockerfile or request.dockerfile).resolve()
+    relative = os.path.relpath(dockerfile, request.context)
+    repository = "" if flags.cache_key else repository_identity(request.context, dict(environ))
+    return derive_workload_key(repository, relative, request.target, explicit=flags.cache_key, by_target=flags.key_by_target)
+
+
+def plan_pool_build(request: BuildRequest, flags: PoolFlags, environ: Mapping[str, str] | None = None) -> PoolBuild:
+    """Derive from the flags and the CI environment what they leave open: the workload key, who
+    holds the slot (host, PID, a random suffix; the CI run's URL), whether the change is trusted,
+    the registry cache ref and the ephemeral builder's settings."""
+    environ = os.environ if environ is None else environ
+    key = workload_key_of(request, flags, environ)
+    holder = HolderInfo(
+        identity=f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}",
+        run_url=ci_run_url(dict(environ)),
+        workload_key=key.annotation,
+    )
+    untrusted = flags.untrusted if flags.untrusted is not None else is_untrusted_change(dict(environ))
+    cache_ref = flags.cache_ref or default_cache_ref(request.tags)
+    if cache_ref is not None:
+        validate_image_reference(cache_ref)
+    ephemeral = load_ephemeral_settings(
+        flags.ephemeral_config, {"image": flags.ephemeral_image, "startup_timeout_seconds": flags.ephemeral_timeout}
+    )
+    placement = PlacementRequest(
+        namespace=flags.namespace,
+        pool=flags.pool,
+        key=key,
+        holder=holder,
+        max_wait_seconds=flags.max_wait_seconds,
+        lease_seconds=flags.lease_seconds,
+        fallback=flags.fallback,
+        untrusted=untrusted,
+    )
+    return PoolBuild(
+        placement=placement,
+        release_state=ReleaseState(namespace=flags.namespace, lease="", holder="", kubeconfig=flags.kubeconfig,
+                                   context=flags.kube_context),
+        state_file=state_file_path(flags.state_file),
+        tls=flags.tls,
+        cache_ref=cache_ref,
+        cache_export=flags.cache_export,
+        ephemeral=ephemeral,
+        buildctl=flags.buildctl,
+    )
+
+
+def run_pool_build(request: BuildRequest, options: PoolBuild, broker: SlotBroker, log: TextIO | None = None) -> BuildResult:
+    """Place the build in the pool through `broker`, run it there, give back the slot or delete the
+    ephemeral builder whatever happens, and add the build to the pool's history."""
     log = sys.stderr if log is None else log
     started = time.monotonic()
     reported: list[BuildResult] = []
-
-    def reporting(record: Callable[[BuildResult], None]) -> Callable[[BuildResult], None]:
-        def on_result(result: BuildResult) -> None:
-            reported.append(result)
-            record(result)
-
-        return on_result
-
     try:
-        return _place_and_build(
-            request, client, placement_request, tls=tls, state=state, state_file=state_file, cache_ref=cache_ref,
-            cache_export=cache_export, ephemeral=ephemeral, buildctl=buildctl, log=log, broker=broker,
-            started=started, reporting=reporting,
-        )
+        return _place_and_build(request, options, broker, log, started, reported)
     except WarmbuildError as failure:
         if not reported:  # placement or builder startup failed: no solve ran, but CI still gets a result
             report_unbuilt(request, failure, queue_seconds=time.monotonic() - started, log=log)
@@ -173,163 +224,78 @@ def report_unbuilt(request: BuildRequest, failure: WarmbuildError, *, queue_seco
     return result
 
 
-def _place_and_build(
-    request: BuildRequest,
-    client: KubeClient | None,
-    placement_request: PlacementRequest,
-    *,
-    tls: TlsFiles | None,
-    state: ReleaseState,
-    state_file: Path,
-    cache_ref: str | None,
-    cache_export: str,
-    ephemeral: EphemeralSettings | None,
-    buildctl: str | None,
-    log: TextIO,
-    broker: SlotBroker | None,
-    started: float,
-    reporting: Callable[[Callable[[BuildResult], None]], Callable[[BuildResult], None]],
-) -> BuildResult:
-    broker = broker or DirectLeases(client)  # or the scheduler's client, for runners without Lease RBAC (client None)
-    title = f"Placement: a slot in pool '{placement_request.pool}' (namespace {placement_request.namespace})"
-    grant = None
-    try:  # from the moment a slot is granted, every way out releases it
-        with log_section(log, os.environ, "warmbuild_placement", title):
-            grant = broker.acquire(placement_request, log=lambda line: print(f"warmbuild: {line}", file=log, flush=True))
-        queue_seconds = time.monotonic() - started
-        options = cache_options(grant.path, cache_ref, cache_export, request.push, placement_request.untrusted,
-                                request.compression_options())
-        request = replace(request, cache_from=request.cache_from + options.imports, cache_to=request.cache_to + options.exports)
-        record = reporting(_history_recorder(client, placement_request, started_wall=client.server_now()) if client else (lambda _result: None))
-        if grant.path == "ephemeral":
-            return _run_on_ephemeral_builder(
-                request, client, placement_request, grant, queue_seconds,
-                tls=tls, state=state, state_file=state_file, settings=ephemeral or EphemeralSettings(),
-                buildctl=buildctl, log=log, on_result=record,
-            )
-        write_state(state_file, replace(state, lease=grant.lease.name, holder=grant.lease.holder))
-        print(
-            f"warmbuild: slot {grant.lease.name} on {grant.builder.name} ({grant.builder.address}); {grant.reason}",
-            file=log,
-            flush=True,
-        )
-        abort = SolveAbort()
-        keeper = broker.keep(grant, on_lost=abort.trigger)
-        try:
-            return run_build(
-                request,
-                BuilderEndpoint(address=grant.builder.address, tls=tls),
-                Placement(
-                    builder=grant.builder.address,
-                    path=grant.path,
-                    builder_name=grant.builder.name,
-                    affine=grant.affine,
-                    reason=grant.reason,
-                ),
-                queue_seconds=queue_seconds,
-                buildctl=buildctl,
-                log=log,
-                abort=abort,
-                on_result=record,
-            )
-        finally:
-            with signals_deferred():
-                keeper.stop()
-    finally:
-        # Cancellation cleanup: runs to its end even if another signal arrives (signals_deferred).
-        if grant is not None and grant.lease is not None:
-            with signals_deferred():
-                try:
-                    broker.release(grant)
-                    remove_state(state_file)
-                except WarmbuildError as exc:
-                    # The build's outcome stands; the slot frees itself when its lease expires, and
-                    # the state file stays for a `warmbuild release` post step to try again.
-                    print(f"warmbuild: warning: could not release slot {grant.lease.name} "
-                          f"(it frees itself within {grant.lease.duration_seconds}s): {exc.message}", file=log, flush=True)
+def _place_and_build(request: BuildRequest, options: PoolBuild, broker: SlotBroker, log: TextIO, started: float,
+                     reported: list[BuildResult]) -> BuildResult:
+    placement = options.placement
 
+    def say(line: str) -> None:
+        print(f"warmbuild: {line}", file=log, flush=True)
 
-def _run_on_ephemeral_builder(
-    request: BuildRequest,
-    client: KubeClient,
-    placement_request: PlacementRequest,
-    grant,
-    queue_seconds: float,
-    *,
-    tls: TlsFiles | None,
-    state: ReleaseState,
-    state_file: Path,
-    settings: EphemeralSettings,
-    buildctl: str | None,
-    log: TextIO,
-    on_result: Callable[[BuildResult], None],
-) -> BuildResult:
-    namespace, holder = placement_request.namespace, placement_request.holder
-    manifest = ephemeral_pod_manifest(settings, namespace, placement_request.pool, holder)
-    pod_name = None
+    def on_created(pod: str) -> None:
+        write_state(options.state_file, replace(options.release_state, lease=pod, holder=placement.holder.identity, ephemeral_pod=pod))
+
+    title = f"Placement: a slot in pool '{placement.pool}' (namespace {placement.namespace})"
+    grant: Grant | None = None
     keeper = None
-    state_kept = False
     abort = SolveAbort()
-    started = time.monotonic()
-    try:
-        with log_section(log, os.environ, "warmbuild_startup", "Startup: ephemeral builder"):
-            print(f"warmbuild: starting an ephemeral builder: {grant.reason}", file=log, flush=True)
-            with signals_deferred():  # a pod created must be known before a signal can interrupt
-                pod_name, pod_uid = create_ephemeral_pod(client, manifest)
-                write_state(state_file, replace(state, lease=pod_name, holder=holder.identity, ephemeral_pod=pod_name))
-            run_lease = create_run_lease(client, namespace, pod_name, pod_uid, holder, placement_request.lease_seconds)
-            keeper = LeaseKeeper(client, run_lease, on_lost=abort.trigger).start()
-            address = wait_until_ready(client, namespace, pod_name, settings.startup_timeout_seconds)
-        startup_seconds = time.monotonic() - started
-        print(f"warmbuild: ephemeral builder {pod_name} ready at {address} after {startup_seconds:.1f}s", file=log, flush=True)
+    try:  # from the moment a slot is granted, every way out gives it back
+        with log_section(log, os.environ, "warmbuild_placement", title):
+            grant = broker.acquire(placement, log=say)
+        queue_seconds = time.monotonic() - started
+        cache = cache_options(grant.path, options.cache_ref, options.cache_export, request.push, placement.untrusted,
+                              request.compression_options())
+        request = replace(request, cache_from=request.cache_from + cache.imports, cache_to=request.cache_to + cache.exports)
+        startup_seconds = 0.0
+        if grant.path == "ephemeral":
+            with log_section(log, os.environ, "warmbuild_startup", "Startup: ephemeral builder"):
+                say(f"starting an ephemeral builder: {grant.reason}")
+                begun = time.monotonic()
+                grant = broker.start_ephemeral(placement, grant, options.ephemeral, on_created)
+                keeper = broker.keep(grant, on_lost=abort.trigger)
+                grant = broker.wait_ready(grant, options.ephemeral)
+                startup_seconds = time.monotonic() - begun
+            say(f"ephemeral builder {grant.builder.name} ready at {grant.builder.address} after {startup_seconds:.1f}s")
+        else:
+            write_state(options.state_file, replace(options.release_state, lease=grant.lease.name, holder=grant.lease.holder))
+            say(f"slot {grant.lease.name} on {grant.builder.name} ({grant.builder.address}); {grant.reason}")
+            keeper = broker.keep(grant, on_lost=abort.trigger)
+        built = grant
+
+        def on_result(result: BuildResult) -> None:
+            reported.append(result)
+            broker.record(placement, built, result)
+
         return run_build(
             request,
-            BuilderEndpoint(address=address, tls=tls),
-            Placement(builder=address, path="ephemeral", builder_name=pod_name, affine=False, reason=grant.reason),
+            BuilderEndpoint(address=grant.builder.address, tls=options.tls),
+            Placement(builder=grant.builder.address, path=grant.path, builder_name=grant.builder.name,
+                      affine=grant.affine, reason=grant.reason),
             queue_seconds=queue_seconds,
             startup_seconds=startup_seconds,
-            buildctl=buildctl,
+            buildctl=options.buildctl,
             log=log,
             abort=abort,
             on_result=on_result,
         )
     finally:
+        # Cancellation cleanup: runs to its end even if another signal arrives (signals_deferred).
         with signals_deferred():
             if keeper is not None:
                 keeper.stop()
-            if pod_name is not None:
-                try:
-                    delete_ephemeral_pod(client, namespace, pod_name)  # its run Lease goes with it (owner)
-                except WarmbuildError as exc:
-                    print(f"warmbuild: warning: could not delete ephemeral builder {pod_name} "
-                          f"('warmbuild release' or 'warmbuild gc' will): {exc.message}", file=log, flush=True)
-                    state_kept = True
-            if not state_kept:
-                remove_state(state_file)
+            if grant is not None and grant.lease is not None:
+                _give_back(broker, grant, options.state_file, log)
 
 
-def _history_recorder(client: KubeClient, placement_request: PlacementRequest, started_wall) -> Callable[[BuildResult], None]:
-    """Append a finished build to the pool's history; never fails the build."""
-
-    def record(result: BuildResult) -> None:
-        if result.status == "cancelled":
-            return
-        t = result.timings
-        entry = BuildRecord(
-            key=key_hash(placement_request.workload_key),
-            started=started_wall.timestamp(),
-            path=result.placement.path,
-            builder=result.placement.builder_name or result.placement.builder,
-            queue_seconds=t.queue_seconds,
-            startup_seconds=t.startup_seconds,
-            build_seconds=round(t.total_seconds - t.queue_seconds - t.startup_seconds, 3),
-            total_seconds=t.total_seconds,
-            cache_ratio=round(result.cache.ratio, 4),
-            status=result.status,
-        )
-        try:
-            append_record(client, placement_request.namespace, placement_request.pool, entry)
-        except WarmbuildError:
-            pass
-
-    return record
+def _give_back(broker: SlotBroker, grant: Grant, state_file: Path, log: TextIO) -> None:
+    """Release the slot or delete the ephemeral builder. On failure the build's outcome stands: the
+    state file stays for a `warmbuild release` post step to try again, and a slot frees itself when
+    its lease expires (an ephemeral builder is collected by `warmbuild gc`)."""
+    try:
+        broker.release(grant)
+        remove_state(state_file)
+    except WarmbuildError as exc:
+        if grant.path == "ephemeral":
+            what = f"delete ephemeral builder {grant.builder.name} ('warmbuild release' or 'warmbuild gc' will)"
+        else:
+            what = f"release slot {grant.lease.name} (it frees itself within {grant.lease.duration_seconds}s)"
+        print(f"warmbuild: warning: could not {what}: {exc.message}", file=log, flush=True)

@@ -317,6 +317,7 @@ def test_a_second_signal_during_the_release_does_not_cut_it_short(tmp_path, admi
     from warmbuild.errors import Cancelled
     from warmbuild.pool.leases import HolderInfo
     from warmbuild.pool.placement import PlacementRequest
+    from warmbuild.pool.workload import explicit_key
     from warmbuild.signals import install_cancel_handlers
 
     real_release = broker.release_slot
@@ -341,7 +342,7 @@ def test_a_second_signal_during_the_release_does_not_cut_it_short(tmp_path, admi
             pipeline.run_pool_build(
                 request,
                 connect(os.environ["WARMBUILD_CI_KUBECONFIG"]),
-                PlacementRequest(NAMESPACE, POOL, f"test-{uuid.uuid4().hex}", HolderInfo(holder), max_wait_seconds=30),
+                PlacementRequest(NAMESPACE, POOL, explicit_key(f"test-{uuid.uuid4().hex}"), HolderInfo(holder), max_wait_seconds=30),
                 tls=None,
                 state=ReleaseState(namespace=NAMESPACE, lease="", holder=""),
                 state_file=tmp_path / "state.json",

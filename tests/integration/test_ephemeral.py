@@ -22,7 +22,9 @@ from warmbuild.pool.affinity import preference_order
 from warmbuild.kube.client import KubeNotFound, connect
 from warmbuild.pool.ephemeral import EPHEMERAL_LABEL, pods_path
 from warmbuild.pool.gc import collect_garbage
-from warmbuild.pool.history import BuildRecord, append_record, key_hash
+from warmbuild.pool.history import append_record
+from warmbuild.pool.records import BuildRecord
+from warmbuild.pool.workload import key_hash
 from warmbuild.pool.leases import HolderInfo, list_pool_leases, release_slot, try_acquire_slot
 from warmbuild.pool.membership import discover_builders
 from poolkit import held_slots, wait_for

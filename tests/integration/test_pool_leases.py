@@ -23,6 +23,7 @@ from warmbuild.kube.client import connect
 from warmbuild.errors import NoSlotAvailable
 from warmbuild.pool.leases import HolderInfo, LeaseKeeper, leases_path, list_pool_leases, release_slot, try_acquire_slot
 from warmbuild.pool.placement import PlacementRequest, acquire_build_slot
+from warmbuild.pool.workload import explicit_key
 from warmbuild.pool.membership import discover_builders
 from poolkit import assert_served_without_overlap, held_slots, race_for_slots, take_over, wait_for
 
@@ -65,7 +66,7 @@ def test_forty_racing_acquirers_never_exceed_six_holders_and_all_get_served(ci_k
         request = PlacementRequest(
             namespace=NAMESPACE,
             pool=POOL,
-            workload_key=f"race-{index % 12}",
+            key=explicit_key(f"race-{index % 12}"),
             holder=HolderInfo(identity=f"race-{index}-{uuid.uuid4().hex[:6]}", run_url=f"https://ci.example/run/{index}"),
             max_wait_seconds=3,
             lease_seconds=15,
@@ -202,7 +203,7 @@ def test_deleting_a_builder_pod_garbage_collects_its_leases_and_routes_nothing_t
         )
 
     wait_for(victim_leases_gone, 60, interval=0.5, what="the garbage collector to remove the victim's leases")
-    request = PlacementRequest(NAMESPACE, POOL, "after-delete", HolderInfo(identity="after-delete"), max_wait_seconds=0)
+    request = PlacementRequest(NAMESPACE, POOL, explicit_key("after-delete"), HolderInfo(identity="after-delete"), max_wait_seconds=0)
     grant = acquire_build_slot(client, request)
     try:
         assert grant.builder.uid != victim.uid
@@ -224,7 +225,7 @@ def test_scaling_to_four_builders_is_picked_up_without_a_restart(ci_kubeconfig, 
         from warmbuild.pool.affinity import preference_order
 
         key = next(f"scale-{i}" for i in range(1000) if preference_order(f"scale-{i}", [b.name for b in builders])[0] == newcomer.name)
-        grant = acquire_build_slot(client, PlacementRequest(NAMESPACE, POOL, key, HolderInfo(identity="scale"), max_wait_seconds=0))
+        grant = acquire_build_slot(client, PlacementRequest(NAMESPACE, POOL, explicit_key(key), HolderInfo(identity="scale"), max_wait_seconds=0))
         try:
             assert grant.builder.name == newcomer.name and grant.affine
         finally:
@@ -383,7 +384,7 @@ def test_pool_status_shows_holders_and_their_run(ci_kubeconfig, run_warmbuild):
     client = connect(ci_kubeconfig)
     grant = acquire_build_slot(
         client,
-        PlacementRequest(NAMESPACE, POOL, "status-check", HolderInfo(identity="status-holder", run_url="https://ci.example/run/42"), 0),
+        PlacementRequest(NAMESPACE, POOL, explicit_key("status-check"), HolderInfo(identity="status-holder", run_url="https://ci.example/run/42"), 0),
     )
     try:
         done = run_warmbuild("pool", "status", "--pool", POOL, "--json", env={"KUBECONFIG": ci_kubeconfig})
@@ -404,7 +405,7 @@ def test_pool_status_shows_holders_and_their_run(ci_kubeconfig, run_warmbuild):
 
 def test_release_from_another_process_reads_the_state_file(ci_kubeconfig, run_warmbuild, tmp_path):
     client = connect(ci_kubeconfig)
-    grant = acquire_build_slot(client, PlacementRequest(NAMESPACE, POOL, "release-check", HolderInfo(identity="post-step"), 0))
+    grant = acquire_build_slot(client, PlacementRequest(NAMESPACE, POOL, explicit_key("release-check"), HolderInfo(identity="post-step"), 0))
     state_file = tmp_path / "state.json"
     state_file.write_text(json.dumps({"namespace": NAMESPACE, "lease": grant.lease.name, "holder": "post-step"}))
     done = run_warmbuild("release", "--state-file", str(state_file), env={"KUBECONFIG": ci_kubeconfig})

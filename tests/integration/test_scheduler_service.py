@@ -23,6 +23,7 @@ from warmbuild.kube.client import connect
 from warmbuild.errors import LeaseLost
 from warmbuild.pool.leases import HolderInfo, leases_path, release_slot
 from warmbuild.pool.placement import PlacementRequest
+from warmbuild.pool.workload import explicit_key
 from warmbuild.pool.membership import discover_builders
 from warmbuild.scheduler.client import SchedulerClient, SchedulerError, SchedulerOptions
 from poolkit import assert_served_without_overlap, held_slots, race_for_slots, take_over, wait_for
@@ -81,7 +82,7 @@ def client_for(setup, *urls: str, poll_seconds: float = 3.0) -> SchedulerClient:
 
 
 def placement(key: str, identity: str, max_wait: float = 60, lease_seconds: int = LEASE_SECONDS) -> PlacementRequest:
-    return PlacementRequest(NAMESPACE, POOL, key, HolderInfo(identity=identity, run_url=f"https://ci.example/{identity}"),
+    return PlacementRequest(NAMESPACE, POOL, explicit_key(key), HolderInfo(identity=identity, run_url=f"https://ci.example/{identity}"),
                             max_wait_seconds=max_wait, lease_seconds=lease_seconds)
 
 

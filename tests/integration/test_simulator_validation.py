@@ -30,7 +30,7 @@ import pytest
 from warmbuild.pool.affinity import preference_order
 from warmbuild.kube.client import connect
 from warmbuild.pool.ephemeral import EPHEMERAL_LABEL, pods_path
-from warmbuild.pool.history import key_hash
+from warmbuild.pool.workload import key_hash
 from warmbuild.pool.leases import WORKLOAD_KEY_ANNOTATION, lease_is_free, list_pool_leases
 from warmbuild.pool.membership import discover_builders
 from warmbuild.simulate.runs import run_policy

@@ -3,7 +3,7 @@
 import math
 import random
 
-from warmbuild.pool.affinity import load_cap, preference_order, rank_builders, workload_key
+from warmbuild.pool.affinity import load_cap, preference_order, rank_builders
 
 KEYS = [f"github.com/team-{i % 37}/svc-{i}|Dockerfile|" for i in range(1000)]
 THREE = [f"builders-{i}" for i in range(3)]
@@ -79,11 +79,3 @@ def test_load_cap_is_at_least_one_and_proportional_to_capacity():
     assert caps["a"] >= 1 and caps["b"] >= caps["a"]
     caps = load_cap(99, {"a": 2, "b": 6}, 1.0)
     assert caps == {"a": 25, "b": 75}
-
-
-def test_workload_key_separates_dockerfiles_and_targets():
-    a = workload_key("github.com/acme/ml", "Dockerfile", None)
-    b = workload_key("github.com/acme/ml", "serve/Dockerfile", None)
-    c = workload_key("github.com/acme/ml", "Dockerfile", "test")
-    assert len({a.value, b.value, c.value}) == 3
-    assert workload_key("github.com/acme/ml", "Dockerfile", None) == a

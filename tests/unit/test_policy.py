@@ -2,7 +2,7 @@
 
 import pytest
 
-from warmbuild.pool.history import BuildRecord
+from warmbuild.pool.records import BuildRecord
 from warmbuild.pool.policy import (
     PRIOR_EPHEMERAL_BUILD_SECONDS,
     PRIOR_EPHEMERAL_STARTUP_SECONDS,

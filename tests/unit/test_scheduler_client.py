@@ -13,6 +13,7 @@ from warmbuild import cli
 from warmbuild.errors import InputError, LeaseLost, NoSlotAvailable
 from warmbuild.pool.leases import HolderInfo
 from warmbuild.pool.placement import PlacementRequest
+from warmbuild.pool.workload import explicit_key
 from warmbuild.scheduler.client import (
     SchedulerClient,
     SchedulerError,
@@ -55,7 +56,7 @@ def make_client(*urls: str, fake: FakeTime | None = None, **options) -> Schedule
 
 
 def request(max_wait: float = 60, fallback: str = "wait", untrusted: bool = False) -> PlacementRequest:
-    return PlacementRequest("warmbuild", "default", "repo|Dockerfile|", HolderInfo("host/1/x", run_url="https://ci/run/1"),
+    return PlacementRequest("warmbuild", "default", explicit_key("repo|Dockerfile"), HolderInfo("host/1/x", run_url="https://ci/run/1"),
                             max_wait_seconds=max_wait, lease_seconds=15, fallback=fallback, untrusted=untrusted)
 
 

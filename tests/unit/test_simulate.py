@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from warmbuild.pool import affinity
 
-from warmbuild.pool import policy
-from warmbuild.pool.history import BuildRecord
-from warmbuild.pool.placement import POLL_SECONDS
+from warmbuild.pool import placement, policy
+from warmbuild.pool.records import BuildRecord
+from warmbuild.pool.policy import POLL_SECONDS
 from warmbuild.simulate.model import POLICIES
 from warmbuild.simulate.runs import compare, run_policy
 from warmbuild.simulate import policies as sim_policies
@@ -242,8 +242,8 @@ def test_no_builder_exceeds_its_slots_and_every_build_ends_exactly_once(scenario
 
 def test_the_warmbuild_policy_calls_warmbuilds_own_placement_functions():
     assert sim_policies.preference_order is affinity.preference_order
-    assert sim_policies.rank_builders is affinity.rank_builders
-    assert sim_policies.decide is policy.decide
+    assert sim_policies.placement_round is policy.placement_round  # the round placement.acquire_build_slot runs
+    assert placement.placement_round is policy.placement_round
     assert sim_policies.estimate_paths is policy.estimate_paths
     assert sim_policies.estimate_slot_wait is policy.estimate_slot_wait
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from warmbuild import cli
-from warmbuild.pool.history import BuildRecord, render_records
+from warmbuild.pool.records import BuildRecord, render_records
 
 SMALL = ["--keys", "30", "--builds-per-day", "1500", "--days", "0.25", "--seed", "3"]
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from ..pool.affinity import workload_key
-from ..config import repository_identity
 from ..errors import InputError
 
 
@@ -68,27 +65,22 @@ def command_doctor(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def uv_build_file(args: argparse.Namespace) -> Iterator[None]:
-    """`build --uv`: build from a pip → uv rewrite of the Dockerfile, kept in a temporary folder.
+def uv_dockerfile(uv: bool, context: str, file: str | None) -> Iterator[Path | None]:
+    """`build --uv`: the pip → uv rewrite of the Dockerfile, kept in a temporary folder for the build.
 
-    The context stays the same; only --file changes. Nothing to rewrite: the original file is used.
+    Yields the rewritten file, or None without --uv or when there is nothing to rewrite (the
+    original is then built as is). The context stays the same; only the Dockerfile changes.
     """
-    if args.command != "build" or not getattr(args, "uv", False):
-        yield
+    if not uv:
+        yield None
         return
     from .diagnosis import uv_dockerfile_for_build
 
-    original = Path(args.file) if args.file else Path(args.context) / "Dockerfile"
+    original = Path(file) if file else Path(context) / "Dockerfile"
     with tempfile.TemporaryDirectory(prefix="warmbuild-uv-") as workdir:
         rewritten = uv_dockerfile_for_build(original, Path(workdir))
         if rewritten is None:
             print(f"warmbuild: --uv: no pip install to rewrite in {original}; building it as is", file=sys.stderr)
         else:
             print(f"warmbuild: --uv: building {original} with pip install rewritten to uv", file=sys.stderr)
-            if not getattr(args, "cache_key", None):
-                # a pool build keys affinity on the Dockerfile's path: keep the original's, not the temp file's
-                context = Path(args.context).resolve()
-                relative = os.path.relpath(original.resolve(), context)
-                args.cache_key = workload_key(repository_identity(context, dict(os.environ)), relative, args.target).value
-            args.file = str(rewritten)
-        yield
+        yield rewritten

@@ -1,4 +1,4 @@
-"""Which builder holds a workload's cache: workload keys and rendezvous hashing with bounded load.
+"""Which builder holds a workload's cache: rendezvous hashing with bounded load (keys: `workload`).
 
 Pure logic. Rendezvous (highest-random-weight) hashing gives each key a stable order of builders:
 a key keeps its first builder as long as that builder exists, and when a builder joins or leaves
@@ -11,27 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 DEFAULT_LOAD_FACTOR = 1.25
-
-
-@dataclass(frozen=True)
-class WorkloadKey:
-    """A stable identity for 'builds that share a cache'. `value` is what gets hashed."""
-
-    value: str
-    source: str  # how it was derived: "explicit", or "repository+dockerfile+target"
-
-
-def workload_key(repository: str, dockerfile: str, target: str | None) -> WorkloadKey:
-    value = f"{repository}|{dockerfile}|{target or ''}"
-    return WorkloadKey(value=value, source="repository+dockerfile+target")
-
-
-def explicit_key(value: str) -> WorkloadKey:
-    return WorkloadKey(value=value, source="explicit")
 
 
 def rendezvous_score(key: str, builder: str) -> int:

@@ -1,23 +1,42 @@
-"""Who hands out build slots: the Leases directly, or the scheduler service in front of them.
+"""Who hands out builders: the Leases directly, or the scheduler service in front of them.
 
-`run_pool_build` talks to a `SlotBroker` and does not care which: `DirectLeases` wraps the lease and
-placement functions for a runner that holds Lease RBAC itself; `warmbuild.scheduler.client.
-SchedulerClient` asks the scheduler over HTTPS for a runner that does not. Both return the same
-`Grant`, keep the slot alive with a `Keeper` that calls `on_lost` once when the slot is fenced, and
-release only a slot that is still theirs.
+`pipeline.run_pool_build` talks to a `SlotBroker` and does not care which: `DirectLeases` wraps the
+lease, placement and ephemeral-builder functions for a runner that holds the pool's Role itself;
+`warmbuild.scheduler.client.SchedulerClient` asks the scheduler over HTTPS for a runner that does
+not. Every path is a `Grant` with one life cycle — acquire, (for an ephemeral grant: start the pod,
+then wait until it is ready), keep, release — so the pipeline has one code path:
+
+- warm and spill grants hold a slot Lease; `release` gives it back if it is still theirs;
+- an ephemeral grant holds the pod's run Lease; `release` deletes the pod (its Lease goes with it).
+
+`keep` renews the grant's Lease every duration/3 and calls `on_lost` once when it is fenced. The
+broker that read the pool's history for placement also records the finished build in it (`record`).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Protocol
 
 from ..kube.client import KubeClient
+from ..signals import signals_deferred
+from .ephemeral import (
+    EphemeralSettings,
+    create_ephemeral_pod,
+    create_run_lease,
+    delete_ephemeral_pod,
+    ephemeral_pod_manifest,
+    wait_until_ready,
+)
+from ..report import BuildResult
+from .history import PoolHistory, record_of
 from .leases import LeaseKeeper, SlotLease, release_slot, renew_slot
+from .membership import Builder
 from .placement import Grant, PlacementRequest, acquire_build_slot
 
 
 class Keeper(Protocol):
-    """Renews a held slot in the background until stopped."""
+    """Renews a held Lease in the background until stopped."""
 
     lost_reason: str | None
 
@@ -26,26 +45,63 @@ class Keeper(Protocol):
 
 class SlotBroker(Protocol):
     def acquire(self, request: PlacementRequest, log: Callable[[str], None]) -> Grant:
-        """A held slot, or NoSlotAvailable (exit 7) when none frees within the request's wait."""
+        """A held slot or an ephemeral grant, or NoSlotAvailable (exit 7) within the request's wait."""
+
+    def start_ephemeral(self, request: PlacementRequest, grant: Grant, settings: EphemeralSettings,
+                        on_created: Callable[[str], None]) -> Grant:
+        """Create the ephemeral builder of an ephemeral grant and its run Lease; `on_created(pod)` runs
+        as soon as the pod exists. The returned grant holds the run Lease; its builder is not ready yet."""
+
+    def wait_ready(self, grant: Grant, settings: EphemeralSettings) -> Grant:
+        """The grant with its ephemeral builder's address, once the pod is Ready (BuilderStartFailed)."""
 
     def renew(self, lease: SlotLease) -> SlotLease:
         """Extend the hold; LeaseLost (exit 8) when another holder has the slot now."""
 
     def keep(self, grant: Grant, on_lost: Callable[[str], None]) -> Keeper:
-        """Start renewing every lease-duration/3; `on_lost(reason)` once if the slot is lost."""
+        """Start renewing every lease-duration/3; `on_lost(reason)` once if the Lease is lost."""
 
     def release(self, grant: Grant) -> bool:
-        """Give the slot back if it is still ours; True only if this call released it."""
+        """Give the slot back if it is still ours, or delete the ephemeral builder; True if this call did."""
+
+    def record(self, request: PlacementRequest, grant: Grant, result: BuildResult) -> None:
+        """Add a finished build to the pool's history (never fails the build)."""
 
 
 class DirectLeases:
-    """The runner's own credentials on the pool's Lease objects (needs Lease RBAC)."""
+    """The runner's own credentials on the pool's Leases and pods (needs the pool's CI Role)."""
 
     def __init__(self, client: KubeClient):
         self.client = client
+        self._history: dict[tuple[str, str], PoolHistory] = {}
+
+    def history(self, namespace: str, pool: str) -> PoolHistory:
+        key = (namespace, pool)
+        if key not in self._history:
+            self._history[key] = PoolHistory(self.client, namespace, pool)
+        return self._history[key]
 
     def acquire(self, request: PlacementRequest, log: Callable[[str], None] = lambda _line: None) -> Grant:
-        return acquire_build_slot(self.client, request, log=log)
+        return acquire_build_slot(self.client, request, log=log, history=self.history(request.namespace, request.pool))
+
+    def start_ephemeral(self, request: PlacementRequest, grant: Grant, settings: EphemeralSettings,
+                        on_created: Callable[[str], None]) -> Grant:
+        manifest = ephemeral_pod_manifest(settings, request.namespace, request.pool, request.holder)
+        with signals_deferred():  # a pod created must be known before a signal can interrupt
+            name, uid = create_ephemeral_pod(self.client, manifest)
+            on_created(name)
+        builder = Builder(name=name, uid=uid, address="", slots=1)
+        try:
+            run_lease = create_run_lease(self.client, request.namespace, name, uid, request.holder, request.lease_seconds)
+        except BaseException:
+            with signals_deferred():
+                delete_ephemeral_pod(self.client, request.namespace, name)
+            raise
+        return replace(grant, lease=run_lease, builder=builder)
+
+    def wait_ready(self, grant: Grant, settings: EphemeralSettings) -> Grant:
+        address = wait_until_ready(self.client, grant.lease.namespace, grant.builder.name, settings.startup_timeout_seconds)
+        return replace(grant, builder=replace(grant.builder, address=address))
 
     def renew(self, lease: SlotLease) -> SlotLease:
         return renew_slot(self.client, lease)
@@ -54,4 +110,12 @@ class DirectLeases:
         return LeaseKeeper(self.client, grant.lease, on_lost=on_lost).start()
 
     def release(self, grant: Grant) -> bool:
+        if grant.path == "ephemeral":
+            delete_ephemeral_pod(self.client, grant.lease.namespace, grant.builder.name)
+            return True
         return release_slot(self.client, grant.lease.namespace, grant.lease.name, grant.lease.holder)
+
+    def record(self, request: PlacementRequest, grant: Grant, result: BuildResult) -> None:
+        entry = record_of(request.key.hash, grant.requested_at or self.client.server_now(), result)
+        if entry is not None:
+            self.history(request.namespace, request.pool).record(entry)

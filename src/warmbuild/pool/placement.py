@@ -1,7 +1,8 @@
 """Where a build runs: its affine warm builder, another warm builder, or an ephemeral one.
 
-Each round reads the pool (Ready builders, their slot Leases) and asks the policy (`policy.decide`)
-what to do with the estimates from the pool's build history: take the affine builder's free slot;
+Each round reads the pool (Ready builders, their slot Leases) and asks the policy
+(`policy.placement_round`, the same round the simulator runs) what to do with the estimates from
+the pool's build history (`history.PoolHistory`): take the affine builder's free slot;
 wait for it; take a free slot on the next builder of the key's bounded-load ranking (spill); start
 an ephemeral builder; or give up. Waiting re-decides every round, so a wait that turns out longer
 than expected can still end in a spill or an ephemeral builder.
@@ -11,26 +12,25 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Callable
 
-from .affinity import preference_order, rank_builders
+from ..errors import NoSlotAvailable
 from ..kube.client import KubeClient, parse_kube_time
-from ..errors import ClusterError, NoSlotAvailable
-from .history import BuildRecord, key_hash, read_history
+from .history import PoolHistory
 from .leases import DEFAULT_LEASE_SECONDS, WORKLOAD_KEY_ANNOTATION, HolderInfo, SlotLease, lease_is_free, list_pool_leases, try_acquire_slot
-from .policy import Decision, Situation, decide, estimate_paths, estimate_slot_wait
+from .policy import POLL_SECONDS, RoundInputs, estimate_paths, estimate_slot_wait, placement_round
+from .workload import WorkloadKey, key_hash
 from .membership import Builder, discover_builders
 
-POLL_SECONDS = 0.5
-HISTORY_REFRESH_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
 class PlacementRequest:
     namespace: str
     pool: str
-    workload_key: str
+    key: WorkloadKey
     holder: HolderInfo
     max_wait_seconds: float = 60.0
     lease_seconds: int = DEFAULT_LEASE_SECONDS
@@ -40,7 +40,8 @@ class PlacementRequest:
 
 @dataclass(frozen=True)
 class Grant:
-    """Where the build goes, and why. `lease`/`builder` are None for an ephemeral build."""
+    """Where the build goes, and why. An ephemeral grant has no `lease`/`builder` until the broker
+    starts its pod (`SlotBroker.start_ephemeral`): then the pod's run Lease and the pod."""
 
     path: str  # warm (the affine builder) | spill (another warm builder) | ephemeral
     lease: SlotLease | None
@@ -49,6 +50,7 @@ class Grant:
     affine_builder: str | None
     waited_seconds: float
     reason: str
+    requested_at: datetime | None = None  # API-server time placement began (for the history record)
 
 
 def in_flight_by_builder(leases: dict[str, dict], builders: tuple[Builder, ...], server_now) -> dict[str, int]:
@@ -78,63 +80,62 @@ def acquire_build_slot(
     request: PlacementRequest,
     log: Callable[[str], None] = lambda _line: None,
     sleep: Callable[[float], None] = time.sleep,
+    history: PoolHistory | None = None,
 ) -> Grant:
+    """Rounds of `policy.placement_round` over the pool as it is now, until one yields a slot, an
+    ephemeral grant, or NoSlotAvailable. `history` is the pool's (read only with --fallback auto,
+    the one fallback that weighs estimates)."""
     started = time.monotonic()
-    key = key_hash(request.workload_key)
-    history: tuple[BuildRecord, ...] = ()
-    history_read_at = None
-    history_warned = False
+    requested_at = client.server_now()
+    history = history or PoolHistory(client, request.namespace, request.pool)
+    grant = _place(client, request, log, sleep, history, started)
+    return replace(grant, requested_at=requested_at)
+
+
+def _place(client: KubeClient, request: PlacementRequest, log: Callable[[str], None], sleep: Callable[[float], None],
+           history: PoolHistory, started: float) -> Grant:
     last_action = None
     while True:
         waited = time.monotonic() - started
-        if request.fallback == "auto" and (history_read_at is None or time.monotonic() - history_read_at > HISTORY_REFRESH_SECONDS):
-            history_read_at = time.monotonic()
-            try:
-                history = read_history(client, request.namespace, request.pool)
-            except ClusterError as exc:
-                # The history only sharpens estimates: without it the priors decide.
-                if not history_warned:
-                    log(f"build history unavailable, estimating from priors: {exc.message}")
-                    history_warned = True
-        estimates = estimate_paths(history, key)
-        builders = discover_builders(client, request.namespace, request.pool)
-        by_name = {b.name: b for b in builders}
-        affine_name = preference_order(request.workload_key, by_name)[0] if builders else None
-        leases = list_pool_leases(client, request.namespace, request.pool) if builders else {}
-
-        if affine_name is not None and not request.untrusted:
-            held = try_acquire_slot(client, request.namespace, request.pool, by_name[affine_name], request.holder, leases, request.lease_seconds)
-            if held is not None:
-                suffix = f" after waiting {waited:.1f}s" if waited >= 0.05 else ""
-                return Grant("warm", held, by_name[affine_name], True, affine_name, round(waited, 3), f"affine builder {affine_name}{suffix}")
-
-        now = client.server_now()
-        in_flight = in_flight_by_builder(leases, builders, now)
-        spill_order = [n for n in rank_builders(request.workload_key, {b.name: b.slots for b in builders}, in_flight) if n != affine_name]
-        spill_free = any(in_flight[n] < by_name[n].slots for n in spill_order)
-        situation = Situation(
-            affine_builder=affine_name or "-",
-            affine_free=False,
-            affine_wait_seconds=estimate_slot_wait(affine_holders(leases, affine_name, now), history) if affine_name else 0.0,
-            spill_free=spill_free,
+        records = history.recent(log) if request.fallback == "auto" else ()
+        inputs = RoundInputs(
+            estimates=estimate_paths(records, request.key.hash),
             waited_seconds=waited,
             max_wait_seconds=request.max_wait_seconds,
             fallback=request.fallback,
             untrusted=request.untrusted,
-            warm_builders=len(builders),
         )
-        decision: Decision = decide(situation, estimates)
+        builders = discover_builders(client, request.namespace, request.pool)
+        by_name = {b.name: b for b in builders}
+        capacities = {b.name: b.slots for b in builders}
+        leases = list_pool_leases(client, request.namespace, request.pool) if builders else {}
+        now = client.server_now()
+        in_flight = in_flight_by_builder(leases, builders, now)
 
-        if decision.action == "spill":
-            for name in spill_order:
-                held = try_acquire_slot(client, request.namespace, request.pool, by_name[name], request.holder, leases, request.lease_seconds)
+        def affine_wait(name: str) -> float:
+            return estimate_slot_wait(affine_holders(leases, name, now), records)
+
+        round_ = placement_round(request.key.value, capacities, in_flight, inputs, affine_wait)
+        if round_.action == "take-affine":
+            held = _take(client, request, by_name[round_.affine], leases)
+            if held is not None:
+                suffix = f" after waiting {waited:.1f}s" if waited >= 0.05 else ""
+                return Grant("warm", held, by_name[round_.affine], True, round_.affine, round(waited, 3),
+                             f"affine builder {round_.affine}{suffix}")
+            # Lost the race for the affine slot: this round goes on as if it were busy.
+            round_ = placement_round(request.key.value, capacities, {**in_flight, round_.affine: capacities[round_.affine]},
+                                     inputs, affine_wait, affine=round_.affine)
+        decision = round_.decision
+        if round_.action == "spill":
+            for name in round_.targets:
+                held = _take(client, request, by_name[name], leases)
                 if held is not None:
                     reason = decision.reason.replace("spilled", f"spilled to {name}")
-                    return Grant("spill", held, by_name[name], False, affine_name, round(waited, 3), reason)
+                    return Grant("spill", held, by_name[name], False, round_.affine, round(waited, 3), reason)
             # Lost every race for the free slots we saw: look again.
-        elif decision.action == "ephemeral":
-            return Grant("ephemeral", None, None, False, affine_name, round(waited, 3), decision.reason)
-        elif decision.action == "fail":
+        elif round_.action == "ephemeral":
+            return Grant("ephemeral", None, None, False, round_.affine, round(waited, 3), decision.reason)
+        elif round_.action == "fail":
             if not builders and waited < request.max_wait_seconds:
                 pass  # builders may be starting: keep looking until the wait is used up
             else:
@@ -142,7 +143,11 @@ def acquire_build_slot(
                 if not builders:
                     hint = "check the builder StatefulSet (warmbuild pool status)"
                 raise NoSlotAvailable(f"pool '{request.pool}' in namespace {request.namespace}: {decision.reason}: {hint}")
-        elif decision.action == "wait" and last_action != "wait":
+        elif round_.action == "wait" and last_action != "wait":
             log(f"{decision.reason.rsplit('; ', 1)[0]}; waiting up to {max(0.0, request.max_wait_seconds - waited):.0f}s for a slot")
-        last_action = decision.action
+        last_action = round_.action
         sleep(min(POLL_SECONDS * (0.5 + random.random()), max(0.0, request.max_wait_seconds - waited) + 0.01))
+
+
+def _take(client: KubeClient, request: PlacementRequest, builder: Builder, leases: dict[str, dict]) -> SlotLease | None:
+    return try_acquire_slot(client, request.namespace, request.pool, builder, request.holder, leases, request.lease_seconds)

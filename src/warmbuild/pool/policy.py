@@ -1,6 +1,11 @@
 """The placement policy: wait for the affine warm slot, spill to another warm builder, or go
 ephemeral — whichever is expected to finish first. Pure logic.
 
+`placement_round` is one look at the pool, the same for `placement.acquire_build_slot` (which
+polls the cluster) and the simulator's `warmbuild` policy (which is driven by events): the key's
+affine builder if it has a free slot, else `decide` between waiting, spilling along the key's
+bounded-load ranking, an ephemeral builder, or giving up.
+
 Expected completion of each option, from this workload's recent builds (history) with priors when
 there is none:
   wait       the affine slot's expected wait + a warm build
@@ -12,15 +17,17 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable, Mapping
 
-from .history import BuildRecord
+from .affinity import DEFAULT_LOAD_FACTOR, preference_order, rank_builders
+from .records import BuildRecord
 
 PRIOR_WARM_SECONDS = 60.0
 PRIOR_EPHEMERAL_BUILD_SECONDS = 180.0
 PRIOR_EPHEMERAL_STARTUP_SECONDS = 20.0
 OVERRUN_REMAINING_SECONDS = 5.0  # the least a running build is assumed to still need
 RECENT = 10
+POLL_SECONDS = 0.5  # a waiting build looks at the pool again after 0.5–1.5 × this
 
 FALLBACKS = ("auto", "wait", "ephemeral", "fail")
 
@@ -159,3 +166,65 @@ def decide(s: Situation, e: PathEstimates) -> Decision:
     verb = {"wait": "waited", "spill": "spilled", "ephemeral": "went ephemeral"}[action]
     reason = f"{busy}; {described[action]}" + (f"; {others}" if others else "") + f"; {verb}"
     return Decision(action, expected, reason)
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one placement round chose. `targets`: the builders to try a slot on, in order."""
+
+    action: str  # take-affine | wait | spill | ephemeral | fail
+    affine: str | None
+    targets: tuple[str, ...]
+    decision: Decision | None  # None when the affine builder's free slot was simply taken
+
+
+@dataclass(frozen=True)
+class RoundInputs:
+    """What a round needs besides the pool's load: the build's settings and its estimates."""
+
+    estimates: PathEstimates
+    waited_seconds: float
+    max_wait_seconds: float
+    fallback: str = "auto"
+    untrusted: bool = False
+    load_factor: float = DEFAULT_LOAD_FACTOR
+
+
+def placement_round(
+    key: str,
+    capacities: Mapping[str, int],
+    in_flight: Mapping[str, int],
+    inputs: RoundInputs,
+    affine_wait: Callable[[str], float],
+    affine: str | None = None,
+) -> Round:
+    """One round for a build of `key` over the ready warm builders (`capacities`: slots each;
+    `in_flight`: slots held each). `affine_wait(builder)` estimates when the busy affine builder
+    frees a slot; `affine` may pass the key's first choice when the caller has it cached."""
+    situation = Situation(
+        affine_builder="-", affine_free=False, affine_wait_seconds=0.0, spill_free=False,
+        waited_seconds=inputs.waited_seconds, max_wait_seconds=inputs.max_wait_seconds,
+        fallback=inputs.fallback, untrusted=inputs.untrusted, warm_builders=len(capacities),
+    )
+    if not capacities:
+        decision = decide(situation, inputs.estimates)
+        return Round(decision.action, None, (), decision)
+    affine = affine or preference_order(key, capacities)[0]
+
+    def free(name: str) -> bool:
+        return in_flight.get(name, 0) < capacities[name]
+
+    if not inputs.untrusted and free(affine):
+        return Round("take-affine", affine, (affine,), None)
+    situation = Situation(
+        affine_builder=affine, affine_free=False, affine_wait_seconds=affine_wait(affine),
+        spill_free=any(free(n) for n in capacities if n != affine),
+        waited_seconds=situation.waited_seconds, max_wait_seconds=situation.max_wait_seconds,
+        fallback=situation.fallback, untrusted=situation.untrusted, warm_builders=situation.warm_builders,
+    )
+    decision = decide(situation, inputs.estimates)
+    targets: tuple[str, ...] = ()
+    if decision.action == "spill":
+        ranked = rank_builders(key, capacities, in_flight, inputs.load_factor)
+        targets = tuple(n for n in ranked if n != affine and free(n))
+    return Round(decision.action, affine, targets, decision)

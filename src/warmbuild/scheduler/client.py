@@ -159,7 +159,7 @@ class SchedulerClient:
         while True:
             waited = self.clock() - started
             body = {
-                "workload_key": request.workload_key,
+                "workload_key": request.key.value,
                 "max_wait_seconds": request.max_wait_seconds,
                 "waited_seconds": round(waited, 3),
                 "poll_seconds": self.options.poll_seconds,
@@ -188,6 +188,16 @@ class SchedulerClient:
             if self.clock() > give_up:
                 raise NoSlotAvailable(f"the scheduler kept answering 'wait' for {self.clock() - started:.0f}s, "
                                       f"past --max-wait {request.max_wait_seconds:.0f}s")
+
+    def start_ephemeral(self, request: PlacementRequest, grant: Grant, settings, on_created) -> Grant:
+        raise NoSlotAvailable("the scheduler does not start ephemeral builders: build with --pool and Kubernetes "
+                              "credentials instead of --scheduler")
+
+    def wait_ready(self, grant: Grant, settings) -> Grant:
+        return grant  # never an ephemeral grant (start_ephemeral refuses)
+
+    def record(self, request: PlacementRequest, grant: Grant, result) -> None:
+        """Nothing: this runner has no access to the pool's history; the scheduler's placement reads it."""
 
     def renew(self, lease: SlotLease) -> SlotLease:
         """Extend the hold; LeaseLost if the scheduler says another holder has the slot (fencing)."""

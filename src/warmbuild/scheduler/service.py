@@ -24,6 +24,7 @@ from ..errors import LeaseLost, NoSlotAvailable
 from ..pool.leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, leases_path, release_slot, renew_slot
 from ..pool.placement import Grant, PlacementRequest, acquire_build_slot
 from ..pool.status import PoolStatus, read_pool_status
+from ..pool.workload import WorkloadKey
 from .auth import Caller
 from .metrics import SchedulerMetrics
 
@@ -113,12 +114,13 @@ class SlotService:
                 raise _PollEnded
             self._stopping.wait(min(seconds, left))
 
+        key = WorkloadKey(ask.workload_key, source="caller")
         holder = HolderInfo(
             identity=holder_identity(caller.username, ask.holder_hint, uuid.uuid4().hex[:10]),
             run_url=ask.run_url,
-            workload_key=ask.workload_key[:250],
+            workload_key=key.annotation,
         )
-        request = PlacementRequest(self.namespace, ask.pool, ask.workload_key, holder, remaining, ask.lease_seconds,
+        request = PlacementRequest(self.namespace, ask.pool, key, holder, remaining, ask.lease_seconds,
                                    fallback=ask.fallback)
 
         def note_wait(line: str) -> None:  # placement says it waits: count this acquirer as queued demand

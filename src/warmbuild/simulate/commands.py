@@ -1,4 +1,5 @@
-"""`warmbuild history export`, `warmbuild simulate`, `warmbuild plan`: arguments and wiring.
+"""`warmbuild simulate`, `warmbuild plan`: arguments and wiring (`history export`, which reads the
+cluster, is `pool.history`'s).
 
 `warmbuild.cli` adds these subcommands with `add_commands` and runs them with `run_command`.
 """
@@ -7,33 +8,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from ..errors import InputError
-from ..pool.history import read_history, render_records
 from ..pool.policy import FALLBACKS
 from .model import POLICIES, DedicatedOptions, FleetConfig, ScaleEvent, SimulationConfig, WarmbuildOptions, Workload
 from .workload import SyntheticSpec, read_history_file, synthetic_workload, workload_from_history
 
-COMMANDS = ("history", "simulate", "plan")
+COMMANDS = ("simulate", "plan")
 _SYNTHETIC_DEFAULTS = SyntheticSpec()
 _FLEET_DEFAULTS = FleetConfig()
 _WARMBUILD_DEFAULTS = WarmbuildOptions()
 _DEDICATED_DEFAULTS = DedicatedOptions()
 
 
-def add_commands(sub, add_cluster_arguments: Callable[[argparse.ArgumentParser], None]) -> None:
-    history = sub.add_parser("history", help="the pool's recent build records")
-    history_sub = history.add_subparsers(dest="history_command", required=True, parser_class=type(history))
-    export = history_sub.add_parser("export", help="write the pool's build history as JSON Lines (input for simulate/plan)")
-    export.add_argument("--pool", default=os.environ.get("WARMBUILD_POOL", "default"), help="pool name (env WARMBUILD_POOL)")
-    export.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
-    add_cluster_arguments(export)
-
+def add_commands(sub) -> None:
     simulate = sub.add_parser("simulate", help="simulate a build fleet under several routing policies",
                               description="Discrete-event simulation of a build fleet: the same arrivals under each policy.")
     _add_workload_arguments(simulate)
@@ -181,21 +172,6 @@ def _say(line: str) -> None:
     print(f"warmbuild: {line}", file=sys.stderr, flush=True)
 
 
-def command_history_export(args: argparse.Namespace) -> int:
-    from ..kube.client import connect
-
-    client = connect(args.kubeconfig, args.kube_context)
-    records = read_history(client, args.namespace, args.pool)
-    text = render_records(records)
-    if args.output == "-":
-        sys.stdout.write(text)
-    else:
-        Path(args.output).write_text(text)
-    _say(f"{len(records)} build records of pool '{args.pool}' (namespace {args.namespace})"
-         + ("" if args.output == "-" else f" written to {args.output}"))
-    return 0
-
-
 def command_simulate(args: argparse.Namespace) -> int:
     from .runs import run_policy
     from .report import comparison_charts, metrics_json, metrics_table, policy_metrics, write_outcomes
@@ -291,8 +267,6 @@ def command_plan(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    if args.command == "history":
-        return command_history_export(args)
     if args.command == "simulate":
         return command_simulate(args)
     if args.command == "plan":

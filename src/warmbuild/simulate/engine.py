@@ -27,8 +27,7 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import Callable, Protocol
 
-from ..pool.history import MAX_RECORDS, BuildRecord
-from ..pool.placement import HISTORY_REFRESH_SECONDS
+from ..pool.records import HISTORY_REFRESH_SECONDS, MAX_RECORDS, BuildRecord
 from ..pool.policy import RECENT
 from .model import DEFAULT_ACQUIRE_SECONDS, Arrival, BuilderUsage, BuildOutcome, FleetConfig, KeyProfile, PolicyRun, SimulationConfig, Workload
 

@@ -3,8 +3,9 @@
 - `warmbuild`: what `warmbuild build --pool` does, by calling its code: `affinity.preference_order`
   for the affine builder, `affinity.rank_builders` for the spill order, and `policy.decide` with
   `policy.estimate_paths` / `policy.estimate_slot_wait` over the simulation's own running history
-  (`history.BuildRecord`s) for take / wait / spill / ephemeral — the loop of
-  `placement.acquire_build_slot`, driven by events instead of polling.
+  (`records.BuildRecord`s) for take / wait / spill / ephemeral: each look is
+  `policy.placement_round`, the round `placement.acquire_build_slot` runs, driven by events here
+  instead of polling.
 - `sticky`: buildx-style sticky hashing: a consistent-hash ring with one point per builder; a key
   always goes to its ring owner and waits there for as long as it takes (no load awareness).
 - `random`: cache-blind load balancing: a free slot on a uniformly random builder, or the next
@@ -19,9 +20,8 @@ import bisect
 import hashlib
 from collections import deque
 
-from ..pool.affinity import preference_order, rank_builders
-from ..pool.placement import POLL_SECONDS
-from ..pool.policy import PathEstimates, Situation, decide, estimate_paths, estimate_slot_wait
+from ..pool.affinity import preference_order
+from ..pool.policy import POLL_SECONDS, PathEstimates, RoundInputs, estimate_paths, estimate_slot_wait, placement_round
 from .engine import Build, BuilderState, Simulation
 from .model import POLICIES, DedicatedOptions, WarmbuildOptions
 
@@ -83,38 +83,24 @@ class WarmbuildPolicy:
         waited = now - build.arrived
         if abs(waited - opts.max_wait_seconds) < 1e-6:
             waited = opts.max_wait_seconds  # the recheck at the end of the wait: the budget is spent, not 1e-12 left
-        spill_free = False
-        affine_wait = 0.0
-        if affine is not None:
-            # Any free slot off the affine builder; rank_builders only orders them, so it is asked
-            # below, when the decision is to spill.
-            spill_free = any(len(b.held) < b.slots for b in builders if b is not affine)  # all usable
+
+        def affine_wait(_name: str) -> float:
             holders = [(held.key, now - held.held_since) for held in affine.held.values()]
-            affine_wait = estimate_slot_wait(holders, sim.records.relevant([key for key, _ in holders]))
-        situation = Situation(
-            affine_builder=affine.name if affine is not None else "-",
-            affine_free=False,
-            affine_wait_seconds=affine_wait,
-            spill_free=spill_free,
-            waited_seconds=waited,
-            max_wait_seconds=opts.max_wait_seconds,
-            fallback=opts.fallback,
-            untrusted=False,
-            warm_builders=len(builders),
-        )
-        decision = decide(situation, self._estimate(build.key))
+            return estimate_slot_wait(holders, sim.records.relevant([key for key, _ in holders]))
+
+        inputs = RoundInputs(self._estimate(build.key), waited, opts.max_wait_seconds, opts.fallback,
+                             load_factor=opts.load_factor)
+        capacities = {b.name: b.slots for b in builders}
+        in_flight = {b.name: b.busy for b in builders}
+        # The affine builder has no free slot here (taken above): the round decides what else to do.
+        round_ = placement_round(build.route_key, capacities, {**in_flight, affine.name: affine.slots} if affine else in_flight,
+                                 inputs, affine_wait, affine=affine.name if affine else None)
         self.decisions += 1
-        action = decision.action
+        action = round_.action
         if action == "spill":
-            capacities = {b.name: b.slots for b in builders}
-            in_flight = {b.name: b.busy for b in builders}
-            for name in rank_builders(build.route_key, capacities, in_flight, opts.load_factor):
-                target = sim.builders[name]
-                if target is not affine and target.free > 0:
-                    self._stop_waiting(build)
-                    sim.assign(build, target, delay, "spill")
-                    return
-            action = "wait"  # cannot happen: spill_free said one was free
+            self._stop_waiting(build)
+            sim.assign(build, sim.builders[round_.targets[0]], delay, "spill")
+            return
         if action == "ephemeral":
             self._stop_waiting(build)
             sim.go_ephemeral(build, delay)

@@ -25,7 +25,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..pool.history import BuildRecord, parse_records
+from ..pool.records import BuildRecord, parse_records
 from ..pool.policy import PRIOR_EPHEMERAL_STARTUP_SECONDS, PRIOR_WARM_SECONDS
 from .model import Arrival, KeyProfile, Workload
 
