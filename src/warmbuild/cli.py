@@ -15,6 +15,7 @@ from . import __version__
 from .pool.affinity import explicit_key, workload_key
 from .pool.state import ReleaseState, read_state, remove_state, state_file_path
 from .kube.client import connect
+from .kube.names import WORKLOAD_KEY_ANNOTATION_MAX
 from .pool.drain import add_drain_arguments, command_drain
 from .doctor.command import add_doctor_arguments, command_doctor, uv_build_file
 from .cache import CACHE_EXPORT_POLICIES, default_cache_ref
@@ -219,7 +220,7 @@ def _build_in_pool(args: argparse.Namespace, request, tls: TlsFiles | None) -> i
     holder = HolderInfo(
         identity=f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}",
         run_url=ci_run_url(environ),
-        workload_key=key.value[:250],
+        workload_key=key.value[:WORKLOAD_KEY_ANNOTATION_MAX],
     )
     untrusted = args.untrusted if args.untrusted is not None else is_untrusted_change(environ)
     ephemeral = load_ephemeral_settings(

@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from ..kube.client import KubeClient, KubeConflict, KubeNotFound
+from ..kube.names import HISTORY_LABEL, configmaps_path, history_configmap_name
 
 MAX_RECORDS = 1000  # ~150 bytes each: well under the 1 MiB ConfigMap limit
 DATA_KEY = "builds.jsonl"
@@ -35,15 +36,6 @@ def key_hash(workload_key: str) -> str:
     return hashlib.sha256(workload_key.encode()).hexdigest()[:16]
 
 
-def configmap_name(pool: str) -> str:
-    return f"warmbuild-history-{pool}"
-
-
-def _path(namespace: str, name: str | None = None) -> str:
-    base = f"/api/v1/namespaces/{namespace}/configmaps"
-    return f"{base}/{name}" if name else base
-
-
 def parse_records(text: str) -> tuple[BuildRecord, ...]:
     records = []
     fields = set(BuildRecord.__dataclass_fields__)
@@ -62,7 +54,7 @@ def render_records(records: tuple[BuildRecord, ...] | list[BuildRecord]) -> str:
 
 def read_history(client: KubeClient, namespace: str, pool: str) -> tuple[BuildRecord, ...]:
     try:
-        body = client.request("GET", _path(namespace, configmap_name(pool))).body
+        body = client.request("GET", configmaps_path(namespace, history_configmap_name(pool))).body
     except KubeNotFound:
         return ()
     return parse_records((body.get("data") or {}).get(DATA_KEY, ""))
@@ -70,28 +62,28 @@ def read_history(client: KubeClient, namespace: str, pool: str) -> tuple[BuildRe
 
 def append_record(client: KubeClient, namespace: str, pool: str, record: BuildRecord, attempts: int = 8) -> bool:
     """Add one record, keeping the newest MAX_RECORDS. True when written."""
-    name = configmap_name(pool)
+    name = history_configmap_name(pool)
     for _ in range(attempts):
         try:
-            body = client.request("GET", _path(namespace, name)).body
+            body = client.request("GET", configmaps_path(namespace, name)).body
         except KubeNotFound:
             body = None
         if body is None:
             created = {
                 "apiVersion": "v1",
                 "kind": "ConfigMap",
-                "metadata": {"name": name, "namespace": namespace, "labels": {"warmbuild.dev/history": pool}},
+                "metadata": {"name": name, "namespace": namespace, "labels": {HISTORY_LABEL: pool}},
                 "data": {DATA_KEY: render_records([record])},
             }
             try:
-                client.request("POST", _path(namespace), body=created)
+                client.request("POST", configmaps_path(namespace), body=created)
                 return True
             except KubeConflict:
                 continue
         records = list(parse_records((body.get("data") or {}).get(DATA_KEY, ""))) + [record]
         body["data"] = {**(body.get("data") or {}), DATA_KEY: render_records(records[-MAX_RECORDS:])}
         try:
-            client.request("PUT", _path(namespace, name), body=body)
+            client.request("PUT", configmaps_path(namespace, name), body=body)
             return True
         except KubeConflict:
             continue  # another build recorded first: read again

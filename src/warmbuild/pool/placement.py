@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from .affinity import preference_order, rank_builders
-from ..kube.client import KubeClient, parse_kube_time
+from ..kube.client import KubeClient
+from ..kube.views import LeaseView
 from ..errors import ClusterError, NoSlotAvailable
 from .history import BuildRecord, key_hash, read_history
-from .leases import DEFAULT_LEASE_SECONDS, WORKLOAD_KEY_ANNOTATION, HolderInfo, SlotLease, lease_is_free, list_pool_leases, try_acquire_slot
+from .leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, list_pool_leases, try_acquire_slot
 from .policy import Decision, Situation, decide, estimate_paths, estimate_slot_wait
 from .membership import Builder, discover_builders
 
@@ -51,26 +52,22 @@ class Grant:
     reason: str
 
 
-def in_flight_by_builder(leases: dict[str, dict], builders: tuple[Builder, ...], server_now) -> dict[str, int]:
+def in_flight_by_builder(leases: dict[str, LeaseView], builders: tuple[Builder, ...], server_now) -> dict[str, int]:
     by_name = {b.name: 0 for b in builders}
     for lease in leases.values():
-        builder = (lease["metadata"].get("labels") or {}).get("warmbuild.dev/builder")
-        if builder in by_name and not lease_is_free(lease, server_now):
-            by_name[builder] += 1
+        if lease.builder in by_name and not lease.is_free(server_now):
+            by_name[lease.builder] += 1
     return by_name
 
 
-def affine_holders(leases: dict[str, dict], builder: str, server_now) -> list[tuple[str, float]]:
-    """(workload key hash, seconds held) for each busy slot of `builder`."""
-    holders = []
-    for lease in leases.values():
-        meta = lease["metadata"]
-        if (meta.get("labels") or {}).get("warmbuild.dev/builder") != builder or lease_is_free(lease, server_now):
-            continue
-        acquired = parse_kube_time((lease.get("spec") or {}).get("acquireTime"))
-        held = (server_now - acquired).total_seconds() if acquired else 0.0
-        holders.append((key_hash((meta.get("annotations") or {}).get(WORKLOAD_KEY_ANNOTATION, "")), max(0.0, held)))
-    return holders
+def affine_holders(leases: dict[str, LeaseView], builder: str, server_now) -> list[tuple[str, float]]:
+    """(workload key hash, seconds held) for each busy slot of `builder`: the hash as its holder
+    stored it (of the whole key; the key's text on the Lease is capped)."""
+    return [
+        (lease.workload_key_hash, max(0.0, lease.held_seconds(server_now) or 0.0))
+        for lease in leases.values()
+        if lease.builder == builder and not lease.is_free(server_now)
+    ]
 
 
 def acquire_build_slot(
@@ -81,6 +78,7 @@ def acquire_build_slot(
 ) -> Grant:
     started = time.monotonic()
     key = key_hash(request.workload_key)
+    holder = request.holder if request.holder.workload_key_hash else replace(request.holder, workload_key_hash=key)
     history: tuple[BuildRecord, ...] = ()
     history_read_at = None
     history_warned = False
@@ -103,7 +101,7 @@ def acquire_build_slot(
         leases = list_pool_leases(client, request.namespace, request.pool) if builders else {}
 
         if affine_name is not None and not request.untrusted:
-            held = try_acquire_slot(client, request.namespace, request.pool, by_name[affine_name], request.holder, leases, request.lease_seconds)
+            held = try_acquire_slot(client, request.namespace, request.pool, by_name[affine_name], holder, leases, request.lease_seconds)
             if held is not None:
                 suffix = f" after waiting {waited:.1f}s" if waited >= 0.05 else ""
                 return Grant("warm", held, by_name[affine_name], True, affine_name, round(waited, 3), f"affine builder {affine_name}{suffix}")
@@ -127,7 +125,7 @@ def acquire_build_slot(
 
         if decision.action == "spill":
             for name in spill_order:
-                held = try_acquire_slot(client, request.namespace, request.pool, by_name[name], request.holder, leases, request.lease_seconds)
+                held = try_acquire_slot(client, request.namespace, request.pool, by_name[name], holder, leases, request.lease_seconds)
                 if held is not None:
                     reason = decision.reason.replace("spilled", f"spilled to {name}")
                     return Grant("spill", held, by_name[name], False, affine_name, round(waited, 3), reason)

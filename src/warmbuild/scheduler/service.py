@@ -20,8 +20,9 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..kube.client import KubeClient
+from ..kube.names import WORKLOAD_KEY_ANNOTATION_MAX, leases_path
 from ..errors import LeaseLost, NoSlotAvailable
-from ..pool.leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, leases_path, release_slot, renew_slot
+from ..pool.leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, release_slot, renew_slot
 from ..pool.placement import Grant, PlacementRequest, acquire_build_slot
 from ..pool.status import PoolStatus, read_pool_status
 from .auth import Caller
@@ -116,7 +117,7 @@ class SlotService:
         holder = HolderInfo(
             identity=holder_identity(caller.username, ask.holder_hint, uuid.uuid4().hex[:10]),
             run_url=ask.run_url,
-            workload_key=ask.workload_key[:250],
+            workload_key=ask.workload_key[:WORKLOAD_KEY_ANNOTATION_MAX],
         )
         request = PlacementRequest(self.namespace, ask.pool, ask.workload_key, holder, remaining, ask.lease_seconds,
                                    fallback=ask.fallback)
