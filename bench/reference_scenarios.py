@@ -419,12 +419,13 @@ class Pool:
         return self.affine.address if self.affine else "tcp://<affine builder>:1234"
 
     def _free_slots(self) -> int:
-        from warmbuild.pool.leases import lease_is_free, list_pool_leases, slot_lease_name
+        from warmbuild.kube.names import slot_lease_name
+        from warmbuild.pool.leases import list_pool_leases
 
         leases = list_pool_leases(self.client, self.settings.namespace, self.settings.pool)
         now = self.client.server_now()
         return sum(1 for i in range(self.affine.slots)
-                   if (lease := leases.get(slot_lease_name(self.affine.name, i))) is None or lease_is_free(lease, now))
+                   if (lease := leases.get(slot_lease_name(self.affine.name, i))) is None or lease.is_free(now))
 
     def wait_until_free(self, timeout: float = 900) -> None:
         """Untimed: a warm build should find its affine slot free (other jobs may share the testbed)."""
@@ -493,7 +494,7 @@ class Pool:
                 print(f"bench: could not release {grant.name}: {exc}", file=sys.stderr)
 
     def existing_pods(self, names: set[str]) -> list[str]:
-        from warmbuild.pool.ephemeral import EPHEMERAL_LABEL, pods_path
+        from warmbuild.kube.names import EPHEMERAL_LABEL, pods_path
 
         body = self.client.request("GET", pods_path(self.settings.namespace),
                                    query={"labelSelector": f"{EPHEMERAL_LABEL}=true"}).body

@@ -156,6 +156,7 @@ def plan_pool_build(request: BuildRequest, flags: PoolFlags, environ: Mapping[st
         identity=f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}",
         run_url=ci_run_url(dict(environ)),
         workload_key=key.annotation,
+        workload_key_hash=key.hash,
     )
     untrusted = flags.untrusted if flags.untrusted is not None else is_untrusted_change(dict(environ))
     cache_ref = flags.cache_ref or default_cache_ref(request.tags)

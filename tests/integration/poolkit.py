@@ -7,7 +7,8 @@ import threading
 import time
 
 from warmbuild.kube.client import KubeConflict
-from warmbuild.pool.leases import lease_is_free, leases_path, list_pool_leases
+from warmbuild.kube.names import leases_path
+from warmbuild.pool.leases import list_pool_leases
 
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")
@@ -42,9 +43,9 @@ def held_slots(client, namespace: str = NAMESPACE, pool: str = POOL) -> dict[str
     """Lease name → holder, for every slot of the pool held right now (by API-server time)."""
     now = client.server_now()
     return {
-        name: lease["spec"]["holderIdentity"]
+        name: lease.holder
         for name, lease in list_pool_leases(client, namespace, pool).items()
-        if not lease_is_free(lease, now)
+        if not lease.is_free(now)
     }
 
 

@@ -252,7 +252,7 @@ def held_by(admin, holder_prefix: str) -> list[str]:
     return [
         name
         for name, lease in list_pool_leases(admin, NAMESPACE, POOL).items()
-        if ((lease.get("spec") or {}).get("holderIdentity") or "").startswith(holder_prefix)
+        if lease.holder.startswith(holder_prefix)
     ]
 
 

@@ -72,7 +72,7 @@ def slots_held_by_pid(pid: int) -> list[str]:
     admin = connect(os.environ["KUBECONFIG"])
     return [
         name for name, lease in list_pool_leases(admin, NAMESPACE, POOL).items()
-        if f"/{pid}/" in ((lease.get("spec") or {}).get("holderIdentity") or "")
+        if f"/{pid}/" in lease.holder
     ]
 
 

@@ -20,7 +20,7 @@ import requests
 
 from warmbuild.pool.affinity import preference_order
 from warmbuild.kube.client import KubeNotFound, connect
-from warmbuild.pool.ephemeral import EPHEMERAL_LABEL, pods_path
+from warmbuild.kube.names import EPHEMERAL_LABEL, pods_path
 from warmbuild.pool.gc import collect_garbage
 from warmbuild.pool.history import append_record
 from warmbuild.pool.records import BuildRecord

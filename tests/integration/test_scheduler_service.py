@@ -1,6 +1,7 @@
 """The scheduler service on the real control plane: real `warmbuild scheduler` processes on loopback
 (TLS, TokenReview auth), clients racing through two replicas, a replica killed by SIGKILL, metrics
 that match the Leases, fencing through renewals, and an end-to-end `warmbuild build --scheduler`.
+Fencing of a running build is tested here for both paths (direct and scheduler), in one test.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from scheduler_harness import CI_USER, NAMESPACE, SchedulerProcess, ci_token, en
 from warmbuild.pool.affinity import preference_order
 from warmbuild.kube.client import connect
 from warmbuild.errors import LeaseLost
-from warmbuild.pool.leases import HolderInfo, leases_path, release_slot
+from warmbuild.kube.names import leases_path
+from warmbuild.kube.views import parse_lease
+from warmbuild.pool.leases import HolderInfo, release_slot
 from warmbuild.pool.placement import PlacementRequest
 from warmbuild.pool.workload import explicit_key
 from warmbuild.pool.membership import discover_builders
@@ -343,18 +346,25 @@ def test_release_from_a_post_step_goes_through_the_scheduler(setup, replicas, ru
     assert not held_by(ci, "post-step") and not state_file.exists()
 
 
-def test_a_build_whose_slot_is_taken_over_is_aborted_through_the_scheduler(setup, replicas, admin, tmp_path, registry):
+@pytest.mark.parametrize("path", ["direct", "scheduler"])
+def test_a_build_whose_slot_is_taken_over_is_aborted(path, request, admin, tmp_path, registry):
+    """Fencing on both paths: the runner renewing its own Lease (direct), or through the scheduler.
+    Either way the build stops within seconds of a take-over, says why, and its own cleanup does
+    not free the slot the usurper now holds."""
     app = tmp_path / "slow"
     app.mkdir()
     (app / "Dockerfile").write_text(f"FROM {registry}/library/python:3.11-slim\nRUN echo {time.time_ns()} && sleep 60\n")
     state_file = tmp_path / "state.json"
-    env = {**os.environ, "KUBECONFIG": "/nonexistent", "WARMBUILD_BUILDER": "", "WARMBUILD_SCHEDULER_TOKEN": ci_token()}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "warmbuild.cli", "build", str(app), "--pool", POOL, "--lease-seconds", "3",
-         "--scheduler", ",".join(r.url for r in replicas), "--scheduler-ca", str(setup.ca),
-         "--result-file", str(tmp_path / "r.json"), "--state-file", str(state_file)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-    )
+    argv = [sys.executable, "-m", "warmbuild.cli", "build", str(app), "--pool", POOL, "--lease-seconds", "3",
+            "--result-file", str(tmp_path / "r.json"), "--state-file", str(state_file)]
+    if path == "scheduler":
+        setup, replicas = request.getfixturevalue("setup"), request.getfixturevalue("replicas")
+        env = {**os.environ, "KUBECONFIG": "/nonexistent", "WARMBUILD_BUILDER": "", "WARMBUILD_SCHEDULER_TOKEN": ci_token()}
+        argv += ["--scheduler", ",".join(r.url for r in replicas), "--scheduler-ca", str(setup.ca)]
+    else:
+        env = {**os.environ, "KUBECONFIG": os.environ["WARMBUILD_CI_KUBECONFIG"], "WARMBUILD_BUILDER": ""}
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               stdin=subprocess.DEVNULL)
     state = None
     try:
         state = wait_for(lambda: state_file.exists() and json.loads(state_file.read_text()), 60, what="the build to hold a slot")
@@ -366,8 +376,8 @@ def test_a_build_whose_slot_is_taken_over_is_aborted_through_the_scheduler(setup
         assert process.returncode == 8, stderr
         assert f"slot lease {state['lease']} is now held by usurper" in stderr
         assert "aborted so that two builds never share a slot" in stderr
-        lease = admin.request("GET", leases_path(NAMESPACE, state["lease"])).body
-        assert lease["spec"]["holderIdentity"] == "usurper"  # the build's release did not free it
+        lease = parse_lease(admin.request("GET", leases_path(NAMESPACE, state["lease"])).body)
+        assert lease.holder == "usurper"  # the build's release did not free it
     finally:
         if process.poll() is None:
             process.kill()

@@ -29,9 +29,9 @@ import pytest
 
 from warmbuild.pool.affinity import preference_order
 from warmbuild.kube.client import connect
-from warmbuild.pool.ephemeral import EPHEMERAL_LABEL, pods_path
+from warmbuild.kube.names import EPHEMERAL_LABEL, pods_path
 from warmbuild.pool.workload import key_hash
-from warmbuild.pool.leases import WORKLOAD_KEY_ANNOTATION, lease_is_free, list_pool_leases
+from warmbuild.pool.leases import list_pool_leases
 from warmbuild.pool.membership import discover_builders
 from warmbuild.simulate.runs import run_policy
 from warmbuild.simulate.model import FleetConfig, SimulationConfig, WarmbuildOptions
@@ -58,7 +58,7 @@ def ci():
 
 def held(client) -> list[str]:
     now = client.server_now()
-    return [n for n, lease in list_pool_leases(client, NAMESPACE, POOL).items() if not lease_is_free(lease, now)]
+    return [n for n, lease in list_pool_leases(client, NAMESPACE, POOL).items() if not lease.is_free(now)]
 
 
 def ephemeral_pods(client) -> list[str]:
@@ -90,11 +90,10 @@ class LeaseWatcher:
         while not self._stop.wait(0.2):
             now = self.client.server_now()
             for lease in list_pool_leases(self.client, NAMESPACE, POOL).values():
-                if lease_is_free(lease, now):
+                if lease.is_free(now):
                     continue
-                meta = lease["metadata"]
-                if (meta.get("annotations") or {}).get(WORKLOAD_KEY_ANNOTATION) not in self.ours:
-                    self.foreign[lease["spec"]["holderIdentity"]] = (meta.get("labels") or {}).get("warmbuild.dev/builder", "?")
+                if lease.workload_key not in self.ours:
+                    self.foreign[lease.holder] = lease.builder or "?"
 
     def __enter__(self) -> "LeaseWatcher":
         self._thread.start()

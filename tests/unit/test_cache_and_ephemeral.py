@@ -14,7 +14,8 @@ from warmbuild.pool.ephemeral import (
 from warmbuild.errors import InputError
 from warmbuild.pool.gc import STARTUP_GRACE_SECONDS, find_garbage
 from warmbuild.pool.leases import HolderInfo
-from warmbuild.pool.membership import POOL_LABEL
+from warmbuild.kube.names import POOL_LABEL
+from warmbuild.kube.views import parse_lease
 
 
 def test_default_cache_ref_is_the_first_tags_repository():
@@ -108,11 +109,11 @@ def pod(name, uid, age, phase="Running", deadline=3600):
 
 
 def lease(name, owner_uid, renewed_ago, holder="h"):
-    return {
+    return parse_lease({
         "metadata": {"name": name, "uid": f"l-{name}", "ownerReferences": [{"kind": "Pod", "uid": owner_uid}]},
         "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
                  "renewTime": (NOW - timedelta(seconds=renewed_ago)).isoformat()},
-    }
+    })
 
 
 def test_gc_collects_orphans_and_leaves_live_builds_alone():

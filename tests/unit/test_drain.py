@@ -6,6 +6,8 @@ import pytest
 
 from warmbuild.cli import main
 from warmbuild.kube.client import KubeNotFound, KubeResponse, format_micro_time
+from warmbuild.kube.names import BUILDER_LABEL, RUN_URL_ANNOTATION
+from warmbuild.kube.views import parse_lease
 from warmbuild.pool.drain import DrainTimedOut, drain_builder, held_slots
 from warmbuild.errors import ClusterError
 
@@ -23,8 +25,8 @@ def lease(slot: int, holder: str | None, renewed: datetime | None = NOW, duratio
     return {
         "metadata": {
             "name": f"{POD}-slot-{slot}",
-            "labels": {"warmbuild.dev/builder": POD},
-            "annotations": {"warmbuild.dev/run-url": run_url} if run_url else {},
+            "labels": {BUILDER_LABEL: POD},
+            "annotations": {RUN_URL_ANNOTATION: run_url} if run_url else {},
             "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": POD, "uid": owner}],
         },
         "spec": spec,
@@ -38,28 +40,16 @@ def test_held_means_a_holder_whose_lease_has_not_expired_by_server_time():
         lease(2, "job-c", renewed=NOW - timedelta(seconds=20)),  # expired 5 s ago: its holder is gone
         lease(3, "job-d", owner="uid-of-an-earlier-pod"),  # not this pod's: ignored
     ]
-    held = held_slots(leases, UID, NOW)
+    held = held_slots([parse_lease(body) for body in leases], UID, NOW)
     assert [slot.name for slot in held] == [f"{POD}-slot-0"]
     assert held[0].holder == "job-a"
     assert held[0].expires == NOW + timedelta(seconds=10)
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds > 0
-        self.now += seconds
-
-
 class FakeClient:
     """Answers the drain's three requests; `script(t)` gives the Leases at monotonic time t."""
 
-    def __init__(self, clock: FakeClock, script, pod_exists=True, patch_error=None, list_error_until=None):
+    def __init__(self, clock, script, pod_exists=True, patch_error=None, list_error_until=None):
         self.clock = clock
         self.script = script
         self.pod_exists = pod_exists
@@ -94,8 +84,7 @@ def run(client, clock, **kwargs):
     return result, lines
 
 
-def test_marks_the_pod_draining_then_waits_until_the_held_slot_is_released():
-    clock = FakeClock()
+def test_marks_the_pod_draining_then_waits_until_the_held_slot_is_released(clock):
     # slot-0 is held until t=7 (the build finishes and releases it), slot-1 is free throughout.
     client = FakeClient(clock, lambda t: [lease(0, "job-a" if t < 7 else None, renewed=NOW + timedelta(seconds=t)), lease(1, None)])
     result, lines = run(client, clock)
@@ -111,16 +100,14 @@ def test_marks_the_pod_draining_then_waits_until_the_held_slot_is_released():
     assert lines[-1].startswith("all slots released")
 
 
-def test_an_expired_lease_counts_as_free_by_the_servers_clock():
-    clock = FakeClock()
+def test_an_expired_lease_counts_as_free_by_the_servers_clock(clock):
     # The holder died at t=0 and never renews: free once renewTime + 15 s has passed on the server.
     client = FakeClient(clock, lambda t: [lease(0, "crashed-job", renewed=NOW, duration=15)])
     result, _lines = run(client, clock)
     assert 15 <= result.waited_seconds <= 16.5
 
 
-def test_an_idle_builder_still_waits_for_the_settle_time():
-    clock = FakeClock()
+def test_an_idle_builder_still_waits_for_the_settle_time(clock):
     client = FakeClient(clock, lambda t: [lease(0, None)])
     result, lines = run(client, clock, settle=3)
     assert 3 <= result.waited_seconds < 3.5
@@ -128,16 +115,14 @@ def test_an_idle_builder_still_waits_for_the_settle_time():
     assert lines[-1] == "no slot in use; buildkitd may stop"
 
 
-def test_a_gone_pod_has_nothing_to_drain():
-    clock = FakeClock()
+def test_a_gone_pod_has_nothing_to_drain(clock):
     client = FakeClient(clock, lambda t: [], pod_exists=False)
     result, lines = run(client, clock)
     assert not result.marked and result.waited_seconds == 0
     assert "gone already" in lines[0]
 
 
-def test_without_patch_permission_it_still_waits_for_the_slots():
-    clock = FakeClock()
+def test_without_patch_permission_it_still_waits_for_the_slots(clock):
     client = FakeClient(clock, lambda t: [lease(0, "job" if t < 5 else None, renewed=NOW + timedelta(seconds=t))],
                         patch_error=ClusterError("missing permission: patch pods"))
     result, lines = run(client, clock)
@@ -146,8 +131,7 @@ def test_without_patch_permission_it_still_waits_for_the_slots():
     assert "could not mark" in lines[0]
 
 
-def test_times_out_naming_the_slots_still_held():
-    clock = FakeClock()
+def test_times_out_naming_the_slots_still_held(clock):
     client = FakeClient(clock, lambda t: [lease(0, "job-a", renewed=NOW + timedelta(seconds=t), run_url="https://ci.example/run/7")])
     with pytest.raises(DrainTimedOut) as error:
         run(client, clock, timeout=20)
@@ -156,8 +140,7 @@ def test_times_out_naming_the_slots_still_held():
     assert 20 <= clock.now < 21.5
 
 
-def test_gives_up_when_the_leases_stay_unreadable():
-    clock = FakeClock()
+def test_gives_up_when_the_leases_stay_unreadable(clock):
     client = FakeClient(clock, lambda t: [], list_error_until=10_000)
     with pytest.raises(DrainTimedOut) as error:
         run(client, clock, api_grace=15)
@@ -165,8 +148,7 @@ def test_gives_up_when_the_leases_stay_unreadable():
     assert 15 <= clock.now < 17
 
 
-def test_a_short_api_outage_is_waited_out():
-    clock = FakeClock()
+def test_a_short_api_outage_is_waited_out(clock):
     client = FakeClient(clock, lambda t: [lease(0, None)], list_error_until=5)
     result, lines = run(client, clock, api_grace=15)
     assert 5 <= result.waited_seconds < 6.5
@@ -180,8 +162,7 @@ def test_cli_needs_the_pod_name(monkeypatch, capsys):
     assert "POD_NAME and POD_NAMESPACE" in capsys.readouterr().err
 
 
-def test_revoked_credentials_end_the_wait_at_once():
-    clock = FakeClock()
+def test_revoked_credentials_end_the_wait_at_once(clock):
     client = FakeClient(clock, lambda t: [])
     revoked = ClusterError("the Kubernetes API at https://k8s rejected the credentials (in-cluster service account): "
                            "the token is missing, expired or not trusted")

@@ -4,7 +4,8 @@ from pathlib import Path
 
 from warmbuild.config import PoolFlags, build_request
 from warmbuild.pipeline import plan_pool_build, workload_key_of
-from warmbuild.pool.workload import ANNOTATION_MAX, derive_workload_key, key_hash
+from warmbuild.kube.names import WORKLOAD_KEY_ANNOTATION_MAX as ANNOTATION_MAX
+from warmbuild.pool.workload import derive_workload_key, key_hash
 
 
 def test_default_key_is_repository_and_dockerfile_and_ignores_the_target():
@@ -63,3 +64,4 @@ def test_plan_carries_the_key_to_the_holder_and_placement(tmp_path):
     plan = plan_pool_build(_request(tmp_path), PoolFlags(pool="p", cache_key="k" * 400), {"GITHUB_REPOSITORY": "acme/ml"})
     assert plan.placement.key.value == "k" * 400
     assert plan.placement.holder.workload_key == "k" * ANNOTATION_MAX
+    assert plan.placement.holder.workload_key_hash == key_hash("k" * 400)

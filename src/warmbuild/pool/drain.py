@@ -30,8 +30,8 @@ from typing import Callable
 
 from ..kube.client import KubeClient, KubeNotFound
 from ..errors import ClusterError, DrainTimedOut
-from .leases import BUILDER_LABEL, RUN_URL_ANNOTATION, lease_expiry, lease_is_free, lease_owner_uid, leases_path
-from .membership import DRAINING_ANNOTATION
+from ..kube.names import BUILDER_LABEL, DRAINING_ANNOTATION, leases_path, pods_path
+from ..kube.views import LeaseView, parse_lease
 
 DEFAULT_TIMEOUT_SECONDS = 3570.0  # the chart's default grace period (3600 s) minus time for buildkitd to stop
 DEFAULT_SETTLE_SECONDS = 3.0
@@ -40,8 +40,6 @@ DEFAULT_POLL_SECONDS = 1.0
 # restart, short enough that a lost Role does not hold a deletion up for the whole timeout.
 DEFAULT_API_GRACE_SECONDS = 15.0
 REMINDER_SECONDS = 30.0  # repeat the "still waiting" line this often
-
-
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,7 @@ class DrainResult:
     slots_seen_held: tuple[str, ...]  # every slot found held at some point while draining
 
 
-def held_slots(leases: list[dict], pod_uid: str | None, server_now: datetime) -> list[HeldSlot]:
+def held_slots(leases: list[LeaseView], pod_uid: str | None, server_now: datetime) -> list[HeldSlot]:
     """The slot Leases of this pod that are held and not expired by `server_now`.
 
     A Lease owned by an earlier pod of the same name (another uid) is not this builder's: whoever
@@ -71,20 +69,11 @@ def held_slots(leases: list[dict], pod_uid: str | None, server_now: datetime) ->
     """
     held = []
     for lease in leases:
-        owner = lease_owner_uid(lease)
-        if pod_uid and owner and owner != pod_uid:
+        if pod_uid and lease.owner_uid and lease.owner_uid != pod_uid:
             continue
-        if lease_is_free(lease, server_now):
+        if lease.is_free(server_now):
             continue
-        meta = lease.get("metadata") or {}
-        held.append(
-            HeldSlot(
-                name=meta.get("name", "?"),
-                holder=(lease.get("spec") or {}).get("holderIdentity") or "",
-                run_url=(meta.get("annotations") or {}).get(RUN_URL_ANNOTATION, ""),
-                expires=lease_expiry(lease),
-            )
-        )
+        held.append(HeldSlot(name=lease.name or "?", holder=lease.holder, run_url=lease.run_url, expires=lease.expiry))
     return sorted(held, key=lambda slot: slot.name)
 
 
@@ -95,22 +84,18 @@ def credentials_revoked(error: ClusterError) -> bool:
     return "rejected the credentials" in error.message
 
 
-def pod_path(namespace: str, pod: str) -> str:
-    return f"/api/v1/namespaces/{namespace}/pods/{pod}"
-
-
 def mark_draining(client: KubeClient, namespace: str, pod: str, log: Callable[[str], None]) -> tuple[bool, str | None, bool]:
     """Annotate the pod as draining. Returns (marked, pod uid or None, pod exists)."""
     patch = {"metadata": {"annotations": {DRAINING_ANNOTATION: "true"}}}
     try:
-        body = client.request("PATCH", pod_path(namespace, pod), body=patch, content_type="application/merge-patch+json").body
+        body = client.request("PATCH", pods_path(namespace, pod), body=patch, content_type="application/merge-patch+json").body
         return True, (body.get("metadata") or {}).get("uid"), True
     except KubeNotFound:
         return False, None, False
     except ClusterError as exc:
         log(f"could not mark {pod} draining ({exc.message}); waiting for its slots anyway")
     try:
-        body = client.request("GET", pod_path(namespace, pod)).body
+        body = client.request("GET", pods_path(namespace, pod)).body
         return False, (body.get("metadata") or {}).get("uid"), True
     except KubeNotFound:
         return False, None, False
@@ -118,10 +103,10 @@ def mark_draining(client: KubeClient, namespace: str, pod: str, log: Callable[[s
         return False, None, True
 
 
-def list_builder_leases(client: KubeClient, namespace: str, pod: str) -> list[dict]:
+def list_builder_leases(client: KubeClient, namespace: str, pod: str) -> list[LeaseView]:
     # A consistent LIST (no resourceVersion=0): a slot taken a moment ago must be seen.
     response = client.request("GET", leases_path(namespace), query={"labelSelector": f"{BUILDER_LABEL}={pod}"})
-    return list(response.body.get("items") or ())
+    return [parse_lease(item) for item in response.body.get("items") or ()]
 
 
 def _describe(slots: list[HeldSlot]) -> str:

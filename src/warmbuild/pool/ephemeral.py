@@ -16,13 +16,21 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..kube.client import KubeClient, KubeConflict, KubeNotFound, format_micro_time
+from ..kube.client import KubeClient, KubeConflict, KubeNotFound
+from ..kube.names import (
+    EPHEMERAL_LABEL,
+    EPHEMERAL_POOL_LABEL,
+    RUN_LABEL,
+    RUN_URL_ANNOTATION,
+    WORKLOAD_KEY_ANNOTATION,
+    WORKLOAD_KEY_ANNOTATION_MAX,
+    events_path,
+    leases_path,
+    pods_path,
+)
+from ..kube.views import parse_lease
 from ..errors import BuilderStartFailed, ClusterError, InputError
-from .leases import RUN_URL_ANNOTATION, WORKLOAD_KEY_ANNOTATION, HolderInfo, SlotLease, leases_path
-
-EPHEMERAL_LABEL = "warmbuild.dev/ephemeral"
-EPHEMERAL_POOL_LABEL = "warmbuild.dev/ephemeral-for"  # not the pool label: it must never count as a warm builder
-RUN_LABEL = "warmbuild.dev/run"
+from .leases import HolderInfo, SlotLease, new_lease_body
 BUILDKITD_PORT = 1234
 DEFAULT_IMAGE = "moby/buildkit:v0.34.2"
 DEFAULT_ROOTLESS_IMAGE = "moby/buildkit:v0.34.2-rootless"
@@ -160,7 +168,7 @@ def ephemeral_pod_manifest(settings: EphemeralSettings, namespace: str, pool: st
             "annotations": {
                 **settings.annotations,
                 RUN_URL_ANNOTATION: holder.run_url,
-                WORKLOAD_KEY_ANNOTATION: holder.workload_key[:250],
+                WORKLOAD_KEY_ANNOTATION: holder.workload_key[:WORKLOAD_KEY_ANNOTATION_MAX],
             },
         },
         "spec": spec,
@@ -173,11 +181,6 @@ class EphemeralBuilder:
     uid: str
     address: str
     startup_seconds: float
-
-
-def pods_path(namespace: str, name: str | None = None) -> str:
-    base = f"/api/v1/namespaces/{namespace}/pods"
-    return f"{base}/{name}" if name else base
 
 
 def create_ephemeral_pod(client: KubeClient, manifest: dict) -> tuple[str, str]:
@@ -233,7 +236,7 @@ def pod_event_summary(client: KubeClient, namespace: str, name: str) -> str:
     """The pod's events, newest last, as one line: what the scheduler or kubelet said."""
     try:
         events = client.request(
-            "GET", f"/api/v1/namespaces/{namespace}/events", query={"fieldSelector": f"involvedObject.name={name}"}
+            "GET", events_path(namespace), query={"fieldSelector": f"involvedObject.name={name}"}
         ).body.get("items") or []
     except ClusterError as exc:
         return f"(events unavailable: {exc.message})"
@@ -264,24 +267,7 @@ def delete_ephemeral_pod(client: KubeClient, namespace: str, name: str) -> None:
 def create_run_lease(client: KubeClient, namespace: str, pod_name: str, pod_uid: str, holder: HolderInfo, duration: int) -> SlotLease:
     """The ephemeral pod's own Lease, renewed by the CI step: its expiry marks the pod orphaned."""
     now = client.server_now()
-    body = {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {
-            "name": pod_name,
-            "namespace": namespace,
-            "labels": {EPHEMERAL_LABEL: "true"},
-            "annotations": {RUN_URL_ANNOTATION: holder.run_url, WORKLOAD_KEY_ANNOTATION: holder.workload_key[:250]},
-            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod_uid}],
-        },
-        "spec": {
-            "holderIdentity": holder.identity,
-            "leaseDurationSeconds": duration,
-            "acquireTime": format_micro_time(now),
-            "renewTime": format_micro_time(now),
-            "leaseTransitions": 1,
-        },
-    }
+    body = new_lease_body(namespace, pod_name, {EPHEMERAL_LABEL: "true"}, pod_name, pod_uid, holder, duration, now)
     try:
         created = client.request("POST", leases_path(namespace), body=body).body
     except KubeConflict:
@@ -292,7 +278,7 @@ def create_run_lease(client: KubeClient, namespace: str, pod_name: str, pod_uid:
         builder=pod_name,
         holder=holder.identity,
         transitions=1,
-        resource_version=created["metadata"]["resourceVersion"],
+        resource_version=parse_lease(created).resource_version,
         duration_seconds=duration,
         acquired_at=now,
     )

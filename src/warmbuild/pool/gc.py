@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ..kube.client import KubeClient, KubeConflict, KubeNotFound, parse_kube_time
-from .ephemeral import EPHEMERAL_LABEL, EPHEMERAL_POOL_LABEL, delete_ephemeral_pod, pods_path
-from .leases import lease_is_free, leases_path, lease_owner_uid
+from ..kube.names import EPHEMERAL_LABEL, EPHEMERAL_POOL_LABEL, leases_path, pods_path
+from ..kube.views import LeaseView, parse_lease
+from .ephemeral import delete_ephemeral_pod
 
 STARTUP_GRACE_SECONDS = 180  # a pod may exist this long before its run Lease must be there
 
@@ -24,10 +25,10 @@ class Collected:
     reason: str
 
 
-def find_garbage(pods: list[dict], ephemeral_pods: list[dict], leases: list[dict], server_now) -> list[Collected]:
+def find_garbage(pods: list[dict], ephemeral_pods: list[dict], leases: list[LeaseView], server_now) -> list[Collected]:
     """What to delete (pure): ephemeral pods first, then Leases whose owner pod is gone."""
     garbage: list[Collected] = []
-    leases_by_name = {l["metadata"]["name"]: l for l in leases}
+    leases_by_name = {lease.name: lease for lease in leases}
     for pod in ephemeral_pods:
         meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
         name = meta["name"]
@@ -39,15 +40,14 @@ def find_garbage(pods: list[dict], ephemeral_pods: list[dict], leases: list[dict
             garbage.append(Collected("pod", name, f"ended ({status.get('phase')}: {status.get('reason') or 'no reason'})"))
         elif deadline and created and created + timedelta(seconds=int(deadline)) < server_now:
             garbage.append(Collected("pod", name, f"past its deadline of {deadline}s"))
-        elif run_lease is not None and lease_is_free(run_lease, server_now):
+        elif run_lease is not None and run_lease.is_free(server_now):
             garbage.append(Collected("pod", name, "its run lease expired: the CI job stopped renewing it"))
         elif run_lease is None and age > STARTUP_GRACE_SECONDS:
             garbage.append(Collected("pod", name, f"no run lease after {age:.0f}s: its CI job is gone"))
     live_uids = {p["metadata"]["uid"] for p in pods}
     for lease in leases:
-        owner = lease_owner_uid(lease)
-        if owner is not None and owner not in live_uids:
-            garbage.append(Collected("lease", lease["metadata"]["name"], "its builder pod no longer exists"))
+        if lease.owner_uid is not None and lease.owner_uid not in live_uids:
+            garbage.append(Collected("lease", lease.name, "its builder pod no longer exists"))
     return garbage
 
 
@@ -55,21 +55,20 @@ def collect_garbage(client: KubeClient, namespace: str, pool: str | None = None,
     pods = client.request("GET", pods_path(namespace)).body.get("items") or []
     selector = f"{EPHEMERAL_LABEL}=true" + (f",{EPHEMERAL_POOL_LABEL}={pool}" if pool else "")
     ephemeral = client.request("GET", pods_path(namespace), query={"labelSelector": selector}).body.get("items") or []
-    leases = client.request("GET", leases_path(namespace)).body.get("items") or []
+    leases = [parse_lease(item) for item in client.request("GET", leases_path(namespace)).body.get("items") or ()]
     garbage = find_garbage(pods, ephemeral, leases, client.server_now())
     if dry_run:
         return garbage
-    by_name = {l["metadata"]["name"]: l for l in leases}
+    by_name = {lease.name: lease for lease in leases}
     for item in garbage:
         if item.kind == "pod":
             delete_ephemeral_pod(client, namespace, item.name)
         else:
-            meta = by_name[item.name]["metadata"]
             try:
                 client.request(
                     "DELETE",
                     leases_path(namespace, item.name),
-                    body={"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": meta["uid"]}},
+                    body={"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": by_name[item.name].uid}},
                 )
             except (KubeNotFound, KubeConflict):
                 pass

@@ -18,24 +18,18 @@ from typing import Callable
 
 from ..errors import WarmbuildError
 from ..kube.client import KubeClient, KubeConflict, KubeNotFound, connect
+from ..kube.names import HISTORY_LABEL, configmaps_path, history_configmap_name
 from ..report import BuildResult
 from .records import HISTORY_REFRESH_SECONDS, MAX_RECORDS, BuildRecord, parse_records, render_records
 
 DATA_KEY = "builds.jsonl"
 
 
-def configmap_name(pool: str) -> str:
-    return f"warmbuild-history-{pool}"
-
-
-def _path(namespace: str, name: str | None = None) -> str:
-    base = f"/api/v1/namespaces/{namespace}/configmaps"
-    return f"{base}/{name}" if name else base
 
 
 def read_history(client: KubeClient, namespace: str, pool: str) -> tuple[BuildRecord, ...]:
     try:
-        body = client.request("GET", _path(namespace, configmap_name(pool))).body
+        body = client.request("GET", configmaps_path(namespace, history_configmap_name(pool))).body
     except KubeNotFound:
         return ()
     return parse_records((body.get("data") or {}).get(DATA_KEY, ""))
@@ -43,28 +37,28 @@ def read_history(client: KubeClient, namespace: str, pool: str) -> tuple[BuildRe
 
 def append_record(client: KubeClient, namespace: str, pool: str, record: BuildRecord, attempts: int = 8) -> bool:
     """Add one record, keeping the newest MAX_RECORDS. True when written."""
-    name = configmap_name(pool)
+    name = history_configmap_name(pool)
     for _ in range(attempts):
         try:
-            body = client.request("GET", _path(namespace, name)).body
+            body = client.request("GET", configmaps_path(namespace, name)).body
         except KubeNotFound:
             body = None
         if body is None:
             created = {
                 "apiVersion": "v1",
                 "kind": "ConfigMap",
-                "metadata": {"name": name, "namespace": namespace, "labels": {"warmbuild.dev/history": pool}},
+                "metadata": {"name": name, "namespace": namespace, "labels": {HISTORY_LABEL: pool}},
                 "data": {DATA_KEY: render_records([record])},
             }
             try:
-                client.request("POST", _path(namespace), body=created)
+                client.request("POST", configmaps_path(namespace), body=created)
                 return True
             except KubeConflict:
                 continue
         records = list(parse_records((body.get("data") or {}).get(DATA_KEY, ""))) + [record]
         body["data"] = {**(body.get("data") or {}), DATA_KEY: render_records(records[-MAX_RECORDS:])}
         try:
-            client.request("PUT", _path(namespace, name), body=body)
+            client.request("PUT", configmaps_path(namespace, name), body=body)
             return True
         except KubeConflict:
             continue  # another build recorded first: read again

@@ -4,9 +4,14 @@ One Lease per slot, named `<builder pod>-slot-<i>` and owned by the builder pod,
 collector removes it with the pod. Every write is a compare-and-swap on resourceVersion: of many
 CI jobs racing for a slot, exactly one update succeeds and the rest get 409 and move on.
 
-A Lease is free when it has no holder, or when its renewTime + leaseDurationSeconds has passed by
-the API server's clock (never the runner's). `leaseTransitions` counts acquisitions; with the
+A Lease is free when it has no holder, or when its last renewal + its duration has passed by the
+API server's clock (never the runner's). Its transition count counts acquisitions; with the
 Lease name it is the fencing token: a holder that finds another holder, or another token, stops.
+
+Leases are read only through `kube.views.parse_lease`; the bodies written (held, renewed, released)
+are built here, and `ephemeral` builds its run Lease with the same helpers. A held Lease names its
+holder's run URL, the workload key's text (capped) and the hash of the whole key: readers compare
+the stored hash, since a hash of capped text would not match a long key's.
 """
 
 from __future__ import annotations
@@ -14,35 +19,49 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
-from typing import Callable
+from datetime import datetime
+from typing import Callable, Mapping, Protocol
 
-from ..kube.client import KubeClient, KubeConflict, KubeNotFound, format_micro_time, parse_kube_time
+from ..kube.client import KubeConflict, KubeNotFound, format_micro_time
+from ..kube.names import (
+    BUILDER_LABEL,
+    POOL_LABEL,
+    RUN_URL_ANNOTATION,
+    WORKLOAD_KEY_ANNOTATION,
+    WORKLOAD_KEY_ANNOTATION_MAX,
+    WORKLOAD_KEY_HASH_ANNOTATION,
+    leases_path,
+    slot_lease_name,
+)
+from ..kube.views import DEFAULT_LEASE_SECONDS, LeaseView, parse_lease
 from ..errors import ClusterError, LeaseLost, WarmbuildError
-from .membership import POOL_LABEL, Builder
+from .membership import Builder
 
-BUILDER_LABEL = "warmbuild.dev/builder"
-RUN_URL_ANNOTATION = "warmbuild.dev/run-url"
-WORKLOAD_KEY_ANNOTATION = "warmbuild.dev/workload-key"
-DEFAULT_LEASE_SECONDS = 15
+HOLDER_ANNOTATIONS = (RUN_URL_ANNOTATION, WORKLOAD_KEY_ANNOTATION, WORKLOAD_KEY_HASH_ANNOTATION)
 
 
-def leases_path(namespace: str, name: str | None = None) -> str:
-    base = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
-    return f"{base}/{name}" if name else base
+class KubeResponseLike(Protocol):
+    body: dict
 
 
-def slot_lease_name(builder_name: str, slot: int) -> str:
-    return f"{builder_name}-slot-{slot}"
+class LeaseApi(Protocol):
+    """All the slot functions need of the API server: KubeClient has this shape, and so does the
+    in-memory fake of the unit tests (tests/unit/conftest.py)."""
+
+    def request(self, method: str, path: str, body: dict | None = None,
+                query: Mapping[str, str] | None = None) -> KubeResponseLike: ...
+
+    def server_now(self) -> datetime: ...
 
 
 @dataclass(frozen=True)
 class HolderInfo:
-    """Who holds a slot, recorded on the Lease for `warmbuild pool status`."""
+    """Who holds a slot, recorded on the Lease for `warmbuild pool status` and placement."""
 
     identity: str  # unique per acquisition
     run_url: str = ""
-    workload_key: str = ""
+    workload_key: str = ""  # stored capped at WORKLOAD_KEY_ANNOTATION_MAX characters
+    workload_key_hash: str = ""  # of the whole key: what readers compare
 
 
 @dataclass(frozen=True)
@@ -63,35 +82,26 @@ class SlotLease:
         return f"{self.name}/{self.transitions}"
 
 
-def lease_expiry(lease: dict) -> datetime | None:
-    spec = lease.get("spec") or {}
-    renewed = parse_kube_time(spec.get("renewTime")) or parse_kube_time(spec.get("acquireTime"))
-    if renewed is None:
-        return None
-    return renewed + timedelta(seconds=int(spec.get("leaseDurationSeconds") or DEFAULT_LEASE_SECONDS))
-
-
-def lease_is_free(lease: dict, server_now: datetime) -> bool:
-    spec = lease.get("spec") or {}
-    if not spec.get("holderIdentity"):
-        return True
-    expiry = lease_expiry(lease)
-    return expiry is None or expiry < server_now
-
-
-def lease_owner_uid(lease: dict) -> str | None:
-    for ref in (lease.get("metadata") or {}).get("ownerReferences") or ():
-        if ref.get("kind") == "Pod":
-            return ref.get("uid")
-    return None
-
-
-def list_pool_leases(client: KubeClient, namespace: str, pool: str) -> dict[str, dict]:
+def list_pool_leases(client: LeaseApi, namespace: str, pool: str) -> dict[str, LeaseView]:
+    """Lease name → view, for every slot Lease of the pool."""
     response = client.request("GET", leases_path(namespace), query={"labelSelector": f"{POOL_LABEL}={pool}"})
-    return {item["metadata"]["name"]: item for item in response.body.get("items") or ()}
+    return {view.name: view for view in map(parse_lease, response.body.get("items") or ())}
 
 
-def _held_spec(previous: dict, holder: HolderInfo, duration: int, now: datetime, transitions: int) -> dict:
+# --------------------------------------------------------------- writing Lease bodies (the only place)
+
+
+def holder_annotations(holder: HolderInfo) -> dict[str, str]:
+    """The annotations a held Lease carries about its holder (removed again on release)."""
+    return {
+        RUN_URL_ANNOTATION: holder.run_url,
+        WORKLOAD_KEY_ANNOTATION: holder.workload_key[:WORKLOAD_KEY_ANNOTATION_MAX],
+        WORKLOAD_KEY_HASH_ANNOTATION: holder.workload_key_hash,
+    }
+
+
+def held_spec(previous: dict, holder: HolderInfo, duration: int, now: datetime, transitions: int) -> dict:
+    """A Lease spec held by `holder` from `now` (server time); `previous` keeps unknown fields."""
     spec = dict(previous)
     spec.update(
         holderIdentity=holder.identity,
@@ -103,30 +113,67 @@ def _held_spec(previous: dict, holder: HolderInfo, duration: int, now: datetime,
     return spec
 
 
-def _annotations(holder: HolderInfo) -> dict[str, str]:
-    return {RUN_URL_ANNOTATION: holder.run_url, WORKLOAD_KEY_ANNOTATION: holder.workload_key}
+def new_lease_body(namespace: str, name: str, labels: dict[str, str], owner_pod: str, owner_uid: str,
+                   holder: HolderInfo, duration: int, now: datetime) -> dict:
+    """A Lease held by `holder`, owned by a Pod (the garbage collector removes it with the pod)."""
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": holder_annotations(holder),
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": owner_pod, "uid": owner_uid}],
+        },
+        "spec": held_spec({}, holder, duration, now, transitions=1),
+    }
+
+
+def _taken_over_body(lease: LeaseView, holder: HolderInfo, duration: int, now: datetime) -> dict:
+    body = lease.body
+    meta = dict(body.get("metadata") or {})
+    meta["annotations"] = {**(meta.get("annotations") or {}), **holder_annotations(holder)}
+    spec = held_spec(body.get("spec") or {}, holder, duration, now, lease.transitions + 1)
+    return dict(body, metadata=meta, spec=spec)
+
+
+def _renewed_body(lease: LeaseView, now: datetime) -> dict:
+    return dict(lease.body, spec=dict(lease.body.get("spec") or {}, renewTime=format_micro_time(now)))
+
+
+def _released_body(lease: LeaseView) -> dict:
+    body = lease.body
+    spec = {k: v for k, v in (body.get("spec") or {}).items() if k not in ("holderIdentity", "acquireTime", "renewTime")}
+    meta = dict(body.get("metadata") or {})
+    meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in HOLDER_ANNOTATIONS}
+    return dict(body, metadata=meta, spec=spec)
+
+
+# ------------------------------------------------------------------------------------ the slot rules
 
 
 def _granted(namespace: str, builder: Builder, body: dict, holder: HolderInfo, duration: int, now: datetime) -> SlotLease:
+    view = parse_lease(body)
     return SlotLease(
         namespace=namespace,
-        name=body["metadata"]["name"],
+        name=view.name,
         builder=builder.name,
         holder=holder.identity,
-        transitions=int(body["spec"].get("leaseTransitions") or 0),
-        resource_version=body["metadata"]["resourceVersion"],
+        transitions=view.transitions,
+        resource_version=view.resource_version,
         duration_seconds=duration,
         acquired_at=now,
     )
 
 
 def try_acquire_slot(
-    client: KubeClient,
+    client: LeaseApi,
     namespace: str,
     pool: str,
     builder: Builder,
     holder: HolderInfo,
-    known: dict[str, dict],
+    known: Mapping[str, LeaseView],
     duration: int = DEFAULT_LEASE_SECONDS,
 ) -> SlotLease | None:
     """Take any free slot of `builder`, or return None. `known` is a recent listing of the pool's Leases."""
@@ -136,21 +183,18 @@ def try_acquire_slot(
         now = client.server_now()
         try:
             if lease is None:
-                body = _new_lease(namespace, pool, builder, name, holder, duration, now)
+                body = new_lease_body(namespace, name, {POOL_LABEL: pool, BUILDER_LABEL: builder.name},
+                                      builder.name, builder.uid, holder, duration, now)
                 created = client.request("POST", leases_path(namespace), body=body).body
                 return _granted(namespace, builder, created, holder, duration, now)
-            if lease_owner_uid(lease) != builder.uid:
+            if lease.owner_uid != builder.uid:
                 # Left from an earlier pod of the same name; the garbage collector will remove it,
                 # but a build must not wait for that.
                 _delete_stale(client, namespace, lease)
                 continue
-            if not lease_is_free(lease, now):
+            if not lease.is_free(now):
                 continue
-            updated = dict(lease)
-            updated["metadata"] = dict(lease["metadata"])
-            updated["metadata"]["annotations"] = {**(lease["metadata"].get("annotations") or {}), **_annotations(holder)}
-            transitions = int((lease.get("spec") or {}).get("leaseTransitions") or 0) + 1
-            updated["spec"] = _held_spec(lease.get("spec") or {}, holder, duration, now, transitions)
+            updated = _taken_over_body(lease, holder, duration, now)
             replaced = client.request("PUT", leases_path(namespace, name), body=updated).body
             return _granted(namespace, builder, replaced, holder, duration, now)
         except (KubeConflict, KubeNotFound):
@@ -158,48 +202,30 @@ def try_acquire_slot(
     return None
 
 
-def _new_lease(namespace: str, pool: str, builder: Builder, name: str, holder: HolderInfo, duration: int, now: datetime) -> dict:
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {POOL_LABEL: pool, BUILDER_LABEL: builder.name},
-            "annotations": _annotations(holder),
-            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": builder.name, "uid": builder.uid}],
-        },
-        "spec": _held_spec({}, holder, duration, now, transitions=1),
-    }
-
-
-def _delete_stale(client: KubeClient, namespace: str, lease: dict) -> None:
-    meta = lease["metadata"]
+def _delete_stale(client: LeaseApi, namespace: str, lease: LeaseView) -> None:
     try:
         client.request(
             "DELETE",
-            leases_path(namespace, meta["name"]),
-            body={"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"]}},
+            leases_path(namespace, lease.name),
+            body={"kind": "DeleteOptions", "apiVersion": "v1",
+                  "preconditions": {"uid": lease.uid, "resourceVersion": lease.resource_version}},
         )
     except (KubeConflict, KubeNotFound):
         pass
 
 
-def renew_slot(client: KubeClient, held: SlotLease) -> SlotLease:
+def renew_slot(client: LeaseApi, held: SlotLease) -> SlotLease:
     """Extend the lease; raise LeaseLost if another holder has it (fencing)."""
     for _ in range(5):
         try:
-            lease = client.request("GET", leases_path(held.namespace, held.name)).body
+            lease = parse_lease(client.request("GET", leases_path(held.namespace, held.name)).body)
         except KubeNotFound:
             raise LeaseLost(f"slot lease {held.name} was deleted (its builder left the pool)") from None
-        spec = lease.get("spec") or {}
-        if spec.get("holderIdentity") != held.holder or int(spec.get("leaseTransitions") or 0) != held.transitions:
-            other = spec.get("holderIdentity") or "nobody"
-            raise LeaseLost(f"slot lease {held.name} is now held by {other}")
-        spec = dict(spec, renewTime=format_micro_time(client.server_now()))
+        if not lease.holder or lease.holder != held.holder or lease.transitions != held.transitions:
+            raise LeaseLost(f"slot lease {held.name} is now held by {lease.holder or 'nobody'}")
         try:
-            updated = client.request("PUT", leases_path(held.namespace, held.name), body=dict(lease, spec=spec)).body
-            return replace(held, resource_version=updated["metadata"]["resourceVersion"])
+            updated = client.request("PUT", leases_path(held.namespace, held.name), body=_renewed_body(lease, client.server_now())).body
+            return replace(held, resource_version=parse_lease(updated).resource_version)
         except KubeConflict:
             continue  # changed between our read and write: read again and re-check the holder
         except KubeNotFound:
@@ -207,22 +233,17 @@ def renew_slot(client: KubeClient, held: SlotLease) -> SlotLease:
     raise ClusterError(f"could not renew slot lease {held.name}: it kept changing under us")
 
 
-def release_slot(client: KubeClient, namespace: str, name: str, holder: str) -> bool:
+def release_slot(client: LeaseApi, namespace: str, name: str, holder: str) -> bool:
     """Give the slot back if `holder` still has it. Idempotent: True only if this call released it."""
     for _ in range(5):
         try:
-            lease = client.request("GET", leases_path(namespace, name)).body
+            lease = parse_lease(client.request("GET", leases_path(namespace, name)).body)
         except KubeNotFound:
             return False
-        spec = dict(lease.get("spec") or {})
-        if spec.get("holderIdentity") != holder:
+        if not lease.holder or lease.holder != holder:
             return False
-        for field in ("holderIdentity", "acquireTime", "renewTime"):
-            spec.pop(field, None)
-        meta = dict(lease["metadata"])
-        meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in (RUN_URL_ANNOTATION, WORKLOAD_KEY_ANNOTATION)}
         try:
-            client.request("PUT", leases_path(namespace, name), body=dict(lease, metadata=meta, spec=spec))
+            client.request("PUT", leases_path(namespace, name), body=_released_body(lease))
             return True
         except KubeConflict:
             continue
@@ -280,5 +301,5 @@ class SlotKeeper:
 class LeaseKeeper(SlotKeeper):
     """A SlotKeeper that renews the Lease directly on the API server."""
 
-    def __init__(self, client: KubeClient, held: SlotLease, on_lost: Callable[[str], None]):
+    def __init__(self, client: LeaseApi, held: SlotLease, on_lost: Callable[[str], None]):
         super().__init__(lambda slot: renew_slot(client, slot), held, on_lost)

@@ -1,16 +1,18 @@
-"""The builders of a pool: pods with the pool label that are Ready, not terminating, not draining."""
+"""The builders of a pool: pods with the pool label that are Ready, not terminating, not draining.
+
+Pods are read through `kube.views.pod_view` (the one parser of a Pod); this module decides which of
+them are builders.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ..kube.client import KubeClient
 
-POOL_LABEL = "warmbuild.dev/pool"
-SLOTS_ANNOTATION = "warmbuild.dev/slots"
-DRAINING_ANNOTATION = "warmbuild.dev/draining"
-PORT_NAME = "buildkitd"
-DEFAULT_SLOTS = 2
-DEFAULT_PORT = 1234
+from ..kube.client import KubeClient
+from ..kube.names import POOL_LABEL, pods_path
+from ..kube.views import DEFAULT_PORT, DEFAULT_SLOTS, PORT_NAME, PodView, pod_view
+
+__all__ = ["Builder", "PodView", "pod_view", "DEFAULT_SLOTS", "DEFAULT_PORT", "PORT_NAME", "builder_from", "list_pool_pods", "discover_builders"]
 
 
 @dataclass(frozen=True)
@@ -19,53 +21,6 @@ class Builder:
     uid: str
     address: str  # tcp://POD_IP:PORT
     slots: int
-
-
-@dataclass(frozen=True)
-class PodView:
-    """What the pool needs to know of one pod, also for pods that cannot take builds."""
-
-    name: str
-    uid: str
-    ip: str | None
-    port: int
-    slots: int
-    ready: bool
-    terminating: bool
-    draining: bool
-
-    @property
-    def usable(self) -> bool:
-        return self.ready and not self.terminating and not self.draining and bool(self.ip)
-
-
-def pod_view(pod: dict) -> PodView:
-    meta = pod.get("metadata", {})
-    annotations = meta.get("annotations") or {}
-    status = pod.get("status", {})
-    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or ()}
-    try:
-        slots = int(annotations.get(SLOTS_ANNOTATION, DEFAULT_SLOTS))
-    except ValueError:
-        slots = DEFAULT_SLOTS
-    return PodView(
-        name=meta.get("name", ""),
-        uid=meta.get("uid", ""),
-        ip=status.get("podIP"),
-        port=_buildkitd_port(pod),
-        slots=max(0, slots),
-        ready=status.get("phase") == "Running" and conditions.get("Ready") == "True",
-        terminating=bool(meta.get("deletionTimestamp")),
-        draining=annotations.get(DRAINING_ANNOTATION, "").lower() == "true",
-    )
-
-
-def _buildkitd_port(pod: dict) -> int:
-    for container in pod.get("spec", {}).get("containers") or ():
-        for port in container.get("ports") or ():
-            if port.get("name") == PORT_NAME:
-                return int(port.get("containerPort", DEFAULT_PORT))
-    return DEFAULT_PORT
 
 
 def builder_from(view: PodView) -> Builder:
@@ -78,7 +33,7 @@ def list_pool_pods(client: KubeClient, namespace: str, pool: str) -> list[PodVie
     # every time; pod readiness a moment old is fine, because slots are taken by compare-and-swap.
     response = client.request(
         "GET",
-        f"/api/v1/namespaces/{namespace}/pods",
+        pods_path(namespace),
         query={"labelSelector": f"{POOL_LABEL}={pool}", "resourceVersion": "0"},
     )
     return sorted((pod_view(p) for p in response.body.get("items") or ()), key=lambda v: v.name)

@@ -17,11 +17,12 @@ from datetime import datetime
 from typing import Callable
 
 from ..errors import NoSlotAvailable
-from ..kube.client import KubeClient, parse_kube_time
+from ..kube.client import KubeClient
+from ..kube.views import LeaseView
 from .history import PoolHistory
-from .leases import DEFAULT_LEASE_SECONDS, WORKLOAD_KEY_ANNOTATION, HolderInfo, SlotLease, lease_is_free, list_pool_leases, try_acquire_slot
+from .leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, list_pool_leases, try_acquire_slot
 from .policy import POLL_SECONDS, RoundInputs, estimate_paths, estimate_slot_wait, placement_round
-from .workload import WorkloadKey, key_hash
+from .workload import WorkloadKey
 from .membership import Builder, discover_builders
 
 
@@ -53,26 +54,22 @@ class Grant:
     requested_at: datetime | None = None  # API-server time placement began (for the history record)
 
 
-def in_flight_by_builder(leases: dict[str, dict], builders: tuple[Builder, ...], server_now) -> dict[str, int]:
+def in_flight_by_builder(leases: dict[str, LeaseView], builders: tuple[Builder, ...], server_now) -> dict[str, int]:
     by_name = {b.name: 0 for b in builders}
     for lease in leases.values():
-        builder = (lease["metadata"].get("labels") or {}).get("warmbuild.dev/builder")
-        if builder in by_name and not lease_is_free(lease, server_now):
-            by_name[builder] += 1
+        if lease.builder in by_name and not lease.is_free(server_now):
+            by_name[lease.builder] += 1
     return by_name
 
 
-def affine_holders(leases: dict[str, dict], builder: str, server_now) -> list[tuple[str, float]]:
-    """(workload key hash, seconds held) for each busy slot of `builder`."""
-    holders = []
-    for lease in leases.values():
-        meta = lease["metadata"]
-        if (meta.get("labels") or {}).get("warmbuild.dev/builder") != builder or lease_is_free(lease, server_now):
-            continue
-        acquired = parse_kube_time((lease.get("spec") or {}).get("acquireTime"))
-        held = (server_now - acquired).total_seconds() if acquired else 0.0
-        holders.append((key_hash((meta.get("annotations") or {}).get(WORKLOAD_KEY_ANNOTATION, "")), max(0.0, held)))
-    return holders
+def affine_holders(leases: dict[str, LeaseView], builder: str, server_now) -> list[tuple[str, float]]:
+    """(workload key hash, seconds held) for each busy slot of `builder`: the hash as its holder
+    stored it (of the whole key; the key's text on the Lease is capped)."""
+    return [
+        (lease.workload_key_hash, max(0.0, lease.held_seconds(server_now) or 0.0))
+        for lease in leases.values()
+        if lease.builder == builder and not lease.is_free(server_now)
+    ]
 
 
 def acquire_build_slot(
@@ -149,5 +146,5 @@ def _place(client: KubeClient, request: PlacementRequest, log: Callable[[str], N
         sleep(min(POLL_SECONDS * (0.5 + random.random()), max(0.0, request.max_wait_seconds - waited) + 0.01))
 
 
-def _take(client: KubeClient, request: PlacementRequest, builder: Builder, leases: dict[str, dict]) -> SlotLease | None:
+def _take(client: KubeClient, request: PlacementRequest, builder: Builder, leases: dict[str, LeaseView]) -> SlotLease | None:
     return try_acquire_slot(client, request.namespace, request.pool, builder, request.holder, leases, request.lease_seconds)

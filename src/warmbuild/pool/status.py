@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from ..kube.client import KubeClient, parse_kube_time
-from .leases import RUN_URL_ANNOTATION, WORKLOAD_KEY_ANNOTATION, lease_is_free, list_pool_leases, slot_lease_name
+from ..kube.client import KubeClient
+from ..kube.names import slot_lease_name
+from .leases import list_pool_leases
 from .membership import list_pool_pods
 
 
@@ -16,7 +17,7 @@ class SlotStatus:
     holder: str | None
     run_url: str | None
     workload_key: str | None
-    held_seconds: float | None  # since acquireTime, by server time
+    held_seconds: float | None  # since it was acquired, by server time
     renewed_seconds_ago: float | None
 
 
@@ -42,8 +43,7 @@ class PoolStatus:
     builders: tuple[BuilderStatus, ...]
 
 
-def _seconds_since(value: str | None, now: datetime) -> float | None:
-    moment = parse_kube_time(value)
+def _seconds_since(moment: datetime | None, now: datetime) -> float | None:
     return round((now - moment).total_seconds(), 1) if moment else None
 
 
@@ -57,17 +57,15 @@ def read_pool_status(client: KubeClient, namespace: str, pool: str) -> PoolStatu
         for index in range(pod.slots):
             name = slot_lease_name(pod.name, index)
             lease = leases.get(name)
-            held = lease is not None and not lease_is_free(lease, now)
-            spec = (lease or {}).get("spec") or {}
-            annotations = ((lease or {}).get("metadata") or {}).get("annotations") or {}
+            held = lease is not None and not lease.is_free(now)
             slots.append(
                 SlotStatus(
                     lease=name,
-                    holder=spec.get("holderIdentity") if held else None,
-                    run_url=(annotations.get(RUN_URL_ANNOTATION) or None) if held else None,
-                    workload_key=(annotations.get(WORKLOAD_KEY_ANNOTATION) or None) if held else None,
-                    held_seconds=_seconds_since(spec.get("acquireTime"), now) if held else None,
-                    renewed_seconds_ago=_seconds_since(spec.get("renewTime"), now) if held else None,
+                    holder=(lease.holder or None) if held else None,
+                    run_url=(lease.run_url or None) if held else None,
+                    workload_key=(lease.workload_key or None) if held else None,
+                    held_seconds=_seconds_since(lease.acquired_at, now) if held else None,
+                    renewed_seconds_ago=_seconds_since(lease.renewed_at, now) if held else None,
                 )
             )
         builders.append(

@@ -7,7 +7,7 @@ its three forms, so no caller truncates or hashes on its own:
 - `hash`, a SHA-256 prefix of the whole value: what the pool's history and the slot Lease record,
   so a long key written by one build is matched by the next, and repository names stay out of the
   history;
-- `annotation`, the value cut to `ANNOTATION_MAX` characters: what `pool status` shows people.
+- `annotation`, the value cut to `names.WORKLOAD_KEY_ANNOTATION_MAX` characters: what `pool status` shows people.
 
 The default key is repository + Dockerfile path. Targets of one Dockerfile share most of their
 layers (a `--target deps` build computes the stages the full build starts from), so they share a
@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-ANNOTATION_MAX = 250  # characters of the key kept on a Lease for people to read
+from ..kube.names import WORKLOAD_KEY_ANNOTATION_MAX
 
 
 def key_hash(value: str) -> str:
@@ -40,7 +40,7 @@ class WorkloadKey:
 
     @property
     def annotation(self) -> str:
-        return self.value[:ANNOTATION_MAX]
+        return self.value[:WORKLOAD_KEY_ANNOTATION_MAX]
 
 
 def explicit_key(value: str) -> WorkloadKey:

@@ -28,9 +28,9 @@ from typing import Callable
 import yaml
 
 from ..kube.client import KubeClient
+from ..kube.names import TOKEN_REVIEWS_PATH
 from ..errors import InputError, WarmbuildError
 
-TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 CACHE_SECONDS = 30.0
 CACHE_ENTRIES = 1024
 
@@ -162,7 +162,7 @@ class TokenReviewer:
         if self.audiences:
             spec["audiences"] = list(self.audiences)
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
-        caller = caller_from_review(self.client.request("POST", TOKEN_REVIEW_PATH, body=body).body)
+        caller = caller_from_review(self.client.request("POST", TOKEN_REVIEWS_PATH, body=body).body)
         with self._lock:
             self._cache[key] = (now + self.cache_seconds, caller)
             self._cache.move_to_end(key)

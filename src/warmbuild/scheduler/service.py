@@ -20,8 +20,9 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..kube.client import KubeClient
+from ..kube.names import leases_path
 from ..errors import LeaseLost, NoSlotAvailable
-from ..pool.leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, leases_path, release_slot, renew_slot
+from ..pool.leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, release_slot, renew_slot
 from ..pool.placement import Grant, PlacementRequest, acquire_build_slot
 from ..pool.status import PoolStatus, read_pool_status
 from ..pool.workload import WorkloadKey
@@ -119,6 +120,7 @@ class SlotService:
             identity=holder_identity(caller.username, ask.holder_hint, uuid.uuid4().hex[:10]),
             run_url=ask.run_url,
             workload_key=key.annotation,
+            workload_key_hash=key.hash,
         )
         request = PlacementRequest(self.namespace, ask.pool, key, holder, remaining, ask.lease_seconds,
                                    fallback=ask.fallback)

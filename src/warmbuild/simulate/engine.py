@@ -58,7 +58,7 @@ class Build:
         self.path = "none"
         self.builder: BuilderState | None = None
         self.startup = 0.0
-        self.held_since = 0.0  # when it got its slot: the lease's acquireTime
+        self.held_since = 0.0  # when it got its slot: when its lease was acquired
         self.started = 0.0
         self.token = 0  # bumped to cancel this build's pending events
         self.affine: str | None = None  # policy scratch: the builder it waits for

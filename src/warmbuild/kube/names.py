@@ -1,0 +1,66 @@
+"""Every name warmbuild writes into the cluster, its length limit, and every API path it calls.
+
+Decision: one module, pure (no IO, no warmbuild imports), so a label or annotation is spelled once
+and a path once; the rest of the package imports them from here. Helm templates and the testbed
+spell the same names in YAML and shell: keep them in step with this file.
+"""
+
+from __future__ import annotations
+
+# ------------------------------------------------------------------------------ labels (≤ 63 chars)
+
+POOL_LABEL = "warmbuild.dev/pool"  # builder pods and their slot Leases: the pool's name
+BUILDER_LABEL = "warmbuild.dev/builder"  # slot Leases: the builder pod's name
+EPHEMERAL_LABEL = "warmbuild.dev/ephemeral"  # ephemeral builder pods and their run Leases: "true"
+EPHEMERAL_POOL_LABEL = "warmbuild.dev/ephemeral-for"  # not the pool label: it must never count as a warm builder
+RUN_LABEL = "warmbuild.dev/run"  # ephemeral builder pods: a hash of the CI run
+HISTORY_LABEL = "warmbuild.dev/history"  # the history ConfigMap: the pool's name
+
+# --------------------------------------------------------------------------------------- annotations
+
+SLOTS_ANNOTATION = "warmbuild.dev/slots"  # builder pods: how many builds at once
+DRAINING_ANNOTATION = "warmbuild.dev/draining"  # builder pods: "true" while `warmbuild drain` runs
+RUN_URL_ANNOTATION = "warmbuild.dev/run-url"  # slot/run Leases, ephemeral pods: the CI run's URL
+WORKLOAD_KEY_ANNOTATION = "warmbuild.dev/workload-key"  # slot/run Leases, ephemeral pods: the key's text, capped
+WORKLOAD_KEY_HASH_ANNOTATION = "warmbuild.dev/workload-key-hash"  # slot/run Leases: the hash of the whole key
+
+# ---------------------------------------------------------------------------------------------- limits
+
+LABEL_VALUE_MAX = 63  # Kubernetes: a label value is at most 63 characters
+ANNOTATIONS_TOTAL_MAX = 256 * 1024  # Kubernetes: all annotation keys and values of an object together
+# warmbuild's own cap on the workload-key text: readable in `pool status`, small on every Lease.
+# The text is cut, never the hash: readers compare the stored WORKLOAD_KEY_HASH_ANNOTATION.
+WORKLOAD_KEY_ANNOTATION_MAX = 250
+
+
+def history_configmap_name(pool: str) -> str:
+    return f"warmbuild-history-{pool}"
+
+
+def slot_lease_name(builder_name: str, slot: int) -> str:
+    return f"{builder_name}-slot-{slot}"
+
+
+# ------------------------------------------------------------------------------------------ API paths
+
+TOKEN_REVIEWS_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+
+
+def _collection(base: str, name: str | None) -> str:
+    return f"{base}/{name}" if name else base
+
+
+def pods_path(namespace: str, name: str | None = None) -> str:
+    return _collection(f"/api/v1/namespaces/{namespace}/pods", name)
+
+
+def events_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/events"
+
+
+def configmaps_path(namespace: str, name: str | None = None) -> str:
+    return _collection(f"/api/v1/namespaces/{namespace}/configmaps", name)
+
+
+def leases_path(namespace: str, name: str | None = None) -> str:
+    return _collection(f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", name)
