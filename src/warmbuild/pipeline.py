@@ -198,8 +198,9 @@ def _place_and_build(
             grant = broker.acquire(placement_request, log=lambda line: print(f"warmbuild: {line}", file=log, flush=True))
         queue_seconds = time.monotonic() - started
         options = cache_options(grant.path, cache_ref, cache_export, request.push, placement_request.untrusted,
-                                request.compression_options())
-        request = replace(request, cache_from=request.cache_from + options.imports, cache_to=request.cache_to + options.exports)
+                                request.compression)
+        request = replace(request, cache_imports=request.cache_imports + options.imports,
+                          cache_exports=request.cache_exports + options.exports)
         record = reporting(_history_recorder(client, placement_request, started_wall=client.server_now()) if client else (lambda _result: None))
         if grant.path == "ephemeral":
             return _run_on_ephemeral_builder(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from warmbuild.buildkit.command import build_argv, connection_args, image_output
-from warmbuild.config import BuilderEndpoint, BuildRequest, SecretSpec, TlsFiles
+from warmbuild.config import BuilderEndpoint, BuildRequest, CacheSpec, Compression, SecretSpec, TlsFiles
 
 BUILDCTL = "/usr/local/bin/buildctl"
 BUILDER = BuilderEndpoint(address="tcp://127.0.0.1:1234")
@@ -100,8 +100,8 @@ def test_no_cache_and_caches():
         BUILDER,
         request(
             no_cache=True,
-            cache_from=("type=registry,ref=r/cache:a", "type=local,src=/c"),
-            cache_to=("type=registry,ref=r/cache:a,mode=max",),
+            cache_imports=(CacheSpec.registry_import("r/cache:a"), CacheSpec("local", (("src", "/c"),))),
+            cache_exports=(CacheSpec("registry", (("ref", "r/cache:a"), ("mode", "max"))),),
         ),
         METADATA,
     )
@@ -199,6 +199,7 @@ def test_gzip_by_default_leaves_the_output_as_buildkit_defaults_it():
     ("uncompressed", None, {"compression": "uncompressed"}),
 ])
 def test_compression_goes_into_the_image_output(compression, level, expected):
-    fields = csv_fields(image_output(request(tags=("a:1", "a:2"), push=True, compression=compression, compression_level=level)))
+    fields = csv_fields(image_output(request(tags=("a:1", "a:2"), push=True, compression=Compression(compression, level))))
     assert {k: v for k, v in fields.items() if k.startswith("compression")} == expected
     assert fields["name"] == "a:1,a:2"
+

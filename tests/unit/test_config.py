@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from warmbuild.config import (
+    Compression,
     SecretSpec,
     TlsFiles,
     build_request,
@@ -378,7 +379,12 @@ def test_messages_stay_on_one_line_when_the_input_has_a_line_break(ctx, call):
 @pytest.mark.parametrize("compression, level", [("gzip", None), ("gzip", 9), ("zstd", 0), ("zstd", 22), ("uncompressed", None)])
 def test_compressions_and_their_levels(ctx, compression, level):
     request = req(ctx, compression=compression, compression_level=level)
-    assert (request.compression, request.compression_level) == (compression, level)
+    assert request.compression == Compression(compression, level)
+
+
+def test_gzip_at_its_default_level_is_buildkits_default(ctx):
+    assert req(ctx).compression == Compression() and Compression().is_buildkit_default
+    assert not Compression("gzip", 6).is_buildkit_default and not Compression("zstd").is_buildkit_default
 
 
 @pytest.mark.parametrize("compression, level, fragment", [
@@ -389,3 +395,4 @@ def test_compressions_and_their_levels(ctx, compression, level):
 ])
 def test_a_compression_buildkit_would_refuse_is_one_line(ctx, compression, level, fragment):
     assert fragment in input_error(req, ctx, compression=compression, compression_level=level).message
+
