@@ -201,7 +201,8 @@ def parse_cache_spec(text: str, flag: str) -> CacheSpec:
             attributes.append((key, value))
     if not kind:
         keys = ",".join(k + "=…" for k, _ in attributes)
-        raise InputError(f"invalid {flag} '{keys}': name the cache backend with type=TYPE, e.g. {flag} type=local,src=DIR")
+        example = "type=local,src=DIR" if flag == "--cache-from" else "type=local,dest=DIR"
+        raise InputError(f"invalid {flag} '{keys}': name the cache backend with type=TYPE, e.g. {flag} {example}")
     return CacheSpec(type=kind, attributes=tuple(attributes))
 
 
