@@ -4,22 +4,23 @@ Warm builders keep their cache on local disk; the registry cache is what an ephe
 a warm builder that is not the workload's affine one (spill), starts from. Warm builds refresh it
 per `--cache-export`: `auto` exports when the build pushes — the layers are then already in the
 same repository, so the export costs a manifest and little else (measured in docs/architecture.md).
-Untrusted builds import only: they never write a cache others read.
+Untrusted builds import only: they never write a cache others read. The options are `CacheSpec`s;
+`buildkit/command.py` writes them in buildctl's syntax.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import IMAGE_REFERENCE
+from .config import IMAGE_REFERENCE, CacheSpec, Compression
 
 CACHE_EXPORT_POLICIES = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
 class CacheOptions:
-    imports: tuple[str, ...]
-    exports: tuple[str, ...]
+    imports: tuple[CacheSpec, ...]
+    exports: tuple[CacheSpec, ...]
 
 
 def default_cache_ref(tags: tuple[str, ...]) -> str | None:
@@ -35,14 +36,14 @@ def default_cache_ref(tags: tuple[str, ...]) -> str | None:
 
 
 def cache_options(path: str, cache_ref: str | None, export_policy: str, push: bool, untrusted: bool,
-                  compression_options: str = "") -> CacheOptions:
-    """`compression_options` is the image's (BuildRequest.compression_options): the cache's layers
-    are then the blobs the image push already made, not a second compression of each."""
+                  compression: Compression = Compression()) -> CacheOptions:
+    """`compression` is the image's (BuildRequest.compression): the cache's layers are then the
+    blobs the image push already made, not a second compression of each."""
     if cache_ref is None:
         return CacheOptions((), ())
-    registry_import = (f"type=registry,ref={cache_ref}",)
-    # ignore-error: a cache that could not be written is a warning, never a failed build.
-    registry_export = (f"type=registry,ref={cache_ref},mode=max,ignore-error=true{compression_options}",)
+    registry_import = (CacheSpec.registry_import(cache_ref),)
+    # The export ignores errors: a cache that could not be written is a warning, never a failed build.
+    registry_export = (CacheSpec.registry_export(cache_ref, compression),)
     if untrusted:
         return CacheOptions(registry_import, ())
     if path in ("ephemeral", "spill"):

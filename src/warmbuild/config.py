@@ -1,6 +1,9 @@
 """Build inputs: parsing and validation. No network access here.
 
-Every problem is an `InputError` with one line that says what is wrong and how to fix it.
+Every problem is an `InputError` with one line that says what is wrong and how to fix it. A
+`BuildRequest` holds structured values (compression, cache imports and exports, secrets), never
+buildctl syntax: user-given BuildKit CSV is parsed here, once, and only `buildkit/command.py` writes
+buildctl's syntax back.
 """
 
 from __future__ import annotations
@@ -37,10 +40,43 @@ class SecretSpec:
     src: Path | None = None
     env: str | None = None
 
-    def buildctl_value(self) -> str:
-        """buildctl parses --secret as CSV: quote each field so a comma in a path survives."""
-        fields = [f"id={self.id}", f"env={self.env}" if self.env is not None else f"src={self.src}"]
-        return ",".join(_csv_field(f) for f in fields)
+
+@dataclass(frozen=True)
+class Compression:
+    """Layer compression of the pushed image and of the registry cache warmbuild writes."""
+
+    algorithm: str = "gzip"
+    level: int | None = None  # None: BuildKit's default level for the algorithm
+
+    @property
+    def is_buildkit_default(self) -> bool:
+        """gzip at its default level: BuildKit's default, so nothing needs saying."""
+        return self.algorithm == "gzip" and self.level is None
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """One cache import or export: a BuildKit cache backend (`type`) and its attributes.
+
+    A user's `--cache-from`/`--cache-to` keeps its attributes as given, in order (`attributes`), so
+    it reaches buildctl as written. The cache warmbuild itself reads and writes is said with the
+    named fields below; `buildkit/command.py` renders both.
+    """
+
+    type: str
+    attributes: tuple[tuple[str, str], ...] = ()
+    ref: str | None = None  # a registry cache's image reference
+    max_mode: bool = False  # export the cache of every stage, not only the final image's layers
+    ignore_error: bool = False  # an export that fails is a warning, never a failed build
+    compression: Compression = Compression()  # an export's layers: as the image's
+
+    @classmethod
+    def registry_import(cls, ref: str) -> CacheSpec:
+        return cls(type="registry", ref=ref)
+
+    @classmethod
+    def registry_export(cls, ref: str, compression: Compression) -> CacheSpec:
+        return cls(type="registry", ref=ref, max_mode=True, ignore_error=True, compression=compression)
 
 
 @dataclass(frozen=True)
@@ -75,19 +111,11 @@ class BuildRequest:
     platforms: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     push: bool = False
-    cache_from: tuple[str, ...] = ()
-    cache_to: tuple[str, ...] = ()
+    cache_imports: tuple[CacheSpec, ...] = ()
+    cache_exports: tuple[CacheSpec, ...] = ()
     no_cache: bool = False
     result_file: Path = field(default=Path("build-result.json"))
-    compression: str = "gzip"
-    compression_level: int | None = None
-
-    def compression_options(self) -> str:
-        """`,compression=…` for an image output or a cache export; empty for BuildKit's default, gzip."""
-        if self.compression == "gzip" and self.compression_level is None:
-            return ""
-        level = "" if self.compression_level is None else f",compression-level={self.compression_level}"
-        return f",compression={self.compression}{level}"
+    compression: Compression = Compression()
 
 
 @dataclass(frozen=True)
@@ -124,12 +152,6 @@ def check_pool_flags(flags: PoolFlags) -> PoolFlags:
     if flags.tls is not None:
         parse_builder("tcp://tls-check:1234", flags.tls)  # the same file checks as for --builder
     return flags
-
-
-def _csv_field(value: str) -> str:
-    if any(c in value for c in ',"\n'):
-        return '"' + value.replace('"', '""') + '"'
-    return value
 
 
 def validate_image_reference(tag: str) -> str:
@@ -187,6 +209,72 @@ def parse_secret(text: str, environ: dict[str, str]) -> SecretSpec:
     if not path.is_file():
         raise InputError(f"--secret id={secret_id}: file {path} does not exist")
     return SecretSpec(id=secret_id, src=path.resolve())
+
+
+CACHE_ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def parse_cache_spec(text: str, flag: str) -> CacheSpec:
+    """A `--cache-from`/`--cache-to` value in BuildKit's CSV syntax (`type=TYPE,KEY=VALUE,…`), or a
+    bare image reference for the registry cache, as buildx, build-push-action and buildctl accept.
+
+    Values are never echoed back in an error: a cache attribute may be a credential (s3, gha).
+    """
+    text = text.strip()
+    if text and "=" not in text:
+        if not IMAGE_REFERENCE.match(text) or len(text) > 255:
+            raise InputError(f"invalid {flag}: write BuildKit's type=TYPE,KEY=VALUE,… or an image reference for the registry cache, e.g. {flag} 127.0.0.1:5000/team/app:buildcache")
+        return CacheSpec.registry_import(text)
+    kind = None
+    attributes = []
+    for number, item in enumerate(_csv_record(text, flag)):
+        key, sep, value = item.partition("=")
+        if not sep or not CACHE_ATTRIBUTE_KEY.match(key):
+            raise InputError(f"invalid {flag}: field {number + 1} is not KEY=VALUE with a KEY of letters, digits, '.', '_', '-'")
+        if key.lower() == "type":
+            kind = value
+        else:
+            attributes.append((key, value))
+    if not kind:
+        keys = ",".join(k + "=…" for k, _ in attributes)
+        example = "type=local,src=DIR" if flag == "--cache-from" else "type=local,dest=DIR"
+        raise InputError(f"invalid {flag} '{keys}': name the cache backend with type=TYPE, e.g. {flag} {example}")
+    return CacheSpec(type=kind, attributes=tuple(attributes))
+
+
+def _csv_record(text: str, flag: str) -> list[str]:
+    """One CSV record as buildctl reads it (Go's encoding/csv): a field that starts with `"` is
+    quoted, `""` inside it is one quote; a quote anywhere else is an error, as a line break is."""
+    fields: list[str] = []
+    i = 0
+    while True:
+        if text.startswith('"', i):
+            value, i = [], i + 1
+            while True:
+                end = text.find('"', i)
+                if end < 0:
+                    raise InputError(f"invalid {flag}: field {len(fields) + 1} opens a quote it never closes")
+                value.append(text[i:end])
+                if text.startswith('"', end + 1):
+                    value.append('"')
+                    i = end + 2
+                    continue
+                i = end + 1
+                break
+            if i < len(text) and text[i] != ",":
+                raise InputError(f"invalid {flag}: field {len(fields) + 1} has text after its closing quote; quote the whole field, e.g. \"src=/a,b\"")
+            fields.append("".join(value))
+        else:
+            end = text.find(",", i)
+            end = len(text) if end < 0 else end
+            value = text[i:end]
+            if '"' in value or "\n" in value or "\r" in value:
+                raise InputError(f"invalid {flag}: field {len(fields) + 1} has a quote or line break inside; quote the whole field, e.g. \"src=/a,b\"")
+            fields.append(value)
+            i = end
+        if i >= len(text):
+            return fields
+        i += 1  # the comma
 
 
 def _redact_secret_text(text: str) -> str:
@@ -267,12 +355,11 @@ def build_request(
         platforms=platform_list,
         labels=tuple(parse_label(label) for label in labels),
         push=push,
-        cache_from=tuple(cache_from),
-        cache_to=tuple(cache_to),
+        cache_imports=tuple(parse_cache_spec(c, "--cache-from") for c in cache_from),
+        cache_exports=tuple(parse_cache_spec(c, "--cache-to") for c in cache_to),
         no_cache=no_cache,
         result_file=Path(result_file),
-        compression=compression,
-        compression_level=compression_level,
+        compression=Compression(compression, compression_level),
     )
 
 

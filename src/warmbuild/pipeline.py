@@ -244,8 +244,9 @@ def _place_and_build(request: BuildRequest, options: PoolBuild, broker: SlotBrok
             grant = broker.acquire(placement, log=say)
         queue_seconds = time.monotonic() - started
         cache = cache_options(grant.path, options.cache_ref, options.cache_export, request.push, placement.untrusted,
-                              request.compression_options())
-        request = replace(request, cache_from=request.cache_from + cache.imports, cache_to=request.cache_to + cache.exports)
+                              request.compression)
+        request = replace(request, cache_imports=request.cache_imports + cache.imports,
+                          cache_exports=request.cache_exports + cache.exports)
         startup_seconds = 0.0
         if grant.path == "ephemeral":
             with log_section(log, os.environ, "warmbuild_startup", "Startup: ephemeral builder"):

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from warmbuild.cache import cache_options, default_cache_ref
+from warmbuild.config import CacheSpec, Compression
 from warmbuild.pool.ephemeral import (
     EPHEMERAL_POOL_LABEL,
     EphemeralSettings,
@@ -40,13 +41,18 @@ def test_cache_options(path, policy, push, untrusted, imports, exports):
     options = cache_options(path, "r/app:buildcache", policy, push, untrusted)
     assert len(options.imports) == imports and len(options.exports) == exports
     for export in options.exports:
-        assert "mode=max" in export and "ignore-error=true" in export
+        assert export.ref == "r/app:buildcache" and export.max_mode and export.ignore_error
+    assert all(i == CacheSpec.registry_import("r/app:buildcache") for i in options.imports)
 
 
 def test_the_cache_warmbuild_writes_is_compressed_as_the_image_is():
-    (export,) = cache_options("warm", "r/app:buildcache", "auto", True, False, ",compression=zstd,compression-level=3").exports
-    assert export.endswith(",compression=zstd,compression-level=3") and "mode=max" in export
-    assert cache_options("ephemeral", "r/app:buildcache", "auto", True, False, ",compression=zstd").imports == ("type=registry,ref=r/app:buildcache",)
+    (export,) = cache_options("warm", "r/app:buildcache", "auto", True, False, Compression("zstd", 3)).exports
+    assert export == CacheSpec.registry_export("r/app:buildcache", Compression("zstd", 3))
+    assert export.compression == Compression("zstd", 3) and export.max_mode
+    (default,) = cache_options("warm", "r/app:buildcache", "auto", True, False).exports
+    assert default.compression == Compression()
+    imports = cache_options("ephemeral", "r/app:buildcache", "auto", True, False, Compression("zstd")).imports
+    assert imports == (CacheSpec("registry", ref="r/app:buildcache"),)  # an import carries no compression
 
 
 def test_no_cache_ref_means_no_registry_cache():

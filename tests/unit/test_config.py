@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from warmbuild.config import (
+    CacheSpec,
+    Compression,
     SecretSpec,
     TlsFiles,
     build_request,
@@ -378,7 +380,12 @@ def test_messages_stay_on_one_line_when_the_input_has_a_line_break(ctx, call):
 @pytest.mark.parametrize("compression, level", [("gzip", None), ("gzip", 9), ("zstd", 0), ("zstd", 22), ("uncompressed", None)])
 def test_compressions_and_their_levels(ctx, compression, level):
     request = req(ctx, compression=compression, compression_level=level)
-    assert (request.compression, request.compression_level) == (compression, level)
+    assert request.compression == Compression(compression, level)
+
+
+def test_gzip_at_its_default_level_is_buildkits_default(ctx):
+    assert req(ctx).compression == Compression() and Compression().is_buildkit_default
+    assert not Compression("gzip", 6).is_buildkit_default and not Compression("zstd").is_buildkit_default
 
 
 @pytest.mark.parametrize("compression, level, fragment", [
@@ -389,3 +396,68 @@ def test_compressions_and_their_levels(ctx, compression, level):
 ])
 def test_a_compression_buildkit_would_refuse_is_one_line(ctx, compression, level, fragment):
     assert fragment in input_error(req, ctx, compression=compression, compression_level=level).message
+
+
+# --- cache imports and exports ---------------------------------------------------------------------
+
+def test_no_caches_by_default(ctx):
+    request = req(ctx)
+    assert request.cache_imports == () and request.cache_exports == ()
+
+
+def test_cache_flags_are_parsed_into_specs_in_order(ctx):
+    request = req(
+        ctx,
+        cache_from=["type=registry,ref=r/app:cache", 'type=local,"src=/a,b"'],
+        cache_to=["type=registry,ref=r/app:cache,mode=max", "type=s3,region=eu,bucket=b"],
+    )
+    assert request.cache_imports == (
+        CacheSpec("registry", (("ref", "r/app:cache"),)),
+        CacheSpec("local", (("src", "/a,b"),)),
+    )
+    assert request.cache_exports == (
+        CacheSpec("registry", (("ref", "r/app:cache"), ("mode", "max"))),
+        CacheSpec("s3", (("region", "eu"), ("bucket", "b"))),
+    )
+
+
+@pytest.mark.parametrize("flag", ["cache_from", "cache_to"])
+def test_a_bare_reference_is_the_registry_cache(ctx, flag):
+    request = req(ctx, **{flag: ["127.0.0.1:5000/team/app:buildcache"]})
+    (spec,) = request.cache_imports if flag == "cache_from" else request.cache_exports
+    assert spec == CacheSpec.registry_import("127.0.0.1:5000/team/app:buildcache")
+    assert spec.ref == "127.0.0.1:5000/team/app:buildcache" and not spec.max_mode
+
+
+def test_quoted_fields_as_buildctl_reads_them(ctx):
+    (spec,) = req(ctx, cache_from=['type=local,"src=/a ""b"", c"', '"type=registry"']).cache_imports[:1]
+    assert spec.attributes == (("src", '/a "b", c'),)
+    assert req(ctx, cache_from=['"type=registry"']).cache_imports == (CacheSpec("registry"),)
+
+
+def test_a_type_key_in_any_case_names_the_backend(ctx):
+    assert req(ctx, cache_to=["TYPE=inline"]).cache_exports == (CacheSpec("inline"),)
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("ref=r/app:cache,mode=max", "invalid --cache-to 'ref=…,mode=…': name the cache backend with type=TYPE"),
+    ("type=,ref=r/app:cache", "name the cache backend"),
+    ("type=registry,=x", "field 2 is not KEY=VALUE"),
+    ("type=registry,ref", "field 2 is not KEY=VALUE"),
+    ("type=registry,ref=x,", "field 3 is not KEY=VALUE"),
+    ("type=registry, ref=x", "field 2 is not KEY=VALUE"),
+    ("", "field 1 is not KEY=VALUE"),
+    ('type=local,"src=/a', "field 2 opens a quote it never closes"),
+    ('type=local,"src=/a"b', "field 2 has text after its closing quote"),
+    ('type=local,src="/a,b"', "field 2 has a quote or line break inside"),
+    ("type=local,src=/a\nb", "field 2 has a quote or line break inside"),
+    ("Not A Ref", "invalid --cache-to: write BuildKit's type=TYPE,KEY=VALUE"),
+])
+def test_a_malformed_cache_spec_is_one_line(ctx, value, fragment):
+    assert fragment in input_error(req, ctx, cache_to=[value]).message
+
+
+def test_a_cache_error_never_echoes_a_value(ctx):
+    message = input_error(req, ctx, cache_to=["secret_access_key=hunter2,bucket=b"]).message
+    assert "hunter2" not in message and "secret_access_key=…" in message
+    assert "hunter2" not in input_error(req, ctx, cache_to=['type=s3,"secret_access_key=hunter2']).message

@@ -140,7 +140,7 @@ def test_inputs_map_to_the_cli_argv_like_build_push_action():
         "--platform=linux/amd64", "--platform=linux/arm64",
         "--build-arg=A=1", "--build-arg=LIST=x,y",
         "--label=team=ml",
-        "--cache-from=type=registry,ref=r/app:cache", "--cache-from=type=registry,ref=r/app:main",
+        "--cache-from=r/app:cache", "--cache-from=type=registry,ref=r/app:main",  # build_request reads a bare ref
         "--cache-to=type=registry,ref=r/app:cache,mode=max",
         "--push",
         "--max-wait=30",

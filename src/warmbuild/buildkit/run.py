@@ -229,7 +229,7 @@ def _restore_handlers(previous) -> None:
 
 
 def _ignored_export_errors(steps: tuple[StepResult, ...], failure) -> tuple[str, ...]:
-    """A cache export with ignore-error=true fails without failing the build: say so."""
+    """A cache export that may fail (CacheSpec.ignore_error) fails without failing the build: say so."""
     if failure is not None:
         return ()
     return tuple(

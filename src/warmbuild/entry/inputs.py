@@ -84,11 +84,6 @@ def _pair(name: str, number: int, item: str, what: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def cache_value(item: str) -> str:
-    """build-push-action accepts a bare reference for the registry cache; buildctl wants the CSV."""
-    return item if "=" in item else f"type=registry,ref={item}"
-
-
 def build_invocation(inputs: Mapping[str, str]) -> BuildInvocation:
     """Map input values (missing or empty = not given) to `warmbuild build` arguments."""
     get = lambda name: (inputs.get(name) or "").strip()  # noqa: E731
@@ -101,7 +96,7 @@ def build_invocation(inputs: Mapping[str, str]) -> BuildInvocation:
             argv.append(f"{flag}={item}")
     for name, flag in CACHE_FLAGS.items():
         for item in split_list(get(name), commas=False):
-            argv.append(f"{flag}={cache_value(item)}")
+            argv.append(f"{flag}={item}")  # a bare reference means the registry cache there too
     for name, flag in BOOLEAN_FLAGS.items():
         if parse_boolean(name, get(name)):
             argv.append(flag)
