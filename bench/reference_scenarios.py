@@ -366,7 +366,7 @@ def remove_state(path: Path) -> None:
                 os.rmdir(mountpoint)  # the empty temporary mount point buildkitd made for it
             except OSError:
                 pass
-    for attempt in range(3):
+    for _attempt in range(3):
         try:
             shutil.rmtree(path)
             return
@@ -613,7 +613,7 @@ class Bench:
         result_file = self.s.workdir / f"{label}.result.json"
         argv = self.warmbuild_argv(ctx, tag, cache_ref, result_file, no_cache, uv=uv, ephemeral=ephemeral, zstd=zstd)
         expected = "ephemeral" if ephemeral else "warm"
-        for attempt in range(3):
+        for _attempt in range(3):
             if ephemeral:
                 with self.pool.holding("ephemeral", all_slots=True):
                     seconds, log = self.processes.run(argv, label, env=self.warmbuild_env())

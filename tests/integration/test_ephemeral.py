@@ -169,7 +169,7 @@ def test_an_unschedulable_builder_fails_within_the_timeout_naming_the_reason(ci,
     elapsed = time.monotonic() - started
     assert done.returncode == 9, done.stderr
     assert elapsed < 20
-    error = [l for l in done.stderr.splitlines() if l.startswith("warmbuild: error:")]
+    error = [line for line in done.stderr.splitlines() if line.startswith("warmbuild: error:")]
     assert len(error) == 1
     assert "was not ready after 6s" in error[0] and "FailedScheduling" in error[0] and "node" in error[0]
     assert not ephemeral_pods(ci)

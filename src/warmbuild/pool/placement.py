@@ -109,7 +109,7 @@ def _place(client: KubeClient, request: PlacementRequest, log: Callable[[str], N
         now = client.server_now()
         in_flight = in_flight_by_builder(leases, builders, now)
 
-        def affine_wait(name: str) -> float:
+        def affine_wait(name: str, leases=leases, now=now, records=records) -> float:  # this round's view
             return estimate_slot_wait(affine_holders(leases, name, now), records)
 
         round_ = placement_round(request.key.value, capacities, in_flight, inputs, affine_wait)
