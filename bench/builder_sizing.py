@@ -110,14 +110,27 @@ def run_builds(contexts: list[Path], registry: str, no_cache: bool, push: bool, 
     processes = []
     for index, context in enumerate(contexts):
         result = workdir / f"result-{uuid.uuid4().hex[:6]}-{index}.json"
-        argv = [sys.executable, "-m", "warmbuild.cli", "build", str(context), "--builder", f"tcp://{ADDRESS}:{PORT}",
-                "--build-arg", f"REGISTRY={registry}", "--result-file", str(result)]
+        argv = [
+            sys.executable,
+            "-m",
+            "warmbuild.cli",
+            "build",
+            str(context),
+            "--builder",
+            f"tcp://{ADDRESS}:{PORT}",
+            "--build-arg",
+            f"REGISTRY={registry}",
+            "--result-file",
+            str(result),
+        ]
         if no_cache:
             argv.append("--no-cache")
         if push:  # export: layers compressed and sent, as every CI build that ships an image does
             argv += ["--tag", f"{registry}/warmbuild-bench/sizing-{index}:{uuid.uuid4().hex[:8]}", "--push"]
         log = open(workdir / f"{result.stem}.log", "w")
-        processes.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL), result, log))
+        processes.append(
+            (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL), result, log)
+        )
     results = []
     for process, result, log in processes:
         code = process.wait()
@@ -128,8 +141,9 @@ def run_builds(contexts: list[Path], registry: str, no_cache: bool, push: bool, 
     return results
 
 
-def measure(cgroup: Cgroup, label: str, contexts: list[Path], registry: str, no_cache: bool, push: bool,
-            workdir: Path) -> dict:
+def measure(
+    cgroup: Cgroup, label: str, contexts: list[Path], registry: str, no_cache: bool, push: bool, workdir: Path
+) -> dict:
     cgroup.reset_peak()
     cpu_before = cgroup.cpu_seconds()
     started = time.monotonic()
@@ -154,7 +168,9 @@ def main() -> int:
     parser.add_argument("--context", type=Path, default=REPO / "examples" / "ml-app")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--registry", default=os.environ.get("WARMBUILD_REGISTRY", "127.0.0.1:5000"))
-    parser.add_argument("--push", action="store_true", help="tag and push every build to --registry (export costs included)")
+    parser.add_argument(
+        "--push", action="store_true", help="tag and push every build to --registry (export costs included)"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root: cgroups")
@@ -172,9 +188,22 @@ def main() -> int:
     daemon = None
     try:
         daemon = subprocess.Popen(
-            [str(buildkit / "buildkitd"), "--config", str(config), "--addr", f"tcp://{ADDRESS}:{PORT}",
-             "--root", str(workdir / "root"), "--otel-socket-path", str(workdir / "otel.sock"), "--oci-worker-net", "host"],
-            stdout=open(workdir / "buildkitd.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(buildkit / "buildkitd"),
+                "--config",
+                str(config),
+                "--addr",
+                f"tcp://{ADDRESS}:{PORT}",
+                "--root",
+                str(workdir / "root"),
+                "--otel-socket-path",
+                str(workdir / "otel.sock"),
+                "--oci-worker-net",
+                "host",
+            ],
+            stdout=open(workdir / "buildkitd.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         cgroup.add(daemon.pid)
         wait_listening(60)
@@ -182,7 +211,9 @@ def main() -> int:
         rows = []
         for n in args.concurrency:
             run_id = uuid.uuid4().hex[:8]
-            cold = [copy_context(args.context, workdir / f"cold-{run_id}-{i}", f"cold {run_id} {i}", True) for i in range(n)]
+            cold = [
+                copy_context(args.context, workdir / f"cold-{run_id}-{i}", f"cold {run_id} {i}", True) for i in range(n)
+            ]
             suffix = " push" if args.push else ""
             rows.append(measure(cgroup, f"cold x{n}{suffix}", cold, args.registry, True, args.push, workdir))
             for i, context in enumerate(cold):

@@ -27,8 +27,8 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from warmbuild.pool.affinity import preference_order
 from warmbuild.kube.client import connect
+from warmbuild.pool.affinity import preference_order
 from warmbuild.pool.leases import HolderInfo, list_pool_leases, release_slot, try_acquire_slot
 from warmbuild.pool.membership import discover_builders
 
@@ -50,9 +50,26 @@ def run_once(app: Path, key: str, ephemeral: bool, workdir: Path) -> dict:
     (app / "app.py").write_text(f'print("bench {uuid.uuid4().hex}")\n')
     result_file = workdir / "result.json"
     registry = os.environ["WARMBUILD_REGISTRY"]
-    argv = [sys.executable, "-m", "warmbuild.cli", "build", str(app), "--pool", POOL, "--cache-key", key,
-            "--build-arg", f"REGISTRY={registry}", "--tag", f"{registry}/bench/first-step:{'eph' if ephemeral else 'warm'}",
-            "--push", "--result-file", str(result_file), "--state-file", str(workdir / "state.json")]
+    argv = [
+        sys.executable,
+        "-m",
+        "warmbuild.cli",
+        "build",
+        str(app),
+        "--pool",
+        POOL,
+        "--cache-key",
+        key,
+        "--build-arg",
+        f"REGISTRY={registry}",
+        "--tag",
+        f"{registry}/bench/first-step:{'eph' if ephemeral else 'warm'}",
+        "--push",
+        "--result-file",
+        str(result_file),
+        "--state-file",
+        str(workdir / "state.json"),
+    ]
     if ephemeral:
         argv += ["--fallback", "ephemeral"]
     env = {**os.environ, "KUBECONFIG": os.environ["WARMBUILD_CI_KUBECONFIG"], "WARMBUILD_BUILDER": ""}
@@ -63,17 +80,29 @@ def run_once(app: Path, key: str, ephemeral: bool, workdir: Path) -> dict:
     result = json.loads(result_file.read_text())
     expected = "ephemeral" if ephemeral else "warm"
     if result["placement"]["path"] != expected:
-        raise SystemExit(f"expected a {expected} build, got {result['placement']['path']}: {result['placement']['reason']}")
-    return {"first_step": first_step_seconds(result, launched), "total": time.time() - launched,
-            "startup": result["timings"]["startup_seconds"]}
+        raise SystemExit(
+            f"expected a {expected} build, got {result['placement']['path']}: {result['placement']['reason']}"
+        )
+    return {
+        "first_step": first_step_seconds(result, launched),
+        "total": time.time() - launched,
+        "startup": result["timings"]["startup_seconds"],
+    }
 
 
 def hold_slots_of(client, builder_name: str) -> list:
     builder = next(b for b in discover_builders(client, NAMESPACE, POOL) if b.name == builder_name)
     grants = []
     for _ in range(builder.slots):
-        grant = try_acquire_slot(client, NAMESPACE, POOL, builder, HolderInfo(identity=f"bench-{uuid.uuid4().hex[:6]}"),
-                                 list_pool_leases(client, NAMESPACE, POOL), duration=60)
+        grant = try_acquire_slot(
+            client,
+            NAMESPACE,
+            POOL,
+            builder,
+            HolderInfo(identity=f"bench-{uuid.uuid4().hex[:6]}"),
+            list_pool_leases(client, NAMESPACE, POOL),
+            duration=60,
+        )
         if grant is None:
             raise SystemExit(f"{builder_name} has a busy slot: run the bench on an idle pool")
         grants.append(grant)
@@ -108,11 +137,15 @@ def main() -> None:
     print("| path | runs | first build step s, median (min–max) | builder startup s | whole build s |")
     print("|---|---:|---:|---:|---:|")
     for path, runs in rows.items():
-        print(f"| {path} | {len(runs)} | {summary([r['first_step'] for r in runs])} | "
-              f"{summary([r['startup'] for r in runs])} | {summary([r['total'] for r in runs])} |")
+        print(
+            f"| {path} | {len(runs)} | {summary([r['first_step'] for r in runs])} | "
+            f"{summary([r['startup'] for r in runs])} | {summary([r['total'] for r in runs])} |"
+        )
     warm = statistics.median(r["first_step"] for r in rows["warm"])
     eph = statistics.median(r["first_step"] for r in rows["ephemeral"])
-    whole = statistics.median(r["total"] for r in rows["ephemeral"]) / statistics.median(r["total"] for r in rows["warm"])
+    whole = statistics.median(r["total"] for r in rows["ephemeral"]) / statistics.median(
+        r["total"] for r in rows["warm"]
+    )
     print(f"time to first build step, ephemeral/warm: {eph / warm:.1f}x; whole code-change build: {whole:.1f}x")
 
 

@@ -16,9 +16,9 @@ import threading
 import time
 import uuid
 
-from warmbuild.pool.broker import DirectLeases
-from warmbuild.kube.client import connect
 from warmbuild.errors import NoSlotAvailable
+from warmbuild.kube.client import connect
+from warmbuild.pool.broker import DirectLeases
 from warmbuild.pool.leases import HolderInfo
 from warmbuild.pool.placement import PlacementRequest
 from warmbuild.pool.workload import explicit_key
@@ -87,7 +87,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=20, help="successful acquire+release pairs per client")
-    parser.add_argument("--kubeconfig", default=os.environ.get("WARMBUILD_CI_KUBECONFIG") or os.environ.get("KUBECONFIG"))
+    parser.add_argument(
+        "--kubeconfig", default=os.environ.get("WARMBUILD_CI_KUBECONFIG") or os.environ.get("KUBECONFIG")
+    )
     parser.add_argument("--namespace", default=os.environ.get("WARMBUILD_NAMESPACE", "warmbuild"))
     parser.add_argument("--pool", default=os.environ.get("WARMBUILD_POOL", "default"))
     parser.add_argument("--max-seconds", type=float, default=300, help="stop each run after this long")
@@ -96,13 +98,19 @@ def main() -> None:
     def direct():
         return DirectLeases(connect(args.kubeconfig))
 
-    rows = [run("direct Leases", direct, 1, args.rounds, args.namespace, args.pool, args.max_seconds),
-            run("direct Leases", direct, args.clients, args.rounds, args.namespace, args.pool, args.max_seconds)]
-    print("| clients | pairs | acquire p50 ms | acquire p99 ms | acquire+release p50 ms | acquire+release p99 ms | all-busy attempts | pairs/s |")
+    rows = [
+        run("direct Leases", direct, 1, args.rounds, args.namespace, args.pool, args.max_seconds),
+        run("direct Leases", direct, args.clients, args.rounds, args.namespace, args.pool, args.max_seconds),
+    ]
+    print(
+        "| clients | pairs | acquire p50 ms | acquire p99 ms | acquire+release p50 ms | acquire+release p99 ms | all-busy attempts | pairs/s |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['clients']} | {r['pairs']} | {r['acquire_p50']:.1f} | {r['acquire_p99']:.1f} | {r['pair_p50']:.1f} | "
-              f"{r['pair_p99']:.1f} | {r['busy_share']:.0%} | {r['pairs_per_second']:.1f} |")
+        print(
+            f"| {r['clients']} | {r['pairs']} | {r['acquire_p50']:.1f} | {r['acquire_p99']:.1f} | {r['pair_p50']:.1f} | "
+            f"{r['pair_p99']:.1f} | {r['busy_share']:.0%} | {r['pairs_per_second']:.1f} |"
+        )
     single, many = rows
     print(f"p99 acquire+release, {args.clients} clients vs 1: {many['pair_p99'] / single['pair_p99']:.1f}x")
 

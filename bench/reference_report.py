@@ -26,11 +26,23 @@ STRATEGY_TITLES = {
     "warm-uv": "warmbuild warm --uv",
     "warm-uv-zstd": "warmbuild warm --uv --compression zstd",
 }
-SHORT_TITLES = {"standard": "standard CI", "warm": "warm", "ephemeral": "ephemeral", "raw": "raw buildctl", "warm-uv": "warm --uv",
-                "warm-uv-zstd": "warm --uv zstd"}
+SHORT_TITLES = {
+    "standard": "standard CI",
+    "warm": "warm",
+    "ephemeral": "ephemeral",
+    "raw": "raw buildctl",
+    "warm-uv": "warm --uv",
+    "warm-uv-zstd": "warm --uv zstd",
+}
 STRATEGY_ORDER = ("standard", "ephemeral", "warm", "raw", "warm-uv", "warm-uv-zstd")
-COLORS = {"standard": "#9e9e9e", "ephemeral": "#f4a261", "warm": "#2a9d8f", "raw": "#264653", "warm-uv": "#8ab17d",
-          "warm-uv-zstd": "#e9c46a"}
+COLORS = {
+    "standard": "#9e9e9e",
+    "ephemeral": "#f4a261",
+    "warm": "#2a9d8f",
+    "raw": "#264653",
+    "warm-uv": "#8ab17d",
+    "warm-uv-zstd": "#e9c46a",
+}
 
 TARGET_CODE_SPEEDUP = 15.0
 TARGET_DEPS_SPEEDUP = 3.0
@@ -38,9 +50,29 @@ TARGET_OVERHEAD_SECONDS = 0.5
 TARGET_OVERHEAD_PERCENT = 5.0
 UV_REFERENCE_CLAIM = "~40 % less build time"
 
-CSV_FIELDS = ["run_id", "mode", "commit", "scenario", "strategy", "rep", "seconds", "startup_seconds", "queue_seconds",
-              "push_seconds", "install_cached", "install_seconds", "cached_steps", "total_steps", "reported_seconds", "path", "builder",
-              "tag", "digest", "started_at", "note"]
+CSV_FIELDS = [
+    "run_id",
+    "mode",
+    "commit",
+    "scenario",
+    "strategy",
+    "rep",
+    "seconds",
+    "startup_seconds",
+    "queue_seconds",
+    "push_seconds",
+    "install_cached",
+    "install_seconds",
+    "cached_steps",
+    "total_steps",
+    "reported_seconds",
+    "path",
+    "builder",
+    "tag",
+    "digest",
+    "started_at",
+    "note",
+]
 
 
 @dataclass(frozen=True)
@@ -102,9 +134,13 @@ def overhead(stats, scenario: str) -> tuple[float, float] | None:
 def overhead_outside_install(rows: list[dict], scenario: str) -> float | None:
     """Median warm − median raw of the time outside the install step: the same overhead without the
     install's download-speed noise, which on a full install is larger than the overhead itself."""
+
     def outside(strategy: str) -> list[float]:
-        return [float(r["seconds"]) - float(r["install_seconds"] or 0) for r in rows
-                if r["scenario"] == scenario and r["strategy"] == strategy]
+        return [
+            float(r["seconds"]) - float(r["install_seconds"] or 0)
+            for r in rows
+            if r["scenario"] == scenario and r["strategy"] == strategy
+        ]
 
     warm, raw = outside("warm"), outside("raw")
     return statistics.median(warm) - statistics.median(raw) if warm and raw else None
@@ -117,7 +153,13 @@ def scenarios_of(rows: list[dict]) -> list[str]:
 
 def markdown_table(stats, scenarios: list[str], repeat: int) -> str:
     unit = "s, median (min–max)" if repeat > 1 else "s"
-    head = ["scenario", *(f"{SHORT_TITLES[s]} {unit}" for s in STRATEGY_ORDER), "standard/warm", "ephemeral/warm", "warm − raw"]
+    head = [
+        "scenario",
+        *(f"{SHORT_TITLES[s]} {unit}" for s in STRATEGY_ORDER),
+        "standard/warm",
+        "ephemeral/warm",
+        "warm − raw",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for scenario in scenarios:
         cells = [SCENARIO_TITLES[scenario]]
@@ -145,8 +187,10 @@ def target_lines(stats, scenarios: list[str], rows: list[dict]) -> list[str]:
         value = ratio(stats, scenario, "standard", "warm")
         if value is None:
             continue
-        lines.append(f"{verdict(value >= target)} {SCENARIO_TITLES[scenario]}: standard CI / warm = {value:.1f}x "
-                     f"(target ≥ {target:g}x)")
+        lines.append(
+            f"{verdict(value >= target)} {SCENARIO_TITLES[scenario]}: standard CI / warm = {value:.1f}x "
+            f"(target ≥ {target:g}x)"
+        )
     for scenario in scenarios:
         over = overhead(stats, scenario)
         if over is None:
@@ -155,13 +199,17 @@ def target_lines(stats, scenarios: list[str], rows: list[dict]) -> list[str]:
         ok = seconds <= TARGET_OVERHEAD_SECONDS and percent <= TARGET_OVERHEAD_PERCENT
         raw = stats[(scenario, "raw")]
         spread = f"; raw buildctl spread {raw.high - raw.low:.1f} s over {raw.runs} runs" if raw.runs > 1 else ""
-        lines.append(f"{verdict(ok)} warmbuild overhead over raw buildctl, {SCENARIO_TITLES[scenario]}: "
-                     f"{seconds:+.2f} s, {percent:+.1f} % (target ≤ {TARGET_OVERHEAD_SECONDS:g} s and ≤ {TARGET_OVERHEAD_PERCENT:g} %{spread})")
+        lines.append(
+            f"{verdict(ok)} warmbuild overhead over raw buildctl, {SCENARIO_TITLES[scenario]}: "
+            f"{seconds:+.2f} s, {percent:+.1f} % (target ≤ {TARGET_OVERHEAD_SECONDS:g} s and ≤ {TARGET_OVERHEAD_PERCENT:g} %{spread})"
+        )
     for scenario in scenarios:
         outside = overhead_outside_install(rows, scenario) if scenario != "code" else None
         if outside is not None:
-            lines.append(f"info: the same overhead outside the install step, {SCENARIO_TITLES[scenario]}: {outside:+.2f} s "
-                         "(the install's download time varies more than the overhead)")
+            lines.append(
+                f"info: the same overhead outside the install step, {SCENARIO_TITLES[scenario]}: {outside:+.2f} s "
+                "(the install's download time varies more than the overhead)"
+            )
     return lines
 
 
@@ -172,19 +220,25 @@ def uv_lines(stats, scenarios: list[str]) -> list[str]:
         if scenario not in scenarios or pip is None or uv is None:
             continue
         change = 100 * (uv.median - pip.median) / pip.median
-        lines.append(f"pip vs uv, {SCENARIO_TITLES[scenario]} (warm builder): pip {pip.median:.1f} s, --uv {uv.median:.1f} s "
-                     f"({change:+.0f} %; reference claim: {UV_REFERENCE_CLAIM})")
+        lines.append(
+            f"pip vs uv, {SCENARIO_TITLES[scenario]} (warm builder): pip {pip.median:.1f} s, --uv {uv.median:.1f} s "
+            f"({change:+.0f} %; reference claim: {UV_REFERENCE_CLAIM})"
+        )
     for scenario in ("cold", "deps"):
         gzip, zstd = stats.get((scenario, "warm-uv")), stats.get((scenario, "warm-uv-zstd"))
         if scenario in scenarios and gzip is not None and zstd is not None:
             change = 100 * (zstd.median - gzip.median) / gzip.median
-            lines.append(f"gzip vs zstd, {SCENARIO_TITLES[scenario]} (warm --uv): gzip {gzip.median:.1f} s, "
-                         f"--compression zstd {zstd.median:.1f} s ({change:+.0f} %)")
+            lines.append(
+                f"gzip vs zstd, {SCENARIO_TITLES[scenario]} (warm --uv): gzip {gzip.median:.1f} s, "
+                f"--compression zstd {zstd.median:.1f} s ({change:+.0f} %)"
+            )
     for strategy in ("warm-uv", "warm-uv-zstd"):
         value = ratio(stats, "deps", "standard", strategy)
         if "deps" in scenarios and value is not None:
-            lines.append(f"info: dependency change, standard CI (pip, gzip) / {SHORT_TITLES[strategy]} = {value:.1f}x "
-                         f"(not the target's like-for-like comparison: the Dockerfiles differ)")
+            lines.append(
+                f"info: dependency change, standard CI (pip, gzip) / {SHORT_TITLES[strategy]} = {value:.1f}x "
+                f"(not the target's like-for-like comparison: the Dockerfiles differ)"
+            )
     return lines
 
 
@@ -215,17 +269,32 @@ def write_chart(rows: list[dict], stats, meta: RunInfo) -> Path:
         medians = [stats[(scenario, s)].median for s in present]
         low = [stats[(scenario, s)].median - stats[(scenario, s)].low for s in present]
         high = [stats[(scenario, s)].high - stats[(scenario, s)].median for s in present]
-        bars = ax.bar(range(len(present)), medians, color=[COLORS[s] for s in present],
-                      yerr=[low, high] if meta.repeat > 1 else None, capsize=4)
+        bars = ax.bar(
+            range(len(present)),
+            medians,
+            color=[COLORS[s] for s in present],
+            yerr=[low, high] if meta.repeat > 1 else None,
+            capsize=4,
+        )
         for bar, value in zip(bars, medians):
-            ax.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+            ax.annotate(
+                f"{value:.1f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
         ax.set_xticks(range(len(present)), [SHORT_TITLES[s] for s in present], rotation=30, ha="right", fontsize=8)
         ax.set_title(SCENARIO_TITLES[scenario])
         ax.set_ylabel("seconds (incl. push)")
         ax.margins(y=0.15)
-    fig.suptitle(f"bench/run {meta.mode}: {meta.repeat} repetition{'s' if meta.repeat > 1 else ''}, "
-                 f"commit {meta.commit}" + (" — medians, min–max bars" if meta.repeat > 1 else ""), fontsize=10)
+    fig.suptitle(
+        f"bench/run {meta.mode}: {meta.repeat} repetition{'s' if meta.repeat > 1 else ''}, "
+        f"commit {meta.commit}" + (" — medians, min–max bars" if meta.repeat > 1 else ""),
+        fontsize=10,
+    )
     fig.tight_layout()
     path = RESULTS / f"{meta.stem}.png"
     fig.savefig(path, dpi=110)
@@ -292,7 +361,9 @@ def publish(rows: list[dict], meta: RunInfo, write_docs: bool = True) -> int:
     if write_docs:
         written.append(update_docs(docs_section(meta, table, targets, uv, csv_path, png_path), meta.mode))
     minutes, seconds = divmod(round(meta.wall_seconds), 60)
-    print(f"\nbench/run {meta.mode}: commit {meta.commit}, {meta.repeat} repetition(s), wall time {minutes} min {seconds} s\n")
+    print(
+        f"\nbench/run {meta.mode}: commit {meta.commit}, {meta.repeat} repetition(s), wall time {minutes} min {seconds} s\n"
+    )
     print(table)
     print("\ntargets (not timed tests; medians):")
     for line in targets:
@@ -304,5 +375,9 @@ def publish(rows: list[dict], meta: RunInfo, write_docs: bool = True) -> int:
         print(f"note: {row['scenario']}/{row['strategy']} repetition {row['rep']}: {row['note']}")
     print("wrote " + ", ".join(str(p.relative_to(ROOT)) for p in written))
     speedup = ratio(stats, "code", "standard", "warm")
-    print(f"code-change speedup standard/warm: {speedup:.1f}x" if speedup is not None else "code-change speedup standard/warm: not measured")
+    print(
+        f"code-change speedup standard/warm: {speedup:.1f}x"
+        if speedup is not None
+        else "code-change speedup standard/warm: not measured"
+    )
     return 0

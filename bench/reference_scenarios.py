@@ -42,11 +42,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_report  # noqa: E402  (bench/ is not a package)
@@ -108,7 +108,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     env = os.environ
     missing = [n for n in ("WARMBUILD_REGISTRY", "WARMBUILD_CI_KUBECONFIG") if not env.get(n)]
     if missing and not args.dry_run:
-        raise BenchError(f"{', '.join(missing)} not set: run `eval \"$(testbed/up)\"` first (bench/run does it for you)")
+        raise BenchError(f'{", ".join(missing)} not set: run `eval "$(testbed/up)"` first (bench/run does it for you)')
     unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
     if unknown:
         raise BenchError(f"unknown scenario(s) {', '.join(sorted(unknown))}: choose from {', '.join(SCENARIOS)}")
@@ -146,7 +146,7 @@ class Context:
     base_code: str
 
     @classmethod
-    def create(cls, where: Path, mode: str) -> "Context":
+    def create(cls, where: Path, mode: str) -> Context:
         shutil.copytree(REFERENCE, where, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         if mode == "quick":
             (where / "requirements.txt").write_text((REFERENCE / "requirements-quick.txt").read_text())
@@ -185,7 +185,9 @@ class Outcome:
     install_seconds: float | None = None
     cached_steps: int | None = None
     total_steps: int | None = None
-    reported_seconds: float | None = None  # warmbuild's own total (result file): the wall time less process start-up and wrap-up
+    reported_seconds: float | None = (
+        None  # warmbuild's own total (result file): the wall time less process start-up and wrap-up
+    )
 
 
 class Processes:
@@ -201,7 +203,9 @@ class Processes:
         self.counter += 1
         return self.log_dir / f"{self.counter:03d}-{label}.log"
 
-    def run(self, argv: list[str], label: str, env: dict[str, str] | None = None, timeout: float = BUILD_TIMEOUT) -> tuple[float, Path]:
+    def run(
+        self, argv: list[str], label: str, env: dict[str, str] | None = None, timeout: float = BUILD_TIMEOUT
+    ) -> tuple[float, Path]:
         log = self.log_path(label)
         if self.dry_run:
             prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
@@ -211,8 +215,14 @@ class Processes:
         full_env.update(env or {})
         with open(log, "w") as out:
             started = time.monotonic()
-            self.current = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                            env=full_env, start_new_session=True)
+            self.current = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                start_new_session=True,
+            )
             try:
                 code = self.current.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -283,39 +293,53 @@ class Daemons:
         if self.settings.dry_run:
             ip = BENCH_IPS[0] if name == "priming" else BENCH_IPS[1]
             state = self.settings.workdir / f"bk{self.counter:03d}"
-            print(f"$ {RUN_BUILDKITD.relative_to(ROOT)} {ip} {state}   # new session; wait until `buildctl --addr tcp://{ip}:1234 debug workers` answers")
+            print(
+                f"$ {RUN_BUILDKITD.relative_to(ROOT)} {ip} {state}   # new session; wait until `buildctl --addr tcp://{ip}:1234 debug workers` answers"
+            )
             return Daemon(name, ip, state, None, 0.0, 0.0)
         ip = self._free_ip()
         self.taken.add(ip)
         state = self.settings.workdir / f"bk{self.counter:03d}"
         log = open(self.processes.log_path(f"buildkitd-{name}"), "w")
         started = time.monotonic()
-        process = subprocess.Popen([str(RUN_BUILDKITD), ip, str(state)], stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [str(RUN_BUILDKITD), ip, str(state)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         daemon = Daemon(name, ip, state, process, started, 0.0)
         self.running[process.pid] = daemon
         deadline = started + 120
         while not tcp_accepts(ip, BUILDKITD_PORT):
             if process.poll() is not None:
-                raise BenchError(f"buildkitd {name} on {ip} exited at start (code {process.returncode}); see {log.name} in {self.processes.log_dir}")
+                raise BenchError(
+                    f"buildkitd {name} on {ip} exited at start (code {process.returncode}); see {log.name} in {self.processes.log_dir}"
+                )
             if time.monotonic() > deadline:
                 raise BenchError(f"buildkitd {name} on {ip} did not listen within 120 s")
             time.sleep(0.05)
         while True:
-            check = subprocess.run([self.settings.buildctl, "--addr", daemon.address, "debug", "workers"],
-                                   capture_output=True, timeout=30)
+            check = subprocess.run(
+                [self.settings.buildctl, "--addr", daemon.address, "debug", "workers"], capture_output=True, timeout=30
+            )
             if check.returncode == 0:
                 break
             if time.monotonic() > deadline:
-                raise BenchError(f"buildkitd {name} on {ip} did not answer within 120 s: {check.stderr.decode()[-300:]}")
+                raise BenchError(
+                    f"buildkitd {name} on {ip} did not answer within 120 s: {check.stderr.decode()[-300:]}"
+                )
             time.sleep(0.05)
         daemon.ready = time.monotonic()
         return daemon
 
     def stop(self, daemon: Daemon) -> None:
         if self.settings.dry_run:
-            print(f"# stop buildkitd {daemon.name} by PID (TERM, KILL after 10 s), unmount leftovers, rm -rf {daemon.state}")
+            print(
+                f"# stop buildkitd {daemon.name} by PID (TERM, KILL after 10 s), unmount leftovers, rm -rf {daemon.state}"
+            )
             return
         process = daemon.process
         try:
@@ -390,9 +414,9 @@ class Pool:
         self.keepers: list = []  # (keeper, grant) pairs currently held
 
     def connect(self) -> None:
-        from warmbuild.pool.affinity import preference_order
-        from warmbuild.kube.client import connect
         from warmbuild.errors import WarmbuildError
+        from warmbuild.kube.client import connect
+        from warmbuild.pool.affinity import preference_order
         from warmbuild.pool.membership import discover_builders
 
         try:
@@ -424,8 +448,11 @@ class Pool:
 
         leases = list_pool_leases(self.client, self.settings.namespace, self.settings.pool)
         now = self.client.server_now()
-        return sum(1 for i in range(self.affine.slots)
-                   if (lease := leases.get(slot_lease_name(self.affine.name, i))) is None or lease.is_free(now))
+        return sum(
+            1
+            for i in range(self.affine.slots)
+            if (lease := leases.get(slot_lease_name(self.affine.name, i))) is None or lease.is_free(now)
+        )
 
     def wait_until_free(self, timeout: float = 900) -> None:
         """Untimed: a warm build should find its affine slot free (other jobs may share the testbed)."""
@@ -435,7 +462,11 @@ class Pool:
         announced = False
         while self._free_slots() == 0:
             if not announced:
-                print(f"bench: {self.affine.name} is busy with other jobs; waiting for a free slot", file=sys.stderr, flush=True)
+                print(
+                    f"bench: {self.affine.name} is busy with other jobs; waiting for a free slot",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 announced = True
             if time.monotonic() > deadline:
                 raise BenchError(f"no slot of {self.affine.name} became free within {timeout:.0f}s")
@@ -445,11 +476,20 @@ class Pool:
         from warmbuild.pool.leases import HolderInfo, LeaseKeeper, list_pool_leases, try_acquire_slot
 
         holder = HolderInfo(identity=f"bench-{what}-{uuid.uuid4().hex[:6]}", workload_key=f"bench-{what}")
-        grant = try_acquire_slot(self.client, self.settings.namespace, self.settings.pool, self.affine, holder,
-                                 list_pool_leases(self.client, self.settings.namespace, self.settings.pool), duration=30)
+        grant = try_acquire_slot(
+            self.client,
+            self.settings.namespace,
+            self.settings.pool,
+            self.affine,
+            holder,
+            list_pool_leases(self.client, self.settings.namespace, self.settings.pool),
+            duration=30,
+        )
         if grant is None:
             return None
-        keeper = LeaseKeeper(self.client, grant, on_lost=lambda reason: print(f"bench: lost {reason}", file=sys.stderr)).start()
+        keeper = LeaseKeeper(
+            self.client, grant, on_lost=lambda reason: print(f"bench: lost {reason}", file=sys.stderr)
+        ).start()
         self.keepers.append((keeper, grant))
         return grant
 
@@ -458,7 +498,9 @@ class Pool:
         """Hold one slot of the affine builder (raw buildctl builds there as a pool job would) or every
         free one (so the next warmbuild build finds it busy and goes ephemeral). Renewed; released after."""
         if self.settings.dry_run:
-            print(f"# hold {'every free slot' if all_slots else 'one slot'} of {self.affine_name} (Lease, renewed every 10 s)")
+            print(
+                f"# hold {'every free slot' if all_slots else 'one slot'} of {self.affine_name} (Lease, renewed every 10 s)"
+            )
             try:
                 yield
             finally:
@@ -496,8 +538,9 @@ class Pool:
     def existing_pods(self, names: set[str]) -> list[str]:
         from warmbuild.kube.names import EPHEMERAL_LABEL, pods_path
 
-        body = self.client.request("GET", pods_path(self.settings.namespace),
-                                   query={"labelSelector": f"{EPHEMERAL_LABEL}=true"}).body
+        body = self.client.request(
+            "GET", pods_path(self.settings.namespace), query={"labelSelector": f"{EPHEMERAL_LABEL}=true"}
+        ).body
         return [p["metadata"]["name"] for p in body["items"] if p["metadata"]["name"] in names]
 
 
@@ -550,11 +593,34 @@ class Bench:
 
     # -- command lines
 
-    def buildctl_argv(self, address: str, ctx: Context, tag: str, metadata: Path, no_cache: bool,
-                      imports: tuple[str, ...], exports: tuple[str, ...]) -> list[str]:
-        argv = [self.s.buildctl, "--addr", address, "build", "--progress=rawjson", "--frontend=dockerfile.v0",
-                "--local", f"context={ctx.path}", "--local", f"dockerfile={ctx.path}", "--opt", "filename=Dockerfile",
-                "--metadata-file", str(metadata), "--opt", f"build-arg:REGISTRY={self.s.registry}"]
+    def buildctl_argv(
+        self,
+        address: str,
+        ctx: Context,
+        tag: str,
+        metadata: Path,
+        no_cache: bool,
+        imports: tuple[str, ...],
+        exports: tuple[str, ...],
+    ) -> list[str]:
+        argv = [
+            self.s.buildctl,
+            "--addr",
+            address,
+            "build",
+            "--progress=rawjson",
+            "--frontend=dockerfile.v0",
+            "--local",
+            f"context={ctx.path}",
+            "--local",
+            f"dockerfile={ctx.path}",
+            "--opt",
+            "filename=Dockerfile",
+            "--metadata-file",
+            str(metadata),
+            "--opt",
+            f"build-arg:REGISTRY={self.s.registry}",
+        ]
         if no_cache:
             argv.append("--no-cache")
         for ref in imports:
@@ -563,11 +629,39 @@ class Bench:
             argv += ["--export-cache", ref]
         return argv + ["--output", f'type=image,"name={tag}",push=true']
 
-    def warmbuild_argv(self, ctx: Context, tag: str, cache_ref: str, result: Path, no_cache: bool,
-                       uv: bool = False, ephemeral: bool = False, zstd: bool = False) -> list[str]:
-        argv = [self.s.warmbuild, "build", str(ctx.path), "--pool", self.s.pool, "--namespace", self.s.namespace, "--cache-key", BENCH_KEY,
-                "--build-arg", f"REGISTRY={self.s.registry}", "--tag", tag, "--push", "--cache-ref", cache_ref,
-                "--result-file", str(result), "--state-file", str(result.with_suffix(".state.json"))]
+    def warmbuild_argv(
+        self,
+        ctx: Context,
+        tag: str,
+        cache_ref: str,
+        result: Path,
+        no_cache: bool,
+        uv: bool = False,
+        ephemeral: bool = False,
+        zstd: bool = False,
+    ) -> list[str]:
+        argv = [
+            self.s.warmbuild,
+            "build",
+            str(ctx.path),
+            "--pool",
+            self.s.pool,
+            "--namespace",
+            self.s.namespace,
+            "--cache-key",
+            BENCH_KEY,
+            "--build-arg",
+            f"REGISTRY={self.s.registry}",
+            "--tag",
+            tag,
+            "--push",
+            "--cache-ref",
+            cache_ref,
+            "--result-file",
+            str(result),
+            "--state-file",
+            str(result.with_suffix(".state.json")),
+        ]
         if no_cache:
             argv.append("--no-cache")
         if uv:
@@ -590,26 +684,59 @@ class Bench:
         metadata = self.s.workdir / f"{label}.metadata.json"
         daemon = self.daemons.start(f"standard-{label}")
         try:
-            argv = self.buildctl_argv(daemon.address, ctx, tag, metadata, no_cache,
-                                      (f"type=registry,ref={cache_ref}",), (f"type=registry,ref={cache_ref},mode=max",))
+            argv = self.buildctl_argv(
+                daemon.address,
+                ctx,
+                tag,
+                metadata,
+                no_cache,
+                (f"type=registry,ref={cache_ref}",),
+                (f"type=registry,ref={cache_ref},mode=max",),
+            )
             build_seconds, log = self.processes.run(argv, label)
         finally:
             self.daemons.stop(daemon)
         startup = daemon.ready - daemon.started
-        return self._from_rawjson(Outcome(startup + build_seconds, log, startup_seconds=startup, path="fresh-buildkitd",
-                                          builder=daemon.address, digest=digest_from(metadata)))
+        return self._from_rawjson(
+            Outcome(
+                startup + build_seconds,
+                log,
+                startup_seconds=startup,
+                path="fresh-buildkitd",
+                builder=daemon.address,
+                digest=digest_from(metadata),
+            )
+        )
 
     def run_raw(self, ctx: Context, label: str, tag: str, cache_ref: str, no_cache: bool) -> Outcome:
         """buildctl on the affine warm builder with warmbuild's options; a slot is held, untimed."""
         metadata = self.s.workdir / f"{label}.metadata.json"
-        argv = self.buildctl_argv(self.pool.affine_address, ctx, tag, metadata, no_cache,
-                                  (), (f"type=registry,ref={cache_ref},mode=max,ignore-error=true",))
+        argv = self.buildctl_argv(
+            self.pool.affine_address,
+            ctx,
+            tag,
+            metadata,
+            no_cache,
+            (),
+            (f"type=registry,ref={cache_ref},mode=max,ignore-error=true",),
+        )
         with self.pool.holding("raw", all_slots=False):
             seconds, log = self.processes.run(argv, label)
-        return self._from_rawjson(Outcome(seconds, log, path="raw", builder=self.pool.affine_address, digest=digest_from(metadata)))
+        return self._from_rawjson(
+            Outcome(seconds, log, path="raw", builder=self.pool.affine_address, digest=digest_from(metadata))
+        )
 
-    def run_warmbuild(self, ctx: Context, label: str, tag: str, cache_ref: str, no_cache: bool,
-                      uv: bool = False, ephemeral: bool = False, zstd: bool = False) -> Outcome:
+    def run_warmbuild(
+        self,
+        ctx: Context,
+        label: str,
+        tag: str,
+        cache_ref: str,
+        no_cache: bool,
+        uv: bool = False,
+        ephemeral: bool = False,
+        zstd: bool = False,
+    ) -> Outcome:
         result_file = self.s.workdir / f"{label}.result.json"
         argv = self.warmbuild_argv(ctx, tag, cache_ref, result_file, no_cache, uv=uv, ephemeral=ephemeral, zstd=zstd)
         expected = "ephemeral" if ephemeral else "warm"
@@ -629,15 +756,19 @@ class Bench:
             on_affine = ephemeral or placement.get("builder_name") == self.pool.affine.name
             if placement["path"] == expected and on_affine:
                 break
-            print(f"bench: {label} went {placement['path']} to {placement.get('builder_name')} "
-                  f"({placement.get('reason')}), not {expected}: another job took the slot; measuring again",
-                  file=sys.stderr, flush=True)
+            print(
+                f"bench: {label} went {placement['path']} to {placement.get('builder_name')} "
+                f"({placement.get('reason')}), not {expected}: another job took the slot; measuring again",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             raise BenchError(f"{label}: three attempts, never a {expected} build on {self.pool.affine_name}")
         timings = result["timings"]
         step = install_step(result["steps"])
         return Outcome(
-            seconds, log,
+            seconds,
+            log,
             startup_seconds=timings.get("startup_seconds") or 0.0,
             queue_seconds=timings.get("queue_seconds") or 0.0,
             push_seconds=timings.get("push_seconds"),
@@ -666,8 +797,16 @@ class Bench:
             return self.run_standard(ctx, label, tag, cache_ref, no_cache)
         if strategy == "raw":
             return self.run_raw(ctx, label, tag, cache_ref, no_cache)
-        return self.run_warmbuild(ctx, label, tag, cache_ref, no_cache,
-                                  uv=strategy in UV_STRATEGIES, ephemeral=strategy == "ephemeral", zstd=strategy == "warm-uv-zstd")
+        return self.run_warmbuild(
+            ctx,
+            label,
+            tag,
+            cache_ref,
+            no_cache,
+            uv=strategy in UV_STRATEGIES,
+            ephemeral=strategy == "ephemeral",
+            zstd=strategy == "warm-uv-zstd",
+        )
 
     def prime(self, strategy: str, ctx: Context, label: str, tag: str, cache_ref: str) -> None:
         """Untimed: the strategy's cache in the "before" state. Registry-cache strategies (standard,
@@ -677,8 +816,12 @@ class Bench:
             if self.priming is None:
                 self.priming = self.daemons.start("priming")
             metadata = self.s.workdir / f"{label}.metadata.json"
-            export = f"type=registry,ref={cache_ref},mode=max" + (",ignore-error=true" if strategy == "ephemeral" else "")
-            argv = self.buildctl_argv(self.priming.address, ctx, tag, metadata, False, (f"type=registry,ref={cache_ref}",), (export,))
+            export = f"type=registry,ref={cache_ref},mode=max" + (
+                ",ignore-error=true" if strategy == "ephemeral" else ""
+            )
+            argv = self.buildctl_argv(
+                self.priming.address, ctx, tag, metadata, False, (f"type=registry,ref={cache_ref}",), (export,)
+            )
             self.processes.run(argv, label)
         else:
             self.build(strategy, ctx, label, tag, cache_ref, no_cache=False)
@@ -716,26 +859,41 @@ class Bench:
         if outcome.install_cached is not None and outcome.install_cached != expected_install_cached:
             note = f"install step {'cached' if outcome.install_cached else 'not cached'}, expected the opposite"
             print(f"bench: warning: {label}: {note}", file=sys.stderr, flush=True)
-        self.rows.append({
-            "run_id": self.s.run_id, "mode": self.s.mode, "scenario": scenario, "strategy": strategy, "rep": number,
-            "seconds": round(outcome.seconds, 3), "startup_seconds": round(outcome.startup_seconds, 3),
-            "queue_seconds": round(outcome.queue_seconds, 3),
-            "push_seconds": "" if outcome.push_seconds is None else outcome.push_seconds,
-            "install_cached": "" if outcome.install_cached is None else outcome.install_cached,
-            "install_seconds": "" if outcome.install_seconds is None else round(outcome.install_seconds, 3),
-            "cached_steps": "" if outcome.cached_steps is None else outcome.cached_steps,
-            "total_steps": "" if outcome.total_steps is None else outcome.total_steps,
-            "reported_seconds": "" if outcome.reported_seconds is None else outcome.reported_seconds,
-            "path": outcome.path, "builder": outcome.builder, "tag": tag, "digest": outcome.digest,
-            "started_at": started_at.isoformat(timespec="seconds"), "note": note,
-        })
+        self.rows.append(
+            {
+                "run_id": self.s.run_id,
+                "mode": self.s.mode,
+                "scenario": scenario,
+                "strategy": strategy,
+                "rep": number,
+                "seconds": round(outcome.seconds, 3),
+                "startup_seconds": round(outcome.startup_seconds, 3),
+                "queue_seconds": round(outcome.queue_seconds, 3),
+                "push_seconds": "" if outcome.push_seconds is None else outcome.push_seconds,
+                "install_cached": "" if outcome.install_cached is None else outcome.install_cached,
+                "install_seconds": "" if outcome.install_seconds is None else round(outcome.install_seconds, 3),
+                "cached_steps": "" if outcome.cached_steps is None else outcome.cached_steps,
+                "total_steps": "" if outcome.total_steps is None else outcome.total_steps,
+                "reported_seconds": "" if outcome.reported_seconds is None else outcome.reported_seconds,
+                "path": outcome.path,
+                "builder": outcome.builder,
+                "tag": tag,
+                "digest": outcome.digest,
+                "started_at": started_at.isoformat(timespec="seconds"),
+                "note": note,
+            }
+        )
         if not self.s.dry_run:
             # Every row so far, kept with the logs if the run fails later.
             reference_report.write_rows(self.rows, self.s.workdir / "rows-so-far.csv")
-            print(f"bench: {label}: {outcome.seconds:.1f}s ({outcome.path} {outcome.builder}"
-                  f"{f', startup {outcome.startup_seconds:.1f}s' if outcome.startup_seconds else ''}"
-                  f"{f', install step {outcome.install_seconds:.1f}s' if outcome.install_seconds else ''}"
-                  f"{', install cached' if outcome.install_cached else ''})", file=sys.stderr, flush=True)
+            print(
+                f"bench: {label}: {outcome.seconds:.1f}s ({outcome.path} {outcome.builder}"
+                f"{f', startup {outcome.startup_seconds:.1f}s' if outcome.startup_seconds else ''}"
+                f"{f', install step {outcome.install_seconds:.1f}s' if outcome.install_seconds else ''}"
+                f"{', install cached' if outcome.install_cached else ''})",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def plan(self) -> list[tuple[str, str, int]]:
         """Round-robin within each repetition; the first strategy rotates from one repetition to the next."""
@@ -755,18 +913,24 @@ class Bench:
         plan = self.plan()
         for index, (scenario, strategy, rep) in enumerate(plan, 1):
             if not self.s.dry_run:
-                print(f"bench: [{index}/{len(plan)}] {scenario} / {strategy} / repetition {rep + 1}", file=sys.stderr, flush=True)
+                print(
+                    f"bench: [{index}/{len(plan)}] {scenario} / {strategy} / repetition {rep + 1}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self.measure(scenario, strategy, rep)
         return self.rows
 
     def cleanup(self) -> None:
         """Every path out, Ctrl-C included: the running build stopped, slots released, our daemons
         stopped by PID and their state deleted, our ephemeral pods gone."""
-        steps = [("stop the running build", lambda: self.processes.stop_current(signal.SIGTERM)),
-                 ("release leftovers with `warmbuild release`", self.release_leftovers),
-                 ("release held slots", self.pool.release if self.pool.client is not None else lambda: None),
-                 ("stop bench buildkitds", self.daemons.stop_all),
-                 ("check ephemeral pods", self.check_pods)]
+        steps = [
+            ("stop the running build", lambda: self.processes.stop_current(signal.SIGTERM)),
+            ("release leftovers with `warmbuild release`", self.release_leftovers),
+            ("release held slots", self.pool.release if self.pool.client is not None else lambda: None),
+            ("stop bench buildkitds", self.daemons.stop_all),
+            ("check ephemeral pods", self.check_pods),
+        ]
         for what, step in steps:
             try:
                 step()
@@ -782,8 +946,12 @@ class Bench:
                 pod = None
             if pod:
                 self.ephemeral_names.add(pod)
-            subprocess.run([self.s.warmbuild, "release", "--state-file", str(state), "--namespace", self.s.namespace],
-                           env={**os.environ, **self.warmbuild_env()}, stdin=subprocess.DEVNULL, timeout=60)
+            subprocess.run(
+                [self.s.warmbuild, "release", "--state-file", str(state), "--namespace", self.s.namespace],
+                env={**os.environ, **self.warmbuild_env()},
+                stdin=subprocess.DEVNULL,
+                timeout=60,
+            )
 
     def check_pods(self) -> None:
         if self.pool.client is None or not self.ephemeral_names:
@@ -807,14 +975,25 @@ def git_commit() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one repetition with the smaller requirement set (≤ 15 min)")
+    parser = argparse.ArgumentParser(
+        prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="one repetition with the smaller requirement set (≤ 15 min)"
+    )
     parser.add_argument("--repeat", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help="comma-separated subset of cold,code,deps (development: results go to reference-MODE-partial.*, docs untouched)")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated subset of cold,code,deps (development: results go to reference-MODE-partial.*, docs untouched)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print every command line in order; run nothing")
-    parser.add_argument("--keep-workdir", action="store_true", help="keep contexts and build logs in /var/tmp afterwards")
-    parser.add_argument("--no-docs", action="store_true", help="write the CSV and chart but leave docs/benchmarks.md alone")
+    parser.add_argument(
+        "--keep-workdir", action="store_true", help="keep contexts and build logs in /var/tmp afterwards"
+    )
+    parser.add_argument(
+        "--no-docs", action="store_true", help="write the CSV and chart but leave docs/benchmarks.md alone"
+    )
     args = parser.parse_args(argv)
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -863,15 +1042,25 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 shutil.rmtree(settings.workdir, ignore_errors=True)
     if settings.dry_run:
-        print(f"\n# {len(rows)} timed builds; results would go to bench/results/reference-{settings.mode}.csv, "
-              f"bench/results/reference-{settings.mode}.png and docs/benchmarks.md")
+        print(
+            f"\n# {len(rows)} timed builds; results would go to bench/results/reference-{settings.mode}.csv, "
+            f"bench/results/reference-{settings.mode}.png and docs/benchmarks.md"
+        )
         return 0
     meta = reference_report.RunInfo(
-        run_id=settings.run_id, mode=settings.mode, repeat=settings.repeat, command=command, commit=commit,
-        started_at=started_at.isoformat(timespec="seconds"), wall_seconds=time.monotonic() - started,
-        load_at_start=load, cpus=os.cpu_count() or 0, affine_builder=f"{bench.pool.affine_name} ({bench.pool.affine_address})",
+        run_id=settings.run_id,
+        mode=settings.mode,
+        repeat=settings.repeat,
+        command=command,
+        commit=commit,
+        started_at=started_at.isoformat(timespec="seconds"),
+        wall_seconds=time.monotonic() - started,
+        load_at_start=load,
+        cpus=os.cpu_count() or 0,
+        affine_builder=f"{bench.pool.affine_name} ({bench.pool.affine_address})",
         requirements=(REFERENCE / ("requirements-quick.txt" if settings.mode == "quick" else "requirements.txt")).name,
-        bump=f"{BUMP[0]} → {BUMP[1]}", partial=partial,
+        bump=f"{BUMP[0]} → {BUMP[1]}",
+        partial=partial,
     )
     return reference_report.publish(rows, meta, write_docs=not args.no_docs and not partial)
 

@@ -21,12 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
+from lease_latency import run  # noqa: E402  (bench/ is on sys.path: the same loop measures both sides)
 from scheduler_harness import CI_USER, SchedulerProcess, ci_token, prepare  # noqa: E402
 
-from lease_latency import run  # noqa: E402  (bench/ is on sys.path: the same loop measures both sides)
-
-from warmbuild.pool.broker import DirectLeases  # noqa: E402
 from warmbuild.kube.client import connect  # noqa: E402
+from warmbuild.pool.broker import DirectLeases  # noqa: E402
 from warmbuild.scheduler.client import SchedulerClient, SchedulerOptions  # noqa: E402
 
 
@@ -51,26 +50,51 @@ def main() -> None:
             urls = tuple(r.url for r in replicas)
             rows = []
             for _ in range(args.repeat):  # alternate, so a load change on the machine hits both sides
-                rows.append(run("direct Leases", lambda: DirectLeases(connect(ci_kubeconfig)),
-                                args.clients, args.rounds, args.namespace, args.pool, args.max_seconds))
-                rows.append(run(f"scheduler ({args.replicas} replica{'s' if args.replicas > 1 else ''})",
-                                lambda: SchedulerClient(SchedulerOptions(urls=urls, token=token, ca_file=str(setup.ca))),
-                                args.clients, args.rounds, args.namespace, args.pool, args.max_seconds))
+                rows.append(
+                    run(
+                        "direct Leases",
+                        lambda: DirectLeases(connect(ci_kubeconfig)),
+                        args.clients,
+                        args.rounds,
+                        args.namespace,
+                        args.pool,
+                        args.max_seconds,
+                    )
+                )
+                rows.append(
+                    run(
+                        f"scheduler ({args.replicas} replica{'s' if args.replicas > 1 else ''})",
+                        lambda: SchedulerClient(SchedulerOptions(urls=urls, token=token, ca_file=str(setup.ca))),
+                        args.clients,
+                        args.rounds,
+                        args.namespace,
+                        args.pool,
+                        args.max_seconds,
+                    )
+                )
         finally:
             for replica in replicas:
                 replica.stop()
 
-    print("| path | clients | pairs | pairs/s | acquire p50 ms | acquire p99 ms | acquire+release p50 ms | acquire+release p99 ms | all-busy attempts |")
+    print(
+        "| path | clients | pairs | pairs/s | acquire p50 ms | acquire p99 ms | acquire+release p50 ms | acquire+release p99 ms | all-busy attempts |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['label']} | {r['clients']} | {r['pairs']} | {r['pairs_per_second']:.1f} | {r['acquire_p50']:.1f} | "
-              f"{r['acquire_p99']:.1f} | {r['pair_p50']:.1f} | {r['pair_p99']:.1f} | {r['busy_share']:.0%} |")
+        print(
+            f"| {r['label']} | {r['clients']} | {r['pairs']} | {r['pairs_per_second']:.1f} | {r['acquire_p50']:.1f} | "
+            f"{r['acquire_p99']:.1f} | {r['pair_p50']:.1f} | {r['pair_p99']:.1f} | {r['busy_share']:.0%} |"
+        )
     direct, scheduler = rows[0::2], rows[1::2]
-    rate = statistics.median(r["pairs_per_second"] for r in scheduler) / statistics.median(r["pairs_per_second"] for r in direct)
+    rate = statistics.median(r["pairs_per_second"] for r in scheduler) / statistics.median(
+        r["pairs_per_second"] for r in direct
+    )
     p99 = statistics.median(r["pair_p99"] for r in scheduler) / statistics.median(r["pair_p99"] for r in direct)
     print()
-    print(f"scheduler / direct (medians over {args.repeat} alternating run{'s' if args.repeat > 1 else ''}): "
-          f"pairs/s {rate:.2f}x, acquire+release p99 {p99:.2f}x")
+    print(
+        f"scheduler / direct (medians over {args.repeat} alternating run{'s' if args.repeat > 1 else ''}): "
+        f"pairs/s {rate:.2f}x, acquire+release p99 {p99:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from warmbuild.simulate.model import POLICIES
-from warmbuild.simulate.runs import run_policy
-from warmbuild.simulate.model import FleetConfig, SimulationConfig
+from warmbuild.simulate.model import POLICIES, FleetConfig, SimulationConfig
 from warmbuild.simulate.report import metrics_table, policy_metrics
+from warmbuild.simulate.runs import run_policy
 from warmbuild.simulate.workload import SyntheticSpec, synthetic_workload
 
 
@@ -33,11 +32,15 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    spec = SyntheticSpec(keys=args.keys, builds_per_day=args.builds_per_day, days=args.builds / args.builds_per_day, seed=args.seed)
+    spec = SyntheticSpec(
+        keys=args.keys, builds_per_day=args.builds_per_day, days=args.builds / args.builds_per_day, seed=args.seed
+    )
     workload = synthetic_workload(spec)
     generated = time.perf_counter() - started
     print(f"workload: {len(workload.arrivals)} builds generated in {generated:.2f}s ({workload.description})")
-    config = SimulationConfig(fleet=FleetConfig(builders=args.builders, slots=args.slots, cache_keys=args.cache_keys), seed=args.seed)
+    config = SimulationConfig(
+        fleet=FleetConfig(builders=args.builders, slots=args.slots, cache_keys=args.cache_keys), seed=args.seed
+    )
     metrics = []
     total = generated
     for name in [p.strip() for p in args.policies.split(",") if p.strip()]:
@@ -46,8 +49,11 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         total += seconds
         metrics.append(policy_metrics(run))
-        print(f"{name:>10}: {len(run.outcomes)} builds, {run.events} events in {seconds:.2f}s "
-              f"({run.events / seconds:,.0f} events/s, {len(run.outcomes) / seconds:,.0f} builds/s)", flush=True)
+        print(
+            f"{name:>10}: {len(run.outcomes)} builds, {run.events} events in {seconds:.2f}s "
+            f"({run.events / seconds:,.0f} events/s, {len(run.outcomes) / seconds:,.0f} builds/s)",
+            flush=True,
+        )
     print(f"total: {total:.2f}s for {len(metrics)} policies on {args.builders} builders × {args.slots} slots")
     print()
     print(metrics_table(metrics), end="")

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """kube.py: the two kubectl verbs the testbed needs (there is no kubectl here).
 
-  kube.py --kubeconfig ADMIN apply FILE...
-      server-side apply of every document in the YAML files (idempotent; the testbed owns the fields)
-  kube.py --kubeconfig ADMIN wait-ready --namespace NS --selector LABELS --count N [--port P] [--timeout S] [--while-pid PID]
-      wait until N pods matching LABELS are Ready (and accept connections on podIP:P); give up early
-      when process PID (the node emulator) exits
+kube.py --kubeconfig ADMIN apply FILE...
+    server-side apply of every document in the YAML files (idempotent; the testbed owns the fields)
+kube.py --kubeconfig ADMIN wait-ready --namespace NS --selector LABELS --count N [--port P] [--timeout S] [--while-pid PID]
+    wait until N pods matching LABELS are Ready (and accept connections on podIP:P); give up early
+    when process PID (the node emulator) exits
 """
 
 import argparse
@@ -66,14 +66,23 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def wait_ready(api_client: client.ApiClient, namespace: str, selector: str, count: int, port: int | None,
-               timeout: float, while_pid: int | None) -> bool:
+def wait_ready(
+    api_client: client.ApiClient,
+    namespace: str,
+    selector: str,
+    count: int,
+    port: int | None,
+    timeout: float,
+    while_pid: int | None,
+) -> bool:
     core = client.CoreV1Api(api_client)
     deadline = time.monotonic() + timeout
     ready: list[str] = []
     while time.monotonic() < deadline:
         pods = core.list_namespaced_pod(namespace, label_selector=selector).items
-        ready = sorted(f"{p.metadata.name}={p.status.pod_ip}" for p in pods if is_ready(p) and accepts(p.status.pod_ip, port))
+        ready = sorted(
+            f"{p.metadata.name}={p.status.pod_ip}" for p in pods if is_ready(p) and accepts(p.status.pod_ip, port)
+        )
         if len(ready) >= count:
             print(f"testbed: ready pods ({selector}): {' '.join(ready)}", file=sys.stderr)
             return True
@@ -81,7 +90,9 @@ def wait_ready(api_client: client.ApiClient, namespace: str, selector: str, coun
             print(f"testbed: process {while_pid} exited while waiting for Ready pods", file=sys.stderr)
             return False
         time.sleep(0.5)
-    print(f"testbed: only {len(ready)} of {count} pods ({selector}) Ready after {timeout:.0f}s: {ready}", file=sys.stderr)
+    print(
+        f"testbed: only {len(ready)} of {count} pods ({selector}) Ready after {timeout:.0f}s: {ready}", file=sys.stderr
+    )
     return False
 
 
@@ -104,8 +115,11 @@ def main(argv: list[str]) -> int:
     if args.command == "apply":
         apply_files(api_client, args.files)
         return 0
-    return 0 if wait_ready(api_client, args.namespace, args.selector, args.count, args.port, args.timeout,
-                          args.while_pid) else 1
+    return (
+        0
+        if wait_ready(api_client, args.namespace, args.selector, args.count, args.port, args.timeout, args.while_pid)
+        else 1
+    )
 
 
 if __name__ == "__main__":

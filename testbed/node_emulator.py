@@ -288,15 +288,23 @@ class NodeEmulator:
         since = format_time(self.started_at)
 
         def condition(kind: str, status: str, reason: str, message: str) -> dict:
-            return {"type": kind, "status": status, "reason": reason, "message": message,
-                    "lastHeartbeatTime": now, "lastTransitionTime": since}
+            return {
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": since,
+            }
 
         resources = {"cpu": "64", "memory": "256Gi", "pods": "110", "ephemeral-storage": "1Ti"}
         status = {
             "capacity": resources,
             "allocatable": resources,
             "conditions": [
-                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                condition(
+                    "MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"
+                ),
                 condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
                 condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
                 condition("Ready", "True", "KubeletReady", "warmbuild node emulator is posting ready status"),
@@ -334,8 +342,12 @@ class NodeEmulator:
             },
         }
         self.coordination.patch_namespaced_lease(
-            self.node, NODE_LEASE_NAMESPACE, lease,
-            field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH,
+            self.node,
+            NODE_LEASE_NAMESPACE,
+            lease,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY_PATCH,
         )
 
     def keep_node_ready(self) -> None:
@@ -452,7 +464,9 @@ class NodeEmulator:
             with open(pod_dir / "buildkitd.log", "ab") as log_file:
                 process = subprocess.Popen(
                     [str(RUN_BUILDKITD), ip, str(pod_dir)],
-                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
             self.processes[process.pid] = process
@@ -508,7 +522,8 @@ class NodeEmulator:
         """The kubelet's last word: delete now, but only this incarnation of the pod."""
         try:
             self.core.delete_namespaced_pod(
-                pod["metadata"]["name"], pod["metadata"]["namespace"],
+                pod["metadata"]["name"],
+                pod["metadata"]["namespace"],
                 body={"gracePeriodSeconds": 0, "preconditions": {"uid": pod["metadata"]["uid"]}},
             )
         except ApiException as error:
@@ -524,16 +539,24 @@ class NodeEmulator:
             "kind": "TokenRequest",
             "spec": {
                 "expirationSeconds": SERVICE_ACCOUNT_TOKEN_SECONDS,
-                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
-                                   "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]},
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": pod["metadata"]["name"],
+                    "uid": pod["metadata"]["uid"],
+                },
             },
         }
-        response = self.core.create_namespaced_service_account_token(account, namespace, request, _preload_content=False)
+        response = self.core.create_namespaced_service_account_token(
+            account, namespace, request, _preload_content=False
+        )
         token = json.loads(response.data)["status"]["token"]
         configuration = self.api_client.configuration
         cluster = {"server": configuration.host}
         if configuration.ssl_ca_cert:
-            cluster["certificate-authority-data"] = base64.b64encode(Path(configuration.ssl_ca_cert).read_bytes()).decode()
+            cluster["certificate-authority-data"] = base64.b64encode(
+                Path(configuration.ssl_ca_cert).read_bytes()
+            ).decode()
         kubeconfig = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -590,8 +613,13 @@ class PodWorker(threading.Thread):
             except Shutdown:
                 return
             except ApiException as error:
-                log.warning("%s: API error HTTP %s %s: %s", self.key, error.status, error.reason,
-                            " ".join(str(error.body or "").split())[:300])
+                log.warning(
+                    "%s: API error HTTP %s %s: %s",
+                    self.key,
+                    error.status,
+                    error.reason,
+                    " ".join(str(error.body or "").split())[:300],
+                )
             except Exception as error:
                 log.exception("%s: %s", self.key, error)
             self.changed.wait(POD_RECHECK_SECONDS)
@@ -636,15 +664,20 @@ class PodWorker(threading.Thread):
             log.info("%s: adopting the running pod; starting a fresh buildkitd", self.key)
         if self.ip is None:
             self.ip = self.emulator.addresses.allocate(
-                preferred=previous_ip, avoid=self.emulator.addresses_of_other_pods(self.uid))
+                preferred=previous_ip, avoid=self.emulator.addresses_of_other_pods(self.uid)
+            )
         self.emulator.write_pod_status(pod, self.pod_status(pod, waiting_reason="ContainerCreating"))
         self.buildkitd = self.emulator.start_buildkitd(pod, self.ip)
         log.info("%s: started buildkitd pid %d on %s:%d", self.key, self.buildkitd.pid, self.ip, BUILDKITD_PORT)
         if not self.wait_until_listening():
             return
         self.emulator.write_pod_status(pod, self.pod_status(pod))
-        log.info("%s: Ready at %s (buildkitd listening %.1fs after start)", self.key, self.ip,
-                 (utc_now() - self.buildkitd.started_at).total_seconds())
+        log.info(
+            "%s: Ready at %s (buildkitd listening %.1fs after start)",
+            self.key,
+            self.ip,
+            (utc_now() - self.buildkitd.started_at).total_seconds(),
+        )
 
     def wait_until_listening(self) -> bool:
         deadline = time.monotonic() + LISTEN_TIMEOUT_SECONDS
@@ -654,8 +687,13 @@ class PodWorker(threading.Thread):
             if tcp_accepts(self.buildkitd.ip, BUILDKITD_PORT):
                 return True
             time.sleep(0.1)
-        log.warning("%s: buildkitd did not listen on %s:%d within %ds; stopping it",
-                    self.key, self.buildkitd.ip, BUILDKITD_PORT, LISTEN_TIMEOUT_SECONDS)
+        log.warning(
+            "%s: buildkitd did not listen on %s:%d within %ds; stopping it",
+            self.key,
+            self.buildkitd.ip,
+            BUILDKITD_PORT,
+            LISTEN_TIMEOUT_SECONDS,
+        )
         self.emulator.stop_buildkitd(self.buildkitd)
         return False
 
@@ -669,13 +707,21 @@ class PodWorker(threading.Thread):
         self.quick_exits = self.quick_exits + 1 if ran_for < 60 else 0
         policy = pod["spec"].get("restartPolicy", "Always")
         restarts = policy == "Always" or (policy == "OnFailure" and exit_code != 0)
-        log.info("%s: buildkitd pid %d exited with %d after %.0fs%s", self.key, buildkitd.pid, exit_code, ran_for,
-                 "; restarting it" if restarts else "")
+        log.info(
+            "%s: buildkitd pid %d exited with %d after %.0fs%s",
+            self.key,
+            buildkitd.pid,
+            exit_code,
+            ran_for,
+            "; restarting it" if restarts else "",
+        )
         if restarts:
             self.restart_count += 1
             backoff = min(5 * (self.quick_exits - 1), 30) if self.quick_exits > 1 else 0
             self.not_before = time.monotonic() + backoff
-            self.emulator.write_pod_status(pod, self.pod_status(pod, waiting_reason="CrashLoopBackOff" if backoff else "ContainerCreating"))
+            self.emulator.write_pod_status(
+                pod, self.pod_status(pod, waiting_reason="CrashLoopBackOff" if backoff else "ContainerCreating")
+            )
         else:
             self.finished = True
             phase = "Succeeded" if exit_code == 0 else "Failed"
@@ -732,8 +778,15 @@ class PodWorker(threading.Thread):
         started = time.monotonic()
         with open(self.pod_dir / "prestop.log", "ab") as output:
             try:
-                process = subprocess.Popen(command, env=env, cwd=self.pod_dir, stdin=subprocess.DEVNULL,
-                                           stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+                process = subprocess.Popen(
+                    command,
+                    env=env,
+                    cwd=self.pod_dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             except OSError as error:
                 log.warning("%s: preStop could not start: %s", self.key, error)
                 return
@@ -807,8 +860,9 @@ class PodWorker(threading.Thread):
             "containerID": f"containerd://{buildkitd.container_id}",
         }
 
-    def pod_status(self, pod: dict, waiting_reason: str | None = None, phase: str | None = None,
-                   terminated: dict | None = None) -> dict:
+    def pod_status(
+        self, pod: dict, waiting_reason: str | None = None, phase: str | None = None, terminated: dict | None = None
+    ) -> dict:
         """The full kubelet-owned status. Ready when buildkitd runs and nothing is waiting or terminated."""
         old = pod.get("status") or {}
         running = self.buildkitd is not None and waiting_reason is None and terminated is None
@@ -820,7 +874,11 @@ class PodWorker(threading.Thread):
         def condition(kind: str, true: bool) -> dict:
             status = "True" if true else "False"
             previous = old_conditions.get(kind)
-            since = previous["lastTransitionTime"] if previous and previous.get("status") == status and previous.get("lastTransitionTime") else now
+            since = (
+                previous["lastTransitionTime"]
+                if previous and previous.get("status") == status and previous.get("lastTransitionTime")
+                else now
+            )
             return {"type": kind, "status": status, "lastProbeTime": None, "lastTransitionTime": since}
 
         if running:
@@ -913,8 +971,12 @@ def request_shutdown(signum, _frame) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s node-emulator: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s node-emulator: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     signal.signal(signal.SIGTERM, request_shutdown)
     signal.signal(signal.SIGINT, request_shutdown)

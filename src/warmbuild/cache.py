@@ -35,8 +35,14 @@ def default_cache_ref(tags: tuple[str, ...]) -> str | None:
     return f"{repository}:buildcache"
 
 
-def cache_options(path: str, cache_ref: str | None, export_policy: str, push: bool, untrusted: bool,
-                  compression: Compression = Compression()) -> CacheOptions:
+def cache_options(
+    path: str,
+    cache_ref: str | None,
+    export_policy: str,
+    push: bool,
+    untrusted: bool,
+    compression: Compression = Compression(),
+) -> CacheOptions:
     """`compression` is the image's (BuildRequest.compression): the cache's layers are then the
     blobs the image push already made, not a second compression of each."""
     if cache_ref is None:

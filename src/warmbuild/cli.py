@@ -27,7 +27,9 @@ from .pool.state import read_state, remove_state, state_file_path
 from .pool.status import read_pool_status, render_status_table, status_to_dict
 from .report import Placement
 from .signals import install_cancel_handlers, signals_deferred
-from .simulate.commands import COMMANDS as SIMULATION_COMMANDS, add_commands as add_simulation_commands, run_command as run_simulation_command
+from .simulate.commands import COMMANDS as SIMULATION_COMMANDS
+from .simulate.commands import add_commands as add_simulation_commands
+from .simulate.commands import run_command as run_simulation_command
 
 if TYPE_CHECKING:
     from .scheduler.client import SchedulerClient
@@ -58,14 +60,28 @@ def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-from", action="append", default=[], help="BuildKit --import-cache value; repeatable")
     parser.add_argument("--cache-to", action="append", default=[], help="BuildKit --export-cache value; repeatable")
     parser.add_argument("--no-cache", action="store_true", help="do not use any cache for this build")
-    parser.add_argument("--uv", action="store_true", help="build with pip install rewritten to uv + a cache mount (see warmbuild doctor)")
-    parser.add_argument("--compression", choices=tuple(COMPRESSION_LEVELS), default=env("WARMBUILD_COMPRESSION", "gzip"),
-                        help="layer compression of the image and of the registry cache warmbuild writes (env WARMBUILD_COMPRESSION; "
-                             "default gzip; zstd exports large layers several times faster, pulls need Docker 23+ / containerd 1.5+)")
-    parser.add_argument("--compression-level", type=int, default=env("WARMBUILD_COMPRESSION_LEVEL"),  # a string default goes through type=int too
-                        help="gzip 0–9, zstd 0–22 (env WARMBUILD_COMPRESSION_LEVEL; default: BuildKit's)")
     parser.add_argument(
-        "--result-file", default=env("WARMBUILD_RESULT_FILE", "build-result.json"), help="where to write the result JSON"
+        "--uv",
+        action="store_true",
+        help="build with pip install rewritten to uv + a cache mount (see warmbuild doctor)",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=tuple(COMPRESSION_LEVELS),
+        default=env("WARMBUILD_COMPRESSION", "gzip"),
+        help="layer compression of the image and of the registry cache warmbuild writes (env WARMBUILD_COMPRESSION; "
+        "default gzip; zstd exports large layers several times faster, pulls need Docker 23+ / containerd 1.5+)",
+    )
+    parser.add_argument(
+        "--compression-level",
+        type=int,
+        default=env("WARMBUILD_COMPRESSION_LEVEL"),  # a string default goes through type=int too
+        help="gzip 0–9, zstd 0–22 (env WARMBUILD_COMPRESSION_LEVEL; default: BuildKit's)",
+    )
+    parser.add_argument(
+        "--result-file",
+        default=env("WARMBUILD_RESULT_FILE", "build-result.json"),
+        help="where to write the result JSON",
     )
     parser.add_argument("--builder", help="buildkitd address, tcp://HOST:PORT (env WARMBUILD_BUILDER)")
     parser.add_argument("--tls-ca", type=Path, default=env("WARMBUILD_TLS_CA"), help="CA certificate for the builder")
@@ -75,45 +91,117 @@ def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--buildctl", default=None, help="path to buildctl (env WARMBUILD_BUILDCTL, else PATH)")
     pool = parser.add_argument_group("pool (instead of --builder)")
     pool.add_argument("--pool", help="builder pool name (env WARMBUILD_POOL; WARMBUILD_BUILDER wins if both are set)")
-    pool.add_argument("--cache-key", default=env("WARMBUILD_CACHE_KEY"), help="workload key; default: repository + Dockerfile path")
-    pool.add_argument("--cache-key-target", action="store_true", default=env("WARMBUILD_CACHE_KEY_TARGET", "").lower() in ("1", "true", "yes"),
-                      help="add --target to the default workload key, so each target keeps its own builder "
-                           "(env WARMBUILD_CACHE_KEY_TARGET; default: targets of one Dockerfile share a builder and its layers)")
-    pool.add_argument("--max-wait", type=float, default=float(env("WARMBUILD_MAX_WAIT", "60")), help="seconds to wait for the affine builder before spilling (default 60)")
-    pool.add_argument("--lease-seconds", type=int, default=int(env("WARMBUILD_LEASE_SECONDS", "15")), help="slot lease duration (default 15)")
-    pool.add_argument("--fallback", choices=FALLBACKS, default=env("WARMBUILD_FALLBACK", "auto"),
-                      help="when the affine builder is busy: auto (least expected time), wait, ephemeral, fail")
+    pool.add_argument(
+        "--cache-key", default=env("WARMBUILD_CACHE_KEY"), help="workload key; default: repository + Dockerfile path"
+    )
+    pool.add_argument(
+        "--cache-key-target",
+        action="store_true",
+        default=env("WARMBUILD_CACHE_KEY_TARGET", "").lower() in ("1", "true", "yes"),
+        help="add --target to the default workload key, so each target keeps its own builder "
+        "(env WARMBUILD_CACHE_KEY_TARGET; default: targets of one Dockerfile share a builder and its layers)",
+    )
+    pool.add_argument(
+        "--max-wait",
+        type=float,
+        default=float(env("WARMBUILD_MAX_WAIT", "60")),
+        help="seconds to wait for the affine builder before spilling (default 60)",
+    )
+    pool.add_argument(
+        "--lease-seconds",
+        type=int,
+        default=int(env("WARMBUILD_LEASE_SECONDS", "15")),
+        help="slot lease duration (default 15)",
+    )
+    pool.add_argument(
+        "--fallback",
+        choices=FALLBACKS,
+        default=env("WARMBUILD_FALLBACK", "auto"),
+        help="when the affine builder is busy: auto (least expected time), wait, ephemeral, fail",
+    )
     trust = pool.add_mutually_exclusive_group()
-    trust.add_argument("--untrusted", dest="untrusted", action="store_true", default=None,
-                       help="never write a shared cache: ephemeral builder, registry cache import only (default for fork pull requests)")
-    trust.add_argument("--trusted", dest="untrusted", action="store_false", help="treat the build as trusted even if it comes from a fork")
-    pool.add_argument("--cache-ref", default=env("WARMBUILD_CACHE_REF"), help="registry cache ref (default: <first tag's repository>:buildcache)")
-    pool.add_argument("--cache-export", choices=CACHE_EXPORT_POLICIES, default=env("WARMBUILD_CACHE_EXPORT", "auto"),
-                      help="warm builds refresh the registry cache: auto (when pushing), always, never")
-    pool.add_argument("--ephemeral-config", default=env("WARMBUILD_EPHEMERAL_CONFIG"),
-                      help="YAML: image, rootless, resources, nodeSelector, tolerations, affinity, imagePullSecrets, "
-                           "serviceAccountName, labels, annotations, activeDeadlineSeconds, startupTimeoutSeconds")
-    pool.add_argument("--ephemeral-image", default=env("WARMBUILD_EPHEMERAL_IMAGE"), help="BuildKit image for ephemeral builders")
-    pool.add_argument("--ephemeral-timeout", type=float, default=None, help="seconds an ephemeral builder may take to become ready (default 120)")
+    trust.add_argument(
+        "--untrusted",
+        dest="untrusted",
+        action="store_true",
+        default=None,
+        help="never write a shared cache: ephemeral builder, registry cache import only (default for fork pull requests)",
+    )
+    trust.add_argument(
+        "--trusted",
+        dest="untrusted",
+        action="store_false",
+        help="treat the build as trusted even if it comes from a fork",
+    )
+    pool.add_argument(
+        "--cache-ref",
+        default=env("WARMBUILD_CACHE_REF"),
+        help="registry cache ref (default: <first tag's repository>:buildcache)",
+    )
+    pool.add_argument(
+        "--cache-export",
+        choices=CACHE_EXPORT_POLICIES,
+        default=env("WARMBUILD_CACHE_EXPORT", "auto"),
+        help="warm builds refresh the registry cache: auto (when pushing), always, never",
+    )
+    pool.add_argument(
+        "--ephemeral-config",
+        default=env("WARMBUILD_EPHEMERAL_CONFIG"),
+        help="YAML: image, rootless, resources, nodeSelector, tolerations, affinity, imagePullSecrets, "
+        "serviceAccountName, labels, annotations, activeDeadlineSeconds, startupTimeoutSeconds",
+    )
+    pool.add_argument(
+        "--ephemeral-image", default=env("WARMBUILD_EPHEMERAL_IMAGE"), help="BuildKit image for ephemeral builders"
+    )
+    pool.add_argument(
+        "--ephemeral-timeout",
+        type=float,
+        default=None,
+        help="seconds an ephemeral builder may take to become ready (default 120)",
+    )
     _add_cluster_arguments(parser)
     _add_scheduler_arguments(parser)
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
-    parser.add_argument("--namespace", default=env("WARMBUILD_NAMESPACE", "warmbuild"), help="namespace of the pool (env WARMBUILD_NAMESPACE)")
-    parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    parser.add_argument(
+        "--namespace",
+        default=env("WARMBUILD_NAMESPACE", "warmbuild"),
+        help="namespace of the pool (env WARMBUILD_NAMESPACE)",
+    )
+    parser.add_argument(
+        "--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)"
+    )
     parser.add_argument("--kube-context", dest="kube_context", default=None, help="kubeconfig context")
-    parser.add_argument("--state-file", default=None, help="where the held slot is recorded for 'warmbuild release' (env WARMBUILD_STATE_FILE)")
+    parser.add_argument(
+        "--state-file",
+        default=None,
+        help="where the held slot is recorded for 'warmbuild release' (env WARMBUILD_STATE_FILE)",
+    )
 
 
 def _add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     group = parser.add_argument_group("scheduler (instead of Lease permissions)")
-    group.add_argument("--scheduler", default=env("WARMBUILD_SCHEDULER"), help="scheduler URL(s), https://HOST:PORT, comma-separated replicas (env WARMBUILD_SCHEDULER)")
-    group.add_argument("--scheduler-token", default=None, help="bearer token (prefer env WARMBUILD_SCHEDULER_TOKEN or a token file)")
-    group.add_argument("--scheduler-token-file", default=None, help="file with the bearer token (env WARMBUILD_SCHEDULER_TOKEN_FILE; in a pod: its service account token)")
-    group.add_argument("--scheduler-ca", default=env("WARMBUILD_SCHEDULER_CA"), help="CA certificate of the scheduler (env WARMBUILD_SCHEDULER_CA)")
+    group.add_argument(
+        "--scheduler",
+        default=env("WARMBUILD_SCHEDULER"),
+        help="scheduler URL(s), https://HOST:PORT, comma-separated replicas (env WARMBUILD_SCHEDULER)",
+    )
+    group.add_argument(
+        "--scheduler-token", default=None, help="bearer token (prefer env WARMBUILD_SCHEDULER_TOKEN or a token file)"
+    )
+    group.add_argument(
+        "--scheduler-token-file",
+        default=None,
+        help="file with the bearer token (env WARMBUILD_SCHEDULER_TOKEN_FILE; in a pod: its service account token)",
+    )
+    group.add_argument(
+        "--scheduler-ca",
+        default=env("WARMBUILD_SCHEDULER_CA"),
+        help="CA certificate of the scheduler (env WARMBUILD_SCHEDULER_CA)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -129,7 +217,9 @@ def make_parser() -> argparse.ArgumentParser:
     release = sub.add_parser("release", help="release the slot a build recorded in its state file (CI post steps)")
     _add_cluster_arguments(release)
     _add_scheduler_arguments(release)
-    doctor = sub.add_parser("doctor", help="advise on a Dockerfile: what costs build time, and --fix for the safe rewrites")
+    doctor = sub.add_parser(
+        "doctor", help="advise on a Dockerfile: what costs build time, and --fix for the safe rewrites"
+    )
     add_doctor_arguments(doctor)
     drain = sub.add_parser("drain", help="builder preStop hook: stop taking builds, wait until its slots are released")
     add_drain_arguments(drain)
@@ -139,16 +229,31 @@ def make_parser() -> argparse.ArgumentParser:
     status.add_argument("--pool", default=os.environ.get("WARMBUILD_POOL", "default"), help="pool name")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_cluster_arguments(status)
-    scheduler = sub.add_parser("scheduler", help="serve the scheduler: slots over HTTPS, metrics (needs warmbuild[scheduler])")
-    scheduler.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT to serve HTTPS on (default 127.0.0.1:8443)")
+    scheduler = sub.add_parser(
+        "scheduler", help="serve the scheduler: slots over HTTPS, metrics (needs warmbuild[scheduler])"
+    )
+    scheduler.add_argument(
+        "--listen", default="127.0.0.1:8443", help="HOST:PORT to serve HTTPS on (default 127.0.0.1:8443)"
+    )
     scheduler.add_argument("--tls-cert", required=True, help="server certificate (PEM)")
     scheduler.add_argument("--tls-key", required=True, help="server key (PEM)")
     scheduler.add_argument("--auth-config", required=True, help="YAML: which users/groups may use which pools")
-    scheduler.add_argument("--namespace", default=os.environ.get("WARMBUILD_NAMESPACE", "warmbuild"), help="namespace of the pools")
-    scheduler.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    scheduler.add_argument(
+        "--namespace", default=os.environ.get("WARMBUILD_NAMESPACE", "warmbuild"), help="namespace of the pools"
+    )
+    scheduler.add_argument(
+        "--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)"
+    )
     scheduler.add_argument("--kube-context", dest="kube_context", default=None, help="kubeconfig context")
-    scheduler.add_argument("--max-poll-seconds", type=float, default=30.0, help="longest a request waits for a slot before the client polls again (default 30)")
-    scheduler.add_argument("--max-concurrent", type=int, default=128, help="requests served at once, long-polls included (default 128)")
+    scheduler.add_argument(
+        "--max-poll-seconds",
+        type=float,
+        default=30.0,
+        help="longest a request waits for a slot before the client polls again (default 30)",
+    )
+    scheduler.add_argument(
+        "--max-concurrent", type=int, default=128, help="requests served at once, long-polls included (default 128)"
+    )
     add_history_commands(sub, _add_cluster_arguments)  # history export
     add_simulation_commands(sub)  # simulate, plan
     return parser
@@ -167,7 +272,9 @@ def command_build(args: argparse.Namespace) -> int:
         args.builder = os.environ.get("WARMBUILD_BUILDER") or None
         args.pool = None if args.builder else os.environ.get("WARMBUILD_POOL") or None
     if not args.builder and not args.pool:
-        raise InputError("no builder given: pass --pool NAME or --builder tcp://HOST:PORT (or set WARMBUILD_POOL / WARMBUILD_BUILDER)")
+        raise InputError(
+            "no builder given: pass --pool NAME or --builder tcp://HOST:PORT (or set WARMBUILD_POOL / WARMBUILD_BUILDER)"
+        )
     with uv_dockerfile(args.uv, args.context, args.file) as rewritten:
         request = _build_request(args, rewritten)
         if args.pool:
@@ -202,35 +309,39 @@ def _build_request(args: argparse.Namespace, rewritten: Path | None):
 
 
 def _pool_flags(args: argparse.Namespace, named_dockerfile: Path | None) -> PoolFlags:
-    return check_pool_flags(PoolFlags(
-        pool=args.pool,
-        namespace=args.namespace,
-        cache_key=args.cache_key,
-        key_by_target=args.cache_key_target,
-        named_dockerfile=named_dockerfile,
-        max_wait_seconds=args.max_wait,
-        lease_seconds=args.lease_seconds,
-        fallback=args.fallback,
-        untrusted=args.untrusted,
-        cache_ref=args.cache_ref,
-        cache_export=args.cache_export,
-        ephemeral_config=args.ephemeral_config,
-        ephemeral_image=args.ephemeral_image,
-        ephemeral_timeout=args.ephemeral_timeout,
-        kubeconfig=args.kubeconfig,
-        kube_context=args.kube_context,
-        state_file=args.state_file,
-        tls=_tls_files(args),
-        buildctl=args.buildctl,
-    ))
+    return check_pool_flags(
+        PoolFlags(
+            pool=args.pool,
+            namespace=args.namespace,
+            cache_key=args.cache_key,
+            key_by_target=args.cache_key_target,
+            named_dockerfile=named_dockerfile,
+            max_wait_seconds=args.max_wait,
+            lease_seconds=args.lease_seconds,
+            fallback=args.fallback,
+            untrusted=args.untrusted,
+            cache_ref=args.cache_ref,
+            cache_export=args.cache_export,
+            ephemeral_config=args.ephemeral_config,
+            ephemeral_image=args.ephemeral_image,
+            ephemeral_timeout=args.ephemeral_timeout,
+            kubeconfig=args.kubeconfig,
+            kube_context=args.kube_context,
+            state_file=args.state_file,
+            tls=_tls_files(args),
+            buildctl=args.buildctl,
+        )
+    )
 
 
-def _scheduler_client(args: argparse.Namespace) -> "SchedulerClient | None":
+def _scheduler_client(args: argparse.Namespace) -> SchedulerClient | None:
     if not args.scheduler:
         return None
     from .scheduler.client import SchedulerClient, scheduler_options  # only for --scheduler: keeps start-up quick
 
-    return SchedulerClient(scheduler_options(args.scheduler, args.scheduler_token, args.scheduler_token_file, args.scheduler_ca))
+    return SchedulerClient(
+        scheduler_options(args.scheduler, args.scheduler_token, args.scheduler_token_file, args.scheduler_ca)
+    )
 
 
 def command_release(args: argparse.Namespace) -> int:
@@ -244,7 +355,9 @@ def command_release(args: argparse.Namespace) -> int:
         with signals_deferred():
             released = scheduler.release_lease(state.lease, state.holder)
             remove_state(path)
-        print(f"warmbuild: {'released' if released else 'already free:'} slot {state.lease} (scheduler)", file=sys.stderr)
+        print(
+            f"warmbuild: {'released' if released else 'already free:'} slot {state.lease} (scheduler)", file=sys.stderr
+        )
         return 0
     client = connect(args.kubeconfig or state.kubeconfig, args.kube_context or state.context)
     with signals_deferred():  # a post step may get a signal too: finish the release first
@@ -283,8 +396,17 @@ def command_scheduler(args: argparse.Namespace) -> int:
         from .scheduler.app import serve
     except ImportError as exc:
         raise ToolMissing(f"the scheduler needs its extra: pip install 'warmbuild[scheduler]' ({exc})") from None
-    serve(args.listen, args.tls_cert, args.tls_key, args.namespace, args.auth_config, args.kubeconfig,
-          args.kube_context, args.max_poll_seconds, args.max_concurrent)
+    serve(
+        args.listen,
+        args.tls_cert,
+        args.tls_key,
+        args.namespace,
+        args.auth_config,
+        args.kubeconfig,
+        args.kube_context,
+        args.max_poll_seconds,
+        args.max_concurrent,
+    )
     return 0
 
 

@@ -166,10 +166,14 @@ def parse_key_value(text: str, flag: str, environ: dict[str, str]) -> tuple[str,
     """KEY=VALUE; a bare KEY takes its value from the environment, as `docker build` does."""
     key, sep, value = text.partition("=")
     if not BUILD_ARG_NAME.match(key):
-        raise InputError(f"invalid {flag} '{key}': write {flag} NAME=VALUE where NAME is letters, digits and underscores")
+        raise InputError(
+            f"invalid {flag} '{key}': write {flag} NAME=VALUE where NAME is letters, digits and underscores"
+        )
     if not sep:
         if key not in environ:
-            raise InputError(f"{flag} {key} has no value and no environment variable {key} is set: write {flag} {key}=VALUE")
+            raise InputError(
+                f"{flag} {key} has no value and no environment variable {key} is set: write {flag} {key}=VALUE"
+            )
         value = environ[key]
     return key, value
 
@@ -187,16 +191,22 @@ def parse_secret(text: str, environ: dict[str, str]) -> SecretSpec:
     for part in text.split(","):
         key, sep, value = part.partition("=")
         if not sep:
-            raise InputError(f"invalid --secret '{_redact_secret_text(text)}': write id=NAME,src=PATH or id=NAME,env=VAR")
+            raise InputError(
+                f"invalid --secret '{_redact_secret_text(text)}': write id=NAME,src=PATH or id=NAME,env=VAR"
+            )
         fields[key.strip()] = value.strip()
     secret_id = fields.pop("id", "")
     src = fields.pop("src", None) or fields.pop("source", None)
     env = fields.pop("env", None)
     kind = fields.pop("type", None)
     if fields:
-        raise InputError(f"--secret id={secret_id}: unknown field(s) {', '.join(sorted(fields))}; allowed: id, src, env, type")
+        raise InputError(
+            f"--secret id={secret_id}: unknown field(s) {', '.join(sorted(fields))}; allowed: id, src, env, type"
+        )
     if not secret_id or not SECRET_ID.match(secret_id):
-        raise InputError("--secret needs id=NAME (letters, digits, '.', '_', '-'), e.g. --secret id=hf_token,env=HF_TOKEN")
+        raise InputError(
+            "--secret needs id=NAME (letters, digits, '.', '_', '-'), e.g. --secret id=hf_token,env=HF_TOKEN"
+        )
     if kind == "env" and env is None:
         env, src = src, None
     if (src is None) == (env is None):
@@ -223,14 +233,18 @@ def parse_cache_spec(text: str, flag: str) -> CacheSpec:
     text = text.strip()
     if text and "=" not in text:
         if not IMAGE_REFERENCE.match(text) or len(text) > 255:
-            raise InputError(f"invalid {flag}: write BuildKit's type=TYPE,KEY=VALUE,… or an image reference for the registry cache, e.g. {flag} 127.0.0.1:5000/team/app:buildcache")
+            raise InputError(
+                f"invalid {flag}: write BuildKit's type=TYPE,KEY=VALUE,… or an image reference for the registry cache, e.g. {flag} 127.0.0.1:5000/team/app:buildcache"
+            )
         return CacheSpec.registry_import(text)
     kind = None
     attributes = []
     for number, item in enumerate(_csv_record(text, flag)):
         key, sep, value = item.partition("=")
         if not sep or not CACHE_ATTRIBUTE_KEY.match(key):
-            raise InputError(f"invalid {flag}: field {number + 1} is not KEY=VALUE with a KEY of letters, digits, '.', '_', '-'")
+            raise InputError(
+                f"invalid {flag}: field {number + 1} is not KEY=VALUE with a KEY of letters, digits, '.', '_', '-'"
+            )
         if key.lower() == "type":
             kind = value
         else:
@@ -262,14 +276,18 @@ def _csv_record(text: str, flag: str) -> list[str]:
                 i = end + 1
                 break
             if i < len(text) and text[i] != ",":
-                raise InputError(f"invalid {flag}: field {len(fields) + 1} has text after its closing quote; quote the whole field, e.g. \"src=/a,b\"")
+                raise InputError(
+                    f'invalid {flag}: field {len(fields) + 1} has text after its closing quote; quote the whole field, e.g. "src=/a,b"'
+                )
             fields.append("".join(value))
         else:
             end = text.find(",", i)
             end = len(text) if end < 0 else end
             value = text[i:end]
             if '"' in value or "\n" in value or "\r" in value:
-                raise InputError(f"invalid {flag}: field {len(fields) + 1} has a quote or line break inside; quote the whole field, e.g. \"src=/a,b\"")
+                raise InputError(
+                    f'invalid {flag}: field {len(fields) + 1} has a quote or line break inside; quote the whole field, e.g. "src=/a,b"'
+                )
             fields.append(value)
             i = end
         if i >= len(text):
@@ -388,7 +406,10 @@ def repository_identity(context: Path, environ: dict[str, str]) -> str:
     try:
         remote = subprocess.run(
             ["git", "-C", str(context), "config", "--get", "remote.origin.url"],
-            capture_output=True, text=True, timeout=5, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            stdin=subprocess.DEVNULL,
         ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         remote = ""

@@ -14,17 +14,18 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from datetime import datetime, timezone
-from typing import Callable, Mapping, TextIO
+from pathlib import Path
+from typing import TextIO
 
 from . import __version__
 from .buildkit import CacheStats, SolveAbort, check_buildkit_answers, check_reachable, find_buildctl, run_solve
+from .cache import cache_options, default_cache_ref
 from .ci import publishers_from_env
 from .ci.report_files import ReportFilesPublisher
 from .ci.sections import log_section
-from .cache import cache_options, default_cache_ref
 from .config import (
     BuilderEndpoint,
     BuildRequest,
@@ -35,13 +36,13 @@ from .config import (
     repository_identity,
     validate_image_reference,
 )
+from .errors import BuildFailed, Cancelled, WarmbuildError
 from .pool.broker import SlotBroker
 from .pool.ephemeral import EphemeralSettings, load_ephemeral_settings
 from .pool.leases import HolderInfo
 from .pool.placement import Grant, PlacementRequest
 from .pool.state import ReleaseState, remove_state, state_file_path, write_state
 from .pool.workload import WorkloadKey, derive_workload_key
-from .errors import BuildFailed, Cancelled, WarmbuildError
 from .report import BuildResult, Placement, Timings, render_table, result_to_dict, write_result_file
 from .signals import signals_deferred
 
@@ -143,7 +144,9 @@ def workload_key_of(request: BuildRequest, flags: PoolFlags, environ: Mapping[st
     dockerfile = (flags.named_dockerfile or request.dockerfile).resolve()
     relative = os.path.relpath(dockerfile, request.context)
     repository = "" if flags.cache_key else repository_identity(request.context, dict(environ))
-    return derive_workload_key(repository, relative, request.target, explicit=flags.cache_key, by_target=flags.key_by_target)
+    return derive_workload_key(
+        repository, relative, request.target, explicit=flags.cache_key, by_target=flags.key_by_target
+    )
 
 
 def plan_pool_build(request: BuildRequest, flags: PoolFlags, environ: Mapping[str, str] | None = None) -> PoolBuild:
@@ -177,8 +180,9 @@ def plan_pool_build(request: BuildRequest, flags: PoolFlags, environ: Mapping[st
     )
     return PoolBuild(
         placement=placement,
-        release_state=ReleaseState(namespace=flags.namespace, lease="", holder="", kubeconfig=flags.kubeconfig,
-                                   context=flags.kube_context),
+        release_state=ReleaseState(
+            namespace=flags.namespace, lease="", holder="", kubeconfig=flags.kubeconfig, context=flags.kube_context
+        ),
         state_file=state_file_path(flags.state_file),
         tls=flags.tls,
         cache_ref=cache_ref,
@@ -188,7 +192,9 @@ def plan_pool_build(request: BuildRequest, flags: PoolFlags, environ: Mapping[st
     )
 
 
-def run_pool_build(request: BuildRequest, options: PoolBuild, broker: SlotBroker, log: TextIO | None = None) -> BuildResult:
+def run_pool_build(
+    request: BuildRequest, options: PoolBuild, broker: SlotBroker, log: TextIO | None = None
+) -> BuildResult:
     """Place the build in the pool through `broker`, run it there, give back the slot or delete the
     ephemeral builder whatever happens, and add the build to the pool's history."""
     log = sys.stderr if log is None else log
@@ -202,8 +208,14 @@ def run_pool_build(request: BuildRequest, options: PoolBuild, broker: SlotBroker
         raise
 
 
-def report_unbuilt(request: BuildRequest, failure: WarmbuildError, *, queue_seconds: float, log: TextIO,
-                   environ: Mapping[str, str] | None = None) -> BuildResult:
+def report_unbuilt(
+    request: BuildRequest,
+    failure: WarmbuildError,
+    *,
+    queue_seconds: float,
+    log: TextIO,
+    environ: Mapping[str, str] | None = None,
+) -> BuildResult:
     """The result of a build that never reached a builder: written and published like any other."""
     environ = os.environ if environ is None else environ
     now = datetime.now(timezone.utc)
@@ -225,15 +237,24 @@ def report_unbuilt(request: BuildRequest, failure: WarmbuildError, *, queue_seco
     return result
 
 
-def _place_and_build(request: BuildRequest, options: PoolBuild, broker: SlotBroker, log: TextIO, started: float,
-                     reported: list[BuildResult]) -> BuildResult:
+def _place_and_build(
+    request: BuildRequest,
+    options: PoolBuild,
+    broker: SlotBroker,
+    log: TextIO,
+    started: float,
+    reported: list[BuildResult],
+) -> BuildResult:
     placement = options.placement
 
     def say(line: str) -> None:
         print(f"warmbuild: {line}", file=log, flush=True)
 
     def on_created(pod: str) -> None:
-        write_state(options.state_file, replace(options.release_state, lease=pod, holder=placement.holder.identity, ephemeral_pod=pod))
+        write_state(
+            options.state_file,
+            replace(options.release_state, lease=pod, holder=placement.holder.identity, ephemeral_pod=pod),
+        )
 
     title = f"Placement: a slot in pool '{placement.pool}' (namespace {placement.namespace})"
     grant: Grant | None = None
@@ -243,10 +264,14 @@ def _place_and_build(request: BuildRequest, options: PoolBuild, broker: SlotBrok
         with log_section(log, os.environ, "warmbuild_placement", title):
             grant = broker.acquire(placement, log=say)
         queue_seconds = time.monotonic() - started
-        cache = cache_options(grant.path, options.cache_ref, options.cache_export, request.push, placement.untrusted,
-                              request.compression)
-        request = replace(request, cache_imports=request.cache_imports + cache.imports,
-                          cache_exports=request.cache_exports + cache.exports)
+        cache = cache_options(
+            grant.path, options.cache_ref, options.cache_export, request.push, placement.untrusted, request.compression
+        )
+        request = replace(
+            request,
+            cache_imports=request.cache_imports + cache.imports,
+            cache_exports=request.cache_exports + cache.exports,
+        )
         startup_seconds = 0.0
         if grant.path == "ephemeral":
             with log_section(log, os.environ, "warmbuild_startup", "Startup: ephemeral builder"):
@@ -258,7 +283,9 @@ def _place_and_build(request: BuildRequest, options: PoolBuild, broker: SlotBrok
                 startup_seconds = time.monotonic() - begun
             say(f"ephemeral builder {grant.builder.name} ready at {grant.builder.address} after {startup_seconds:.1f}s")
         else:
-            write_state(options.state_file, replace(options.release_state, lease=grant.lease.name, holder=grant.lease.holder))
+            write_state(
+                options.state_file, replace(options.release_state, lease=grant.lease.name, holder=grant.lease.holder)
+            )
             say(f"slot {grant.lease.name} on {grant.builder.name} ({grant.builder.address}); {grant.reason}")
             keeper = broker.keep(grant, on_lost=abort.trigger)
         built = grant
@@ -270,8 +297,13 @@ def _place_and_build(request: BuildRequest, options: PoolBuild, broker: SlotBrok
         return run_build(
             request,
             BuilderEndpoint(address=grant.builder.address, tls=options.tls),
-            Placement(builder=grant.builder.address, path=grant.path, builder_name=grant.builder.name,
-                      affine=grant.affine, reason=grant.reason),
+            Placement(
+                builder=grant.builder.address,
+                path=grant.path,
+                builder_name=grant.builder.name,
+                affine=grant.affine,
+                reason=grant.reason,
+            ),
             queue_seconds=queue_seconds,
             startup_seconds=startup_seconds,
             buildctl=options.buildctl,

@@ -166,7 +166,9 @@ def render_table(result: BuildResult) -> str:
         rows.append(("digest", result.image_digest))
     for name in result.image_names:
         rows.append(("image", name + (" (pushed)" if result.pushed else "")))
-    rows.append(("cache", f"{result.cache.cached_steps}/{result.cache.total_steps} steps cached ({result.cache.ratio:.0%})"))
+    rows.append(
+        ("cache", f"{result.cache.cached_steps}/{result.cache.total_steps} steps cached ({result.cache.ratio:.0%})")
+    )
     rows.extend(phase_rows(result))
     width = max(len(k) for k, _ in rows)
     lines.extend(f"  {k.ljust(width)}  {v}" for k, v in rows)
@@ -195,13 +197,18 @@ def render_markdown_summary(result: BuildResult) -> str:
         out.append(f"| digest | `{result.image_digest}` |")
     for name in result.image_names:
         out.append(f"| image | `{_md_escape(name)}`{' (pushed)' if result.pushed else ''} |")
-    out.append(f"| cache | {result.cache.cached_steps}/{result.cache.total_steps} steps cached ({result.cache.ratio:.0%}) |")
+    out.append(
+        f"| cache | {result.cache.cached_steps}/{result.cache.total_steps} steps cached ({result.cache.ratio:.0%}) |"
+    )
     out += ["", "| phase | time |", "|---|---:|"]
     out += [f"| {k.strip()} | {v} |" for k, v in phase_rows(result)]
     shown = [s for s in result.steps if s.name][:100]
     if shown:
         out += ["", "<details><summary>Steps</summary>", "", "| step | cached | time |", "|---|:---:|---:|"]
-        out += [f"| {_md_escape(s.name)[:200]} | {'yes' if s.cached else ''} | {_seconds(s.duration_seconds)} |" for s in shown]
+        out += [
+            f"| {_md_escape(s.name)[:200]} | {'yes' if s.cached else ''} | {_seconds(s.duration_seconds)} |"
+            for s in shown
+        ]
         out += ["", "</details>"]
     slow = slowest_steps(result)
     if slow:

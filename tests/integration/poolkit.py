@@ -49,8 +49,9 @@ def held_slots(client, namespace: str = NAMESPACE, pool: str = POOL) -> dict[str
     }
 
 
-def race_for_slots(acquire_hold_release, clients: int, observer_client, during=None, join_timeout: float = 240.0,
-                   most_holders: int = 6):
+def race_for_slots(
+    acquire_hold_release, clients: int, observer_client, during=None, join_timeout: float = 240.0, most_holders: int = 6
+):
     """Run `clients` threads of `acquire_hold_release(index) -> (lease, start, end, fencing token)` while
     an observer watches the pool's Leases. Returns (most holders seen, violations, intervals, errors)."""
     seen_max = 0

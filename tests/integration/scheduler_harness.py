@@ -28,13 +28,20 @@ CI_USER = f"system:serviceaccount:{NAMESPACE}:warmbuild-ci"
 
 
 def apply(admin, path: str, body: dict) -> None:
-    admin.request("PATCH", f"{path}?fieldManager=warmbuild-tests&force=true", body=body,
-                  content_type="application/apply-patch+yaml")
+    admin.request(
+        "PATCH",
+        f"{path}?fieldManager=warmbuild-tests&force=true",
+        body=body,
+        content_type="application/apply-patch+yaml",
+    )
 
 
 def ensure_service_account(admin, name: str) -> None:
-    apply(admin, f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{name}",
-          {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": NAMESPACE}})
+    apply(
+        admin,
+        f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{name}",
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": NAMESPACE}},
+    )
 
 
 def token_for(admin, service_account: str, seconds: int = 3600) -> str:
@@ -50,32 +57,55 @@ def ensure_scheduler_identity(admin) -> str:
     """The scheduler's ServiceAccount and RBAC; returns a fresh token for it."""
     ensure_service_account(admin, SCHEDULER_SA)
     rbac = "/apis/rbac.authorization.k8s.io/v1"
-    apply(admin, f"{rbac}/namespaces/{NAMESPACE}/roles/{SCHEDULER_SA}", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": SCHEDULER_SA, "namespace": NAMESPACE},
-        "rules": [
-            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-        ],
-    })
-    apply(admin, f"{rbac}/namespaces/{NAMESPACE}/rolebindings/{SCHEDULER_SA}", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": SCHEDULER_SA, "namespace": NAMESPACE},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SCHEDULER_SA},
-        "subjects": [{"kind": "ServiceAccount", "name": SCHEDULER_SA, "namespace": NAMESPACE}],
-    })
-    apply(admin, f"{rbac}/clusterroles/{TOKENREVIEW_ROLE}", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": TOKENREVIEW_ROLE},
-        "rules": [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}],
-    })
-    apply(admin, f"{rbac}/clusterrolebindings/{TOKENREVIEW_ROLE}", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": TOKENREVIEW_ROLE},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": TOKENREVIEW_ROLE},
-        "subjects": [{"kind": "ServiceAccount", "name": SCHEDULER_SA, "namespace": NAMESPACE}],
-    })
+    apply(
+        admin,
+        f"{rbac}/namespaces/{NAMESPACE}/roles/{SCHEDULER_SA}",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": SCHEDULER_SA, "namespace": NAMESPACE},
+            "rules": [
+                {
+                    "apiGroups": ["coordination.k8s.io"],
+                    "resources": ["leases"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                },
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            ],
+        },
+    )
+    apply(
+        admin,
+        f"{rbac}/namespaces/{NAMESPACE}/rolebindings/{SCHEDULER_SA}",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": SCHEDULER_SA, "namespace": NAMESPACE},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SCHEDULER_SA},
+            "subjects": [{"kind": "ServiceAccount", "name": SCHEDULER_SA, "namespace": NAMESPACE}],
+        },
+    )
+    apply(
+        admin,
+        f"{rbac}/clusterroles/{TOKENREVIEW_ROLE}",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": TOKENREVIEW_ROLE},
+            "rules": [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}],
+        },
+    )
+    apply(
+        admin,
+        f"{rbac}/clusterrolebindings/{TOKENREVIEW_ROLE}",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": TOKENREVIEW_ROLE},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": TOKENREVIEW_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": SCHEDULER_SA, "namespace": NAMESPACE}],
+        },
+    )
     return token_for(admin, SCHEDULER_SA)
 
 
@@ -96,13 +126,28 @@ def make_tls(directory: Path) -> tuple[Path, Path, Path]:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "warmbuild test CA")])
     ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -110,9 +155,15 @@ def make_tls(directory: Path) -> tuple[Path, Path, Path]:
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "warmbuild-scheduler")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
@@ -122,8 +173,9 @@ def make_tls(directory: Path) -> tuple[Path, Path, Path]:
     ca_file, cert_file, key_file = directory / "ca.crt", directory / "server.crt", directory / "server.key"
     ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     key_file.chmod(0o600)
     return ca_file, cert_file, key_file
 
@@ -170,10 +222,29 @@ class SchedulerProcess:
         }
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "warmbuild.cli", "scheduler", "--listen", f"127.0.0.1:{self.port}",
-             "--tls-cert", str(setup.cert), "--tls-key", str(setup.key), "--namespace", NAMESPACE,
-             "--auth-config", str(setup.auth_config), "--max-poll-seconds", str(max_poll_seconds), *extra_args],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "warmbuild.cli",
+                "scheduler",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--tls-cert",
+                str(setup.cert),
+                "--tls-key",
+                str(setup.key),
+                "--namespace",
+                NAMESPACE,
+                "--auth-config",
+                str(setup.auth_config),
+                "--max-poll-seconds",
+                str(max_poll_seconds),
+                *extra_args,
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         self.wait_ready()
 

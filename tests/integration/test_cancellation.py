@@ -21,10 +21,10 @@ import time
 import uuid
 from pathlib import Path
 
+import poolkit
 import pytest
 import requests
 
-import poolkit
 from warmbuild.kube.client import connect
 from warmbuild.pool.leases import list_pool_leases
 
@@ -36,6 +36,7 @@ wait_for = functools.partial(poolkit.wait_for, interval=0.1)
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
 
 def processes() -> dict[int, tuple[int, str, str]]:
     """pid → (parent pid, state, command line) for every process on this machine."""
@@ -59,7 +60,9 @@ def alive(pid: int) -> bool:
 
 
 def running_with(marker: str) -> list[int]:
-    return [pid for pid, (_, state, cmd) in processes().items() if marker in cmd and state != "Z" and pid != os.getpid()]
+    return [
+        pid for pid, (_, state, cmd) in processes().items() if marker in cmd and state != "Z" and pid != os.getpid()
+    ]
 
 
 def buildctl_of(pid: int) -> list[int]:
@@ -71,7 +74,13 @@ class Warmbuild:
 
     def __init__(self, argv: list[str], env: dict, cwd: Path):
         self.process = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -103,7 +112,9 @@ def sleeping_app(tmp_path: Path, base_image: str) -> tuple[Path, str]:
     marker = f"wb-cancel-{uuid.uuid4().hex[:12]}"
     app = tmp_path / "app"
     app.mkdir()
-    (app / "Dockerfile").write_text(f"FROM {base_image}\nRUN echo {marker}-started && sleep 60 && echo {marker}-finished\n")
+    (app / "Dockerfile").write_text(
+        f"FROM {base_image}\nRUN echo {marker}-started && sleep 60 && echo {marker}-finished\n"
+    )
     return app, marker
 
 
@@ -118,7 +129,9 @@ def warmbuild_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "warmbuild.cli", *args]
 
 
-def assert_cancelled_within_budget(run: Warmbuild, signalled_at: float, expected_code: int, marker: str, result_file: Path):
+def assert_cancelled_within_budget(
+    run: Warmbuild, signalled_at: float, expected_code: int, marker: str, result_file: Path
+):
     code = run.wait(timeout=30)
     elapsed = time.monotonic() - signalled_at
     assert code == expected_code, run.output
@@ -134,11 +147,14 @@ def assert_cancelled_within_budget(run: Warmbuild, signalled_at: float, expected
 
 # --- direct mode -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_during_a_step_cancels_the_solve_in_direct_mode(signum, tmp_path, builder):
     app, marker = sleeping_app(tmp_path, os.environ["WARMBUILD_BASE_IMAGE"])
     result_file = tmp_path / "result.json"
-    run = Warmbuild(warmbuild_argv("build", str(app), "--builder", builder, "--result-file", str(result_file)), base_env(), tmp_path)
+    run = Warmbuild(
+        warmbuild_argv("build", str(app), "--builder", builder, "--result-file", str(result_file)), base_env(), tmp_path
+    )
     wait_for(lambda: running_with(marker), 60, "the RUN step to start")
     (buildctl,) = buildctl_of(run.process.pid)
     signalled_at = run.signal(signum)
@@ -217,9 +233,19 @@ def test_a_signal_during_the_push_cancels_it_and_nothing_is_pushed(tmp_path, bui
         repo = f"warmbuild-tests/push-cancel-{blob[:10]}"
         result_file = tmp_path / "result.json"
         run = Warmbuild(
-            warmbuild_argv("build", str(app), "--builder", builder, "--tag", f"127.0.0.1:5001/{repo}:x", "--push",
-                           "--result-file", str(result_file)),
-            base_env(), tmp_path,
+            warmbuild_argv(
+                "build",
+                str(app),
+                "--builder",
+                builder,
+                "--tag",
+                f"127.0.0.1:5001/{repo}:x",
+                "--push",
+                "--result-file",
+                str(result_file),
+            ),
+            base_env(),
+            tmp_path,
         )
         assert proxy.upload_started.wait(120), run.output
         (buildctl,) = buildctl_of(run.process.pid)
@@ -240,10 +266,11 @@ def test_a_signal_during_the_push_cancels_it_and_nothing_is_pushed(tmp_path, bui
 
 # --- pool mode ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def admin():
     if not os.environ.get("KUBECONFIG") or not os.environ.get("WARMBUILD_CI_KUBECONFIG"):
-        pytest.fail("the testbed's control plane is not up: eval \"$(testbed/up)\" exports KUBECONFIG")
+        pytest.fail('the testbed\'s control plane is not up: eval "$(testbed/up)" exports KUBECONFIG')
     return connect(os.environ["KUBECONFIG"])
 
 
@@ -262,8 +289,19 @@ def holder_of(pid: int) -> str:
 
 def pool_argv(app: Path, tmp_path: Path, *extra: str) -> list[str]:
     return warmbuild_argv(
-        "build", str(app), "--pool", POOL, "--namespace", NAMESPACE, "--kubeconfig", os.environ["WARMBUILD_CI_KUBECONFIG"],
-        "--state-file", str(tmp_path / "state.json"), "--result-file", str(tmp_path / "result.json"), *extra,
+        "build",
+        str(app),
+        "--pool",
+        POOL,
+        "--namespace",
+        NAMESPACE,
+        "--kubeconfig",
+        os.environ["WARMBUILD_CI_KUBECONFIG"],
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--result-file",
+        str(tmp_path / "result.json"),
+        *extra,
     )
 
 
@@ -311,12 +349,12 @@ def test_githubs_sigint_then_sigterm_still_releases_the_slot(gap, tmp_path, admi
 def test_a_second_signal_during_the_release_does_not_cut_it_short(tmp_path, admin, tiny_app, registry, monkeypatch):
     """In process: SIGTERM arrives exactly inside the release; it finishes, then the signal counts."""
     from warmbuild import pipeline
-    from warmbuild.pool import broker
-    from warmbuild.pool.state import ReleaseState
     from warmbuild.config import build_request
     from warmbuild.errors import Cancelled
+    from warmbuild.pool import broker
     from warmbuild.pool.leases import HolderInfo
     from warmbuild.pool.placement import PlacementRequest
+    from warmbuild.pool.state import ReleaseState
     from warmbuild.pool.workload import explicit_key
     from warmbuild.signals import install_cancel_handlers
 
@@ -336,13 +374,18 @@ def test_a_second_signal_during_the_release_does_not_cut_it_short(tmp_path, admi
     holder = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
     try:
         request = build_request(
-            context=str(tiny_app), build_args=[f"REGISTRY={registry}"], result_file=str(tmp_path / "result.json"), environ={}
+            context=str(tiny_app),
+            build_args=[f"REGISTRY={registry}"],
+            result_file=str(tmp_path / "result.json"),
+            environ={},
         )
         with pytest.raises(Cancelled) as err:
             pipeline.run_pool_build(
                 request,
                 connect(os.environ["WARMBUILD_CI_KUBECONFIG"]),
-                PlacementRequest(NAMESPACE, POOL, explicit_key(f"test-{uuid.uuid4().hex}"), HolderInfo(holder), max_wait_seconds=30),
+                PlacementRequest(
+                    NAMESPACE, POOL, explicit_key(f"test-{uuid.uuid4().hex}"), HolderInfo(holder), max_wait_seconds=30
+                ),
                 tls=None,
                 state=ReleaseState(namespace=NAMESPACE, lease="", holder=""),
                 state_file=tmp_path / "state.json",

@@ -33,10 +33,12 @@ MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json, application/vnd.do
 
 # --- helpers -----------------------------------------------------------------------------------
 
+
 def clean_env(**extra: str) -> dict:
     """This machine's environment without CI markers, credentials or a default builder."""
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("GITHUB_", "GITLAB_", "INPUT_", "STATE_", "CI_", "WARMBUILD_INPUT_"))
         and k not in ("CI", "KUBECONFIG", "WARMBUILD_BUILDER", "WARMBUILD_POOL")
     }
@@ -54,7 +56,7 @@ def heredoc_values(text: str) -> dict[str, str]:
         if "<<" in lines[i]:
             name, delimiter = lines[i].split("<<", 1)
             end = lines.index(delimiter, i + 1)
-            values[name] = "\n".join(lines[i + 1:end])
+            values[name] = "\n".join(lines[i + 1 : end])
             i = end
         i += 1
     return values
@@ -70,10 +72,7 @@ def registry_digest(reference: str) -> str:
 
 def slots_held_by_pid(pid: int) -> list[str]:
     admin = connect(os.environ["KUBECONFIG"])
-    return [
-        name for name, lease in list_pool_leases(admin, NAMESPACE, POOL).items()
-        if f"/{pid}/" in lease.holder
-    ]
+    return [name for name, lease in list_pool_leases(admin, NAMESPACE, POOL).items() if f"/{pid}/" in lease.holder]
 
 
 @pytest.fixture
@@ -84,7 +83,7 @@ def workspace(tmp_path, registry) -> Path:
     app.mkdir(parents=True)
     base = os.environ["WARMBUILD_BASE_IMAGE"]
     (app / "app.py").write_text(f'print("front door {uuid.uuid4().hex}")\n')
-    (app / "Dockerfile").write_text(f"FROM {base}\nWORKDIR /app\nCOPY app.py /app/\nCMD [\"python\", \"/app/app.py\"]\n")
+    (app / "Dockerfile").write_text(f'FROM {base}\nWORKDIR /app\nCOPY app.py /app/\nCMD ["python", "/app/app.py"]\n')
     (app / "Dockerfile.failing").write_text(
         f"FROM {base}\nWORKDIR /app\nCOPY app.py /app/\n# line 4\nRUN echo checking; echo model.bin is missing >&2; exit 3\n"
     )
@@ -93,7 +92,10 @@ def workspace(tmp_path, registry) -> Path:
 
 # --- the step image ----------------------------------------------------------------------------
 
-def test_step_image_builds_from_the_local_registry_non_root_with_exec_form_entrypoint(run_warmbuild, registry, tmp_path):
+
+def test_step_image_builds_from_the_local_registry_non_root_with_exec_form_entrypoint(
+    run_warmbuild, registry, tmp_path
+):
     buildctl = os.environ["WARMBUILD_BUILDCTL"]
     # The testbed's buildctl stands in for moby/buildkit:v0.34.2 (the same version, built from source).
     stand_in = tmp_path / "buildkit-image"
@@ -101,12 +103,21 @@ def test_step_image_builds_from_the_local_registry_non_root_with_exec_form_entry
     shutil.copy(buildctl, stand_in / "buildctl")
     (stand_in / "Dockerfile").write_text("FROM scratch\nCOPY buildctl /usr/bin/buildctl\n")
     buildkit_image = f"{registry}/moby/buildkit:v0.34.2"
-    done = run_warmbuild("build", str(stand_in), "--tag", buildkit_image, "--push", "--result-file", str(tmp_path / "bk.json"))
+    done = run_warmbuild(
+        "build", str(stand_in), "--tag", buildkit_image, "--push", "--result-file", str(tmp_path / "bk.json")
+    )
     assert done.returncode == 0, done.stderr
 
     tag = f"{registry}/warmbuild-tests/step-{uuid.uuid4().hex[:10]}:test"
-    build_args = ["--build-arg", f"PYTHON_IMAGE={registry}/library/python:3.11-slim", "--build-arg", f"BUILDKIT_IMAGE={buildkit_image}"]
-    done = run_warmbuild("build", str(ROOT), *build_args, "--tag", tag, "--push", "--result-file", str(tmp_path / "step.json"))
+    build_args = [
+        "--build-arg",
+        f"PYTHON_IMAGE={registry}/library/python:3.11-slim",
+        "--build-arg",
+        f"BUILDKIT_IMAGE={buildkit_image}",
+    ]
+    done = run_warmbuild(
+        "build", str(ROOT), *build_args, "--tag", tag, "--push", "--result-file", str(tmp_path / "step.json")
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "step.json").read_text())
     context_step = next(s for s in result["steps"] if s["name"].startswith("[internal] load build context"))
@@ -115,7 +126,9 @@ def test_step_image_builds_from_the_local_registry_non_root_with_exec_form_entry
     # The image config, from the registry's manifest and config blob.
     host, _, rest = tag.partition("/")
     repo, _, reference = rest.rpartition(":")
-    manifest = requests.get(f"http://{host}/v2/{repo}/manifests/{reference}", headers={"Accept": MANIFEST_TYPES}, timeout=10).json()
+    manifest = requests.get(
+        f"http://{host}/v2/{repo}/manifests/{reference}", headers={"Accept": MANIFEST_TYPES}, timeout=10
+    ).json()
     config = requests.get(f"http://{host}/v2/{repo}/blobs/{manifest['config']['digest']}", timeout=10).json()["config"]
     assert config["User"] == "1001:1001"
     assert config["Entrypoint"] == ["/opt/warmbuild/bin/warmbuild"]  # exec form: a list, no shell
@@ -130,32 +143,65 @@ def test_step_image_builds_from_the_local_registry_non_root_with_exec_form_entry
     pulled.mkdir()
     (pulled / "Dockerfile").write_text(f"FROM {host}/{repo}@{result['image']['digest']}\n")
     export = subprocess.run(
-        [buildctl, "--addr", os.environ["WARMBUILD_BUILDER"], "build", "--progress=plain", "--frontend=dockerfile.v0",
-         "--local", f"context={pulled}", "--local", f"dockerfile={pulled}", "--output", f"type=tar,dest={tmp_path / 'rootfs.tar'}"],
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        [
+            buildctl,
+            "--addr",
+            os.environ["WARMBUILD_BUILDER"],
+            "build",
+            "--progress=plain",
+            "--frontend=dockerfile.v0",
+            "--local",
+            f"context={pulled}",
+            "--local",
+            f"dockerfile={pulled}",
+            "--output",
+            f"type=tar,dest={tmp_path / 'rootfs.tar'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
     )
     assert export.returncode == 0, export.stderr[-3000:]
     subprocess.run(["tar", "-xf", str(tmp_path / "rootfs.tar"), "-C", str(rootfs)], check=True, timeout=120)
-    for executable in ("usr/local/bin/buildctl", "usr/local/bin/warmbuild-github-main", "usr/local/bin/warmbuild-github-post"):
+    for executable in (
+        "usr/local/bin/buildctl",
+        "usr/local/bin/warmbuild-github-main",
+        "usr/local/bin/warmbuild-github-post",
+    ):
         assert os.access(rootfs / executable, os.X_OK), executable
-    assert hashlib.sha256((rootfs / "usr/local/bin/buildctl").read_bytes()).digest() == hashlib.sha256(Path(buildctl).read_bytes()).digest()
+    assert (
+        hashlib.sha256((rootfs / "usr/local/bin/buildctl").read_bytes()).digest()
+        == hashlib.sha256(Path(buildctl).read_bytes()).digest()
+    )
     site = next(rootfs.glob("opt/warmbuild/lib/python3*/site-packages"))
     assert (site / "warmbuild" / "ci" / "github_action.py").is_file()
     assert not (rootfs / "src").exists() and not (site / "tests").exists() and not (site / "testbed").exists()
     assert os.geteuid() == 0, "chroot needs root (CI and the testbed run as root)"
 
     def in_image(*argv: str) -> str:
-        done = subprocess.run([shutil.which("chroot"), "--userspec=1001:1001", str(rootfs), *argv], capture_output=True, text=True, timeout=60,
-                              env={"PATH": "/opt/warmbuild/bin:/usr/local/bin:/usr/bin:/bin", "HOME": "/home/warmbuild"})
+        done = subprocess.run(
+            [shutil.which("chroot"), "--userspec=1001:1001", str(rootfs), *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/opt/warmbuild/bin:/usr/local/bin:/usr/bin:/bin", "HOME": "/home/warmbuild"},
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout + done.stderr
 
     assert in_image("/opt/warmbuild/bin/warmbuild", "--version").strip() == "warmbuild 0.1.0"
     assert "v0.34.2" in in_image("/usr/local/bin/buildctl", "--version")
-    assert in_image("python", "-c", "import warmbuild.entry.github_action, warmbuild.entry.gitlab_job; print('ok')").strip() == "ok"
+    assert (
+        in_image(
+            "python", "-c", "import warmbuild.entry.github_action, warmbuild.entry.gitlab_job; print('ok')"
+        ).strip()
+        == "ok"
+    )
 
 
 # --- GitHub ------------------------------------------------------------------------------------
+
 
 class GitHubRunner:
     """The files and variables a runner hands a container action's main and post steps."""
@@ -170,18 +216,32 @@ class GitHubRunner:
 
     def env(self, inputs: dict[str, str], **extra: str) -> dict:
         env = clean_env(
-            GITHUB_ACTIONS="true", CI="true", HOME=str(self.home), GITHUB_WORKSPACE=str(self.workspace),
-            GITHUB_OUTPUT=str(self.files["output"]), GITHUB_STATE=str(self.files["state"]),
-            GITHUB_STEP_SUMMARY=str(self.files["summary"]), GITHUB_ACTION="build", GITHUB_REPOSITORY="acme/app",
-            GITHUB_RUN_ID="4242", GITHUB_SERVER_URL="http://127.0.0.1:9",
+            GITHUB_ACTIONS="true",
+            CI="true",
+            HOME=str(self.home),
+            GITHUB_WORKSPACE=str(self.workspace),
+            GITHUB_OUTPUT=str(self.files["output"]),
+            GITHUB_STATE=str(self.files["state"]),
+            GITHUB_STEP_SUMMARY=str(self.files["summary"]),
+            GITHUB_ACTION="build",
+            GITHUB_REPOSITORY="acme/app",
+            GITHUB_RUN_ID="4242",
+            GITHUB_SERVER_URL="http://127.0.0.1:9",
         )
         env.update({f"INPUT_{name.upper()}": value for name, value in inputs.items()})
         env.update(extra)
         return env
 
     def run(self, stage: str, env: dict) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "warmbuild.entry.github_action", stage], env=env, cwd=self.workspace,
-                              capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [sys.executable, "-m", "warmbuild.entry.github_action", stage],
+            env=env,
+            cwd=self.workspace,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def test_github_action_builds_through_the_pool_with_a_kubeconfig_input(tmp_path, workspace, registry):
@@ -189,8 +249,16 @@ def test_github_action_builds_through_the_pool_with_a_kubeconfig_input(tmp_path,
     kubeconfig = Path(os.environ["WARMBUILD_CI_KUBECONFIG"]).read_text()
     token = yaml.safe_load(kubeconfig)["users"][0]["user"]["token"]
     tag = f"{registry}/warmbuild-tests/gh-{uuid.uuid4().hex[:10]}:sha"
-    inputs = {"context": "app", "tags": tag, "push": "true", "pool": POOL, "namespace": NAMESPACE, "kubeconfig": kubeconfig,
-              "max-wait": "30", "labels": "org.opencontainers.image.source=http://127.0.0.1:9/acme/app"}
+    inputs = {
+        "context": "app",
+        "tags": tag,
+        "push": "true",
+        "pool": POOL,
+        "namespace": NAMESPACE,
+        "kubeconfig": kubeconfig,
+        "max-wait": "30",
+        "labels": "org.opencontainers.image.source=http://127.0.0.1:9/acme/app",
+    }
     main = runner.run("main", runner.env(inputs))
     assert main.returncode == 0, main.stderr[-3000:]
     assert main.stdout.splitlines()[0] == f"::add-mask::{token}"
@@ -198,7 +266,9 @@ def test_github_action_builds_through_the_pool_with_a_kubeconfig_input(tmp_path,
     # One foldable group per phase, closed, and the result table outside them.
     log = main.stderr.splitlines()
     starts = [line for line in log if line.startswith("::group::")]
-    assert starts[0].startswith("::group::Placement: a slot in pool") and starts[1].startswith("::group::Build on tcp://127.0.0.")
+    assert starts[0].startswith("::group::Placement: a slot in pool") and starts[1].startswith(
+        "::group::Build on tcp://127.0.0."
+    )
     assert log.count("::endgroup::") == len(starts) == 2
     assert log.index("warmbuild: success") > max(i for i, line in enumerate(log) if line == "::endgroup::")
 
@@ -222,7 +292,10 @@ def test_github_action_annotates_the_failing_dockerfile_line_and_releases(tmp_pa
     runner = GitHubRunner(tmp_path / "runner", workspace)
     kubeconfig = yaml.safe_load(Path(os.environ["WARMBUILD_CI_KUBECONFIG"]).read_text())
     inputs = {
-        "context": "app", "file": "app/Dockerfile.failing", "pool": POOL, "namespace": NAMESPACE,
+        "context": "app",
+        "file": "app/Dockerfile.failing",
+        "pool": POOL,
+        "namespace": NAMESPACE,
         "server": kubeconfig["clusters"][0]["cluster"]["server"],
         "certificate-authority-data": kubeconfig["clusters"][0]["cluster"]["certificate-authority-data"],
         "token": kubeconfig["users"][0]["user"]["token"],
@@ -241,10 +314,23 @@ def test_github_action_annotates_the_failing_dockerfile_line_and_releases(tmp_pa
 def test_github_post_step_releases_the_slot_of_a_killed_main_step(tmp_path, workspace):
     runner = GitHubRunner(tmp_path / "runner", workspace)
     marker = f"wb-post-{uuid.uuid4().hex[:10]}"
-    (workspace / "app" / "Dockerfile").write_text(f"FROM {os.environ['WARMBUILD_BASE_IMAGE']}\nRUN echo {marker} && sleep 60\n")
-    inputs = {"context": "app", "pool": POOL, "namespace": NAMESPACE, "kubeconfig": Path(os.environ["WARMBUILD_CI_KUBECONFIG"]).read_text()}
-    main = subprocess.Popen([sys.executable, "-m", "warmbuild.entry.github_action", "main"], env=runner.env(inputs), cwd=workspace,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (workspace / "app" / "Dockerfile").write_text(
+        f"FROM {os.environ['WARMBUILD_BASE_IMAGE']}\nRUN echo {marker} && sleep 60\n"
+    )
+    inputs = {
+        "context": "app",
+        "pool": POOL,
+        "namespace": NAMESPACE,
+        "kubeconfig": Path(os.environ["WARMBUILD_CI_KUBECONFIG"]).read_text(),
+    }
+    main = subprocess.Popen(
+        [sys.executable, "-m", "warmbuild.entry.github_action", "main"],
+        env=runner.env(inputs),
+        cwd=workspace,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (slots_held_by_pid(main.pid) and _running(marker)):
@@ -274,6 +360,7 @@ def test_github_post_step_releases_the_slot_of_a_killed_main_step(tmp_path, work
 
 
 # --- GitLab ------------------------------------------------------------------------------------
+
 
 def gitlab_job(inputs: dict[str, object]) -> tuple[dict, dict[str, str]]:
     """The component's job as GitLab would create it: inputs checked and interpolated."""
@@ -309,20 +396,39 @@ def gitlab_job(inputs: dict[str, object]) -> tuple[dict, dict[str, str]]:
 def run_gitlab_lines(lines: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
     """Run script lines as the runner does (one shell, stop at the first failure); keep \r as is."""
     script = "\n".join(lines)
-    done = subprocess.run(["bash", "-eo", "pipefail", "-c", script], env=env, cwd=cwd, capture_output=True, timeout=600,
-                          stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", script],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
 def test_gitlab_component_job_builds_and_reports(tmp_path, workspace, registry):
     tag = f"{registry}/warmbuild-tests/gl-{uuid.uuid4().hex[:10]}:abc123"
-    job, variables = gitlab_job({
-        "image": "127.0.0.1:5000/tools/warmbuild:0.1.0", "context": "app", "tags": tag, "push": True,
-        "pool": POOL, "namespace": NAMESPACE, "max-wait": 30, "build-args": "GREETING=hello world\nEMPTY=",
-    })
+    job, variables = gitlab_job(
+        {
+            "image": "127.0.0.1:5000/tools/warmbuild:0.1.0",
+            "context": "app",
+            "tags": tag,
+            "push": True,
+            "pool": POOL,
+            "namespace": NAMESPACE,
+            "max-wait": 30,
+            "build-args": "GREETING=hello world\nEMPTY=",
+        }
+    )
     env = clean_env(
-        CI="true", GITLAB_CI="true", CI_JOB_URL="http://127.0.0.1:9/acme/app/-/jobs/7", CI_PROJECT_DIR=str(workspace),
-        CI_PROJECT_PATH="acme/app", CI_COMMIT_SHORT_SHA="abc123", KUBECONFIG=os.environ["WARMBUILD_CI_KUBECONFIG"],
+        CI="true",
+        GITLAB_CI="true",
+        CI_JOB_URL="http://127.0.0.1:9/acme/app/-/jobs/7",
+        CI_PROJECT_DIR=str(workspace),
+        CI_PROJECT_PATH="acme/app",
+        CI_COMMIT_SHORT_SHA="abc123",
+        KUBECONFIG=os.environ["WARMBUILD_CI_KUBECONFIG"],
     )
     env.update(variables)
     script = run_gitlab_lines(job["script"], env, workspace)
@@ -359,13 +465,20 @@ def test_gitlab_input_values_never_reach_a_shell(tmp_path, workspace):
     canary = tmp_path / "pwned"
     payload = f'$(touch {canary}); `touch {canary}` "; touch {canary}; echo "'
     (workspace / "app" / "Dockerfile.args").write_text(
-        f"FROM {os.environ['WARMBUILD_BASE_IMAGE']}\nARG PAYLOAD\nRUN printf '%s' \"$PAYLOAD\" > /payload && test \"$(cat /payload)\" = \"$PAYLOAD\"\n"
+        f'FROM {os.environ["WARMBUILD_BASE_IMAGE"]}\nARG PAYLOAD\nRUN printf \'%s\' "$PAYLOAD" > /payload && test "$(cat /payload)" = "$PAYLOAD"\n'
     )
-    job, variables = gitlab_job({
-        "image": "127.0.0.1:5000/tools/warmbuild:0.1.0", "context": "app", "file": "app/Dockerfile.args",
-        "builder": os.environ["WARMBUILD_BUILDER"], "build-args": f"PAYLOAD={payload}",
-    })
-    env = clean_env(CI="true", GITLAB_CI="true", CI_PROJECT_DIR=str(workspace), CI_JOB_URL="http://127.0.0.1:9/-/jobs/8")
+    job, variables = gitlab_job(
+        {
+            "image": "127.0.0.1:5000/tools/warmbuild:0.1.0",
+            "context": "app",
+            "file": "app/Dockerfile.args",
+            "builder": os.environ["WARMBUILD_BUILDER"],
+            "build-args": f"PAYLOAD={payload}",
+        }
+    )
+    env = clean_env(
+        CI="true", GITLAB_CI="true", CI_PROJECT_DIR=str(workspace), CI_JOB_URL="http://127.0.0.1:9/-/jobs/8"
+    )
     env.update(variables)
     script = run_gitlab_lines(job["script"], env, workspace)
     assert script.returncode == 0, script.stderr[-3000:]
@@ -374,11 +487,14 @@ def test_gitlab_input_values_never_reach_a_shell(tmp_path, workspace):
 
 # --- Jenkins -----------------------------------------------------------------------------------
 
+
 def jenkins_pipeline() -> tuple[dict[str, str], list[str], list[str]]:
     """docs/jenkins.md's pipeline: its environment block and its `sh '…'` lines (stages, post)."""
     text = (ROOT / "docs/jenkins.md").read_text()
     groovy = re.search(r"```groovy\n(.*?)```", text, re.S)[1]
-    environment = dict(re.findall(r"^\s+([A-Z_]+) = '([^']*)'", re.search(r"environment \{(.*?)\}", groovy, re.S)[1], re.M))
+    environment = dict(
+        re.findall(r"^\s+([A-Z_]+) = '([^']*)'", re.search(r"environment \{(.*?)\}", groovy, re.S)[1], re.M)
+    )
     stages, post = groovy.split("post {", 1)
     sh = lambda part: re.findall(r"^\s*sh '([^']*)'", part, re.M)  # noqa: E731
     return environment, sh(stages), sh(post)
@@ -387,25 +503,44 @@ def jenkins_pipeline() -> tuple[dict[str, str], list[str], list[str]]:
 def jenkins_env(workspace: Path, image: str, **extra: str) -> dict:
     environment, _, _ = jenkins_pipeline()
     env = clean_env(
-        WORKSPACE=str(workspace), BUILD_URL="http://127.0.0.1:9/job/app/12/", JOB_NAME="app", BUILD_NUMBER="12",
-        JENKINS_URL="http://127.0.0.1:9/", GIT_COMMIT=uuid.uuid4().hex + "0" * 8, GIT_URL="http://127.0.0.1:9/acme/app.git",
+        WORKSPACE=str(workspace),
+        BUILD_URL="http://127.0.0.1:9/job/app/12/",
+        JOB_NAME="app",
+        BUILD_NUMBER="12",
+        JENKINS_URL="http://127.0.0.1:9/",
+        GIT_COMMIT=uuid.uuid4().hex + "0" * 8,
+        GIT_URL="http://127.0.0.1:9/acme/app.git",
     )
     env.update(environment)
     # Site-specific values: where to push, and the kubeconfig credential's file.
-    env.update(IMAGE=image, KUBECONFIG=os.environ["WARMBUILD_CI_KUBECONFIG"], WARMBUILD_POOL=POOL, WARMBUILD_NAMESPACE=NAMESPACE)
+    env.update(
+        IMAGE=image,
+        KUBECONFIG=os.environ["WARMBUILD_CI_KUBECONFIG"],
+        WARMBUILD_POOL=POOL,
+        WARMBUILD_NAMESPACE=NAMESPACE,
+    )
     env.update(extra)
     return env
 
 
 def test_jenkins_pipeline_from_the_docs_runs_as_written(tmp_path, workspace, registry):
     environment, stage_lines, post_lines = jenkins_pipeline()
-    assert stage_lines == ['exec warmbuild build . --tag "$IMAGE:$GIT_COMMIT" --push'] and post_lines == ["warmbuild release"]
+    assert stage_lines == ['exec warmbuild build . --tag "$IMAGE:$GIT_COMMIT" --push'] and post_lines == [
+        "warmbuild release"
+    ]
     app = workspace / "app"
     image = f"{registry}/warmbuild-tests/jenkins-{uuid.uuid4().hex[:10]}"
     env = jenkins_env(app, image)
     for line in stage_lines + post_lines:
-        done = subprocess.run(["bash", "-xe", "-c", line], env=env, cwd=app, capture_output=True, text=True, timeout=600,
-                              stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            ["bash", "-xe", "-c", line],
+            env=env,
+            cwd=app,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            stdin=subprocess.DEVNULL,
+        )
         assert done.returncode == 0, f"{line}\n{done.stderr[-3000:]}"
     result = json.loads((app / environment["WARMBUILD_RESULT_FILE"]).read_text())
     assert result["status"] == "success" and result["placement"]["path"] in ("warm", "spill")
@@ -423,8 +558,15 @@ def test_jenkins_abort_reaches_warmbuild_through_exec(tmp_path, workspace, regis
     marker = f"wb-jenkins-{uuid.uuid4().hex[:10]}"
     (app / "Dockerfile").write_text(f"FROM {os.environ['WARMBUILD_BASE_IMAGE']}\nRUN echo {marker} && sleep 60\n")
     env = jenkins_env(app, f"{registry}/warmbuild-tests/jenkins-abort")
-    step = subprocess.Popen(["bash", "-xe", "-c", line], env=env, cwd=app, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    step = subprocess.Popen(
+        ["bash", "-xe", "-c", line],
+        env=env,
+        cwd=app,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not slots_held_by_pid(step.pid) or not _running(marker):
@@ -440,7 +582,9 @@ def test_jenkins_abort_reaches_warmbuild_through_exec(tmp_path, workspace, regis
     assert code == 143, step.stderr.read()[-3000:]
     assert time.monotonic() - signalled < 5
     assert slots_held_by_pid(step.pid) == []
-    post = subprocess.run(["bash", "-xe", "-c", post_lines[0]], env=env, cwd=app, capture_output=True, text=True, timeout=60)
+    post = subprocess.run(
+        ["bash", "-xe", "-c", post_lines[0]], env=env, cwd=app, capture_output=True, text=True, timeout=60
+    )
     assert post.returncode == 0 and "nothing to release" in post.stderr
 
 

@@ -13,7 +13,9 @@ def _build_args(app, registry, *extra):
     return ["build", str(app), "--build-arg", f"REGISTRY={registry}", *extra]
 
 
-def test_pushed_digest_is_the_one_the_registry_serves(run_warmbuild, tiny_app, registry, unique_repo, registry_manifest, tmp_path):
+def test_pushed_digest_is_the_one_the_registry_serves(
+    run_warmbuild, tiny_app, registry, unique_repo, registry_manifest, tmp_path
+):
     tag = f"{unique_repo}:v1"
     result_file = tmp_path / "result.json"
     done = run_warmbuild(*_build_args(tiny_app, registry, "--tag", tag, "--push", "--result-file", str(result_file)))
@@ -25,7 +27,9 @@ def test_pushed_digest_is_the_one_the_registry_serves(run_warmbuild, tiny_app, r
     assert result["image"]["digest"] == stated == served
     timings = result["timings"]
     # Phases happen inside the build: none can be longer than the whole (cached steps count zero).
-    assert timings["total_seconds"] >= max(timings["build_seconds"], timings["export_seconds"], timings["context_seconds"])
+    assert timings["total_seconds"] >= max(
+        timings["build_seconds"], timings["export_seconds"], timings["context_seconds"]
+    )
     assert result["timings"]["push_seconds"] <= result["timings"]["export_seconds"]
     assert "sha256:" in done.stderr and "warmbuild: success" in done.stderr
 
@@ -54,7 +58,9 @@ def test_code_only_change_reuses_the_dependency_layer(run_warmbuild, tiny_app, r
 def test_failing_run_step_is_named_with_its_exit_status(run_warmbuild, tiny_app, registry, tmp_path):
     result_file = tmp_path / "result.json"
     done = run_warmbuild(
-        *_build_args(tiny_app, registry, "--file", str(tiny_app / "Dockerfile.failing"), "--result-file", str(result_file))
+        *_build_args(
+            tiny_app, registry, "--file", str(tiny_app / "Dockerfile.failing"), "--result-file", str(result_file)
+        )
     )
     assert done.returncode == 1
     error_lines = [line for line in done.stderr.splitlines() if line.startswith("warmbuild: error:")]
@@ -69,7 +75,9 @@ def test_failing_run_step_is_named_with_its_exit_status(run_warmbuild, tiny_app,
 def test_unreachable_builder_fails_fast_with_one_clear_line(run_warmbuild, tiny_app, registry, tmp_path):
     started = time.monotonic()
     done = run_warmbuild(
-        *_build_args(tiny_app, registry, "--builder", "tcp://127.0.0.99:1234", "--result-file", str(tmp_path / "r.json"))
+        *_build_args(
+            tiny_app, registry, "--builder", "tcp://127.0.0.99:1234", "--result-file", str(tmp_path / "r.json")
+        )
     )
     elapsed = time.monotonic() - started
     assert done.returncode == 3
@@ -99,7 +107,9 @@ def test_a_listener_that_is_not_buildkitd_fails_within_seconds(run_warmbuild, ti
     try:
         started = time.monotonic()
         done = run_warmbuild(
-            *_build_args(tiny_app, registry, "--builder", f"tcp://127.0.0.1:{port}", "--result-file", str(tmp_path / "r.json"))
+            *_build_args(
+                tiny_app, registry, "--builder", f"tcp://127.0.0.1:{port}", "--result-file", str(tmp_path / "r.json")
+            )
         )
         elapsed = time.monotonic() - started
     finally:

@@ -22,18 +22,33 @@ def _installed(app: Path, dockerfile: str, registry: str, builder: str, out: Pat
     (app / f"{dockerfile}.freeze").write_text((app / dockerfile).read_text() + FREEZE_STAGE)
     done = subprocess.run(
         [
-            os.environ.get("WARMBUILD_BUILDCTL", "buildctl"), "--addr", builder, "build",
-            "--frontend", "dockerfile.v0",
-            "--local", f"context={app}", "--local", f"dockerfile={app}",
-            "--opt", f"filename={dockerfile}.freeze",
-            "--opt", f"build-arg:REGISTRY={registry}",
+            os.environ.get("WARMBUILD_BUILDCTL", "buildctl"),
+            "--addr",
+            builder,
+            "build",
+            "--frontend",
+            "dockerfile.v0",
+            "--local",
+            f"context={app}",
+            "--local",
+            f"dockerfile={app}",
+            "--opt",
+            f"filename={dockerfile}.freeze",
+            "--opt",
+            f"build-arg:REGISTRY={registry}",
             "--no-cache",
-            "--output", f"type=local,dest={out}",
+            "--output",
+            f"type=local,dest={out}",
         ],
-        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return sorted(line.strip().lower().replace("_", "-") for line in (out / "freeze.txt").read_text().splitlines() if line.strip())
+    return sorted(
+        line.strip().lower().replace("_", "-") for line in (out / "freeze.txt").read_text().splitlines() if line.strip()
+    )
 
 
 def test_the_fixed_reference_builds_and_installs_the_same_versions(run_warmbuild, registry, builder, tmp_path):
@@ -56,7 +71,9 @@ def test_build_uv_end_to_end(run_warmbuild, registry, tmp_path):
     app = tmp_path / "ml-app"
     shutil.copytree(REFERENCE, app)
     result_file = tmp_path / "result.json"
-    done = run_warmbuild("build", str(app), "--build-arg", f"REGISTRY={registry}", "--uv", "--result-file", str(result_file))
+    done = run_warmbuild(
+        "build", str(app), "--build-arg", f"REGISTRY={registry}", "--uv", "--result-file", str(result_file)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "--uv: building" in done.stderr
     result = json.loads(result_file.read_text())

@@ -17,22 +17,26 @@ from contextlib import contextmanager
 
 import pytest
 import requests
-
-from warmbuild.pool.affinity import preference_order
-from warmbuild.kube.client import KubeNotFound, connect
-from warmbuild.kube.names import EPHEMERAL_LABEL, pods_path
-from warmbuild.pool.gc import collect_garbage
-from warmbuild.pool.history import append_record
-from warmbuild.pool.records import BuildRecord
-from warmbuild.pool.workload import key_hash
-from warmbuild.pool.leases import HolderInfo, list_pool_leases, release_slot, try_acquire_slot
-from warmbuild.pool.membership import discover_builders
 from poolkit import held_slots, wait_for
 
-MANIFEST_TYPES = ", ".join([
-    "application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json", "application/vnd.docker.distribution.manifest.v2+json",
-])
+from warmbuild.kube.client import KubeNotFound, connect
+from warmbuild.kube.names import EPHEMERAL_LABEL, pods_path
+from warmbuild.pool.affinity import preference_order
+from warmbuild.pool.gc import collect_garbage
+from warmbuild.pool.history import append_record
+from warmbuild.pool.leases import HolderInfo, list_pool_leases, release_slot, try_acquire_slot
+from warmbuild.pool.membership import discover_builders
+from warmbuild.pool.records import BuildRecord
+from warmbuild.pool.workload import key_hash
+
+MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")
 
@@ -43,7 +47,9 @@ def ci():
 
 
 def ephemeral_pods(client) -> list[str]:
-    items = client.request("GET", pods_path(NAMESPACE), query={"labelSelector": f"{EPHEMERAL_LABEL}=true"}).body["items"]
+    items = client.request("GET", pods_path(NAMESPACE), query={"labelSelector": f"{EPHEMERAL_LABEL}=true"}).body[
+        "items"
+    ]
     return [p["metadata"]["name"] for p in items]
 
 
@@ -64,9 +70,15 @@ def all_slots_held(client, holder_key: str = "someone-else"):
     try:
         for builder in discover_builders(client, NAMESPACE, POOL):
             for _ in range(builder.slots):
-                grant = try_acquire_slot(client, NAMESPACE, POOL, builder,
-                                         HolderInfo(identity=f"other-{uuid.uuid4().hex[:6]}", workload_key=holder_key),
-                                         list_pool_leases(client, NAMESPACE, POOL), duration=30)
+                grant = try_acquire_slot(
+                    client,
+                    NAMESPACE,
+                    POOL,
+                    builder,
+                    HolderInfo(identity=f"other-{uuid.uuid4().hex[:6]}", workload_key=holder_key),
+                    list_pool_leases(client, NAMESPACE, POOL),
+                    duration=30,
+                )
                 assert grant is not None
                 grants.append(grant)
         yield grants
@@ -83,15 +95,28 @@ def ci_env():
     return {"KUBECONFIG": os.environ["WARMBUILD_CI_KUBECONFIG"], "WARMBUILD_BUILDER": ""}
 
 
-def test_with_every_warm_slot_held_builds_go_ephemeral_and_share_a_registry_cache(ci, tiny_app, registry, unique_repo, run_warmbuild, tmp_path):
+def test_with_every_warm_slot_held_builds_go_ephemeral_and_share_a_registry_cache(
+    ci, tiny_app, registry, unique_repo, run_warmbuild, tmp_path
+):
     results = []
     with all_slots_held(ci):
         for attempt in range(2):
             (tiny_app / "app.py").write_text(f'print("attempt {attempt} {uuid.uuid4().hex}")\n')
             result_file = tmp_path / f"r{attempt}.json"
-            done = run_warmbuild(*build_args(tiny_app, registry, f"{unique_repo}:eph", "--max-wait", "0",
-                                             "--result-file", str(result_file), "--state-file", str(tmp_path / "s.json")),
-                                 env=ci_env())
+            done = run_warmbuild(
+                *build_args(
+                    tiny_app,
+                    registry,
+                    f"{unique_repo}:eph",
+                    "--max-wait",
+                    "0",
+                    "--result-file",
+                    str(result_file),
+                    "--state-file",
+                    str(tmp_path / "s.json"),
+                ),
+                env=ci_env(),
+            )
             assert done.returncode == 0, done.stderr
             results.append(json.loads(result_file.read_text()))
             assert not ephemeral_pods(ci)  # deleted as soon as the build ended
@@ -101,7 +126,9 @@ def test_with_every_warm_slot_held_builds_go_ephemeral_and_share_a_registry_cach
         assert "went ephemeral" in result["placement"]["reason"]
         assert result["timings"]["startup_seconds"] > 0
     host, _, repo = unique_repo.partition("/")
-    cache = requests.get(f"http://{host}/v2/{repo}/manifests/buildcache", headers={"Accept": MANIFEST_TYPES}, timeout=10)
+    cache = requests.get(
+        f"http://{host}/v2/{repo}/manifests/buildcache", headers={"Accept": MANIFEST_TYPES}, timeout=10
+    )
     assert cache.status_code == 200  # the first build exported its cache
     pip_first = next(s for s in first["steps"] if "RUN pip install" in s["name"])
     pip_second = next(s for s in second["steps"] if "RUN pip install" in s["name"])
@@ -112,11 +139,28 @@ def test_with_every_warm_slot_held_builds_go_ephemeral_and_share_a_registry_cach
 
 def seed_history(ci, key: str, path: str, seconds: float, count: int = 3):
     for _ in range(count):
-        append_record(ci, NAMESPACE, POOL, BuildRecord(key_hash(key), time.time(), path, "seed", 0.0,
-                                                       1.0 if path == "ephemeral" else 0.0, seconds, seconds, 0.5, "success"))
+        append_record(
+            ci,
+            NAMESPACE,
+            POOL,
+            BuildRecord(
+                key_hash(key),
+                time.time(),
+                path,
+                "seed",
+                0.0,
+                1.0 if path == "ephemeral" else 0.0,
+                seconds,
+                seconds,
+                0.5,
+                "success",
+            ),
+        )
 
 
-def test_policy_waits_when_history_says_the_affine_slot_frees_soon(ci, tiny_app, registry, unique_repo, run_warmbuild, tmp_path):
+def test_policy_waits_when_history_says_the_affine_slot_frees_soon(
+    ci, tiny_app, registry, unique_repo, run_warmbuild, tmp_path
+):
     ours, theirs = f"wait-{uuid.uuid4().hex}", f"quick-{uuid.uuid4().hex}"
     seed_history(ci, ours, "warm", 5)
     seed_history(ci, ours, "ephemeral", 400)
@@ -125,9 +169,26 @@ def test_policy_waits_when_history_says_the_affine_slot_frees_soon(ci, tiny_app,
     with all_slots_held(ci, holder_key=theirs) as grants:
         releaser = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2.5)"])
         process = subprocess.Popen(
-            [sys.executable, "-m", "warmbuild.cli", *build_args(tiny_app, registry, f"{unique_repo}:wait", "--cache-key", ours,
-                                                                "--result-file", str(tmp_path / "r.json"), "--state-file", str(tmp_path / "s.json"))],
-            env={**os.environ, **ci_env()}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "warmbuild.cli",
+                *build_args(
+                    tiny_app,
+                    registry,
+                    f"{unique_repo}:wait",
+                    "--cache-key",
+                    ours,
+                    "--result-file",
+                    str(tmp_path / "r.json"),
+                    "--state-file",
+                    str(tmp_path / "s.json"),
+                ),
+            ],
+            env={**os.environ, **ci_env()},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         releaser.wait()
         for grant in grants:
@@ -142,15 +203,30 @@ def test_policy_waits_when_history_says_the_affine_slot_frees_soon(ci, tiny_app,
     assert f"affine builder {affine} busy for" in stderr and "waiting up to" in stderr
 
 
-def test_policy_goes_ephemeral_when_history_says_the_affine_slot_stays_busy(ci, tiny_app, registry, unique_repo, run_warmbuild, tmp_path):
+def test_policy_goes_ephemeral_when_history_says_the_affine_slot_stays_busy(
+    ci, tiny_app, registry, unique_repo, run_warmbuild, tmp_path
+):
     ours, theirs = f"eph-{uuid.uuid4().hex}", f"slow-{uuid.uuid4().hex}"
     seed_history(ci, ours, "warm", 5)
     seed_history(ci, ours, "ephemeral", 8)
     seed_history(ci, theirs, "warm", 900)
     with all_slots_held(ci, holder_key=theirs):
-        done = run_warmbuild(*build_args(tiny_app, registry, f"{unique_repo}:eph2", "--cache-key", ours, "--max-wait", "600",
-                                         "--result-file", str(tmp_path / "r.json"), "--state-file", str(tmp_path / "s.json")),
-                             env=ci_env())
+        done = run_warmbuild(
+            *build_args(
+                tiny_app,
+                registry,
+                f"{unique_repo}:eph2",
+                "--cache-key",
+                ours,
+                "--max-wait",
+                "600",
+                "--result-file",
+                str(tmp_path / "r.json"),
+                "--state-file",
+                str(tmp_path / "s.json"),
+            ),
+            env=ci_env(),
+        )
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["placement"]["path"] == "ephemeral"
@@ -159,13 +235,29 @@ def test_policy_goes_ephemeral_when_history_says_the_affine_slot_stays_busy(ci, 
     assert result["timings"]["queue_seconds"] < 5  # decided at once, no waiting
 
 
-def test_an_unschedulable_builder_fails_within_the_timeout_naming_the_reason(ci, tiny_app, registry, unique_repo, run_warmbuild, tmp_path):
+def test_an_unschedulable_builder_fails_within_the_timeout_naming_the_reason(
+    ci, tiny_app, registry, unique_repo, run_warmbuild, tmp_path
+):
     config = tmp_path / "ephemeral.yaml"
     config.write_text("nodeSelector: {warmbuild.dev/no-such-node: 'true'}\n")
     started = time.monotonic()
-    done = run_warmbuild(*build_args(tiny_app, registry, f"{unique_repo}:never", "--untrusted", "--ephemeral-config", str(config),
-                                     "--ephemeral-timeout", "6", "--result-file", str(tmp_path / "r.json"),
-                                     "--state-file", str(tmp_path / "s.json")), env=ci_env())
+    done = run_warmbuild(
+        *build_args(
+            tiny_app,
+            registry,
+            f"{unique_repo}:never",
+            "--untrusted",
+            "--ephemeral-config",
+            str(config),
+            "--ephemeral-timeout",
+            "6",
+            "--result-file",
+            str(tmp_path / "r.json"),
+            "--state-file",
+            str(tmp_path / "s.json"),
+        ),
+        env=ci_env(),
+    )
     elapsed = time.monotonic() - started
     assert done.returncode == 9, done.stderr
     assert elapsed < 20
@@ -179,8 +271,13 @@ def test_an_unschedulable_builder_fails_within_the_timeout_naming_the_reason(ci,
 
 
 def buildctl_du_ids(address: str) -> set[str]:
-    output = subprocess.run([os.environ["WARMBUILD_BUILDCTL"], "--addr", address, "du", "--format", "{{json .}}"],
-                            capture_output=True, text=True, timeout=30, check=True).stdout
+    output = subprocess.run(
+        [os.environ["WARMBUILD_BUILDCTL"], "--addr", address, "du", "--format", "{{json .}}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     ids = set()
     for line in output.splitlines():
         line = line.strip()
@@ -194,35 +291,69 @@ def buildctl_du_ids(address: str) -> set[str]:
 def test_an_untrusted_build_never_changes_a_warm_builders_cache(ci, tmp_path, registry, unique_repo, run_warmbuild):
     app = tmp_path / "untrusted"
     app.mkdir()
-    (app / "Dockerfile").write_text(f"ARG REGISTRY\nFROM ${{REGISTRY}}/library/python:3.11-slim\nRUN echo {uuid.uuid4().hex} > /poison\n")
+    (app / "Dockerfile").write_text(
+        f"ARG REGISTRY\nFROM ${{REGISTRY}}/library/python:3.11-slim\nRUN echo {uuid.uuid4().hex} > /poison\n"
+    )
     builders = discover_builders(ci, NAMESPACE, POOL)
     before = {b.name: buildctl_du_ids(b.address) for b in builders}
-    done = run_warmbuild(*build_args(app, registry, f"{unique_repo}:untrusted", "--untrusted",
-                                     "--result-file", str(tmp_path / "r.json"), "--state-file", str(tmp_path / "s.json")),
-                         env=ci_env())
+    done = run_warmbuild(
+        *build_args(
+            app,
+            registry,
+            f"{unique_repo}:untrusted",
+            "--untrusted",
+            "--result-file",
+            str(tmp_path / "r.json"),
+            "--state-file",
+            str(tmp_path / "s.json"),
+        ),
+        env=ci_env(),
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["placement"]["path"] == "ephemeral" and "untrusted" in result["placement"]["reason"]
     after = {b.name: buildctl_du_ids(b.address) for b in builders}
     assert after == before
     host, _, repo = unique_repo.partition("/")
-    no_cache = requests.get(f"http://{host}/v2/{repo}/manifests/buildcache", headers={"Accept": MANIFEST_TYPES}, timeout=10)
+    no_cache = requests.get(
+        f"http://{host}/v2/{repo}/manifests/buildcache", headers={"Accept": MANIFEST_TYPES}, timeout=10
+    )
     assert no_cache.status_code == 404  # import only: nothing exported
     tags = requests.get(f"http://{host}/v2/{repo}/tags/list", timeout=10).json()["tags"]
     assert tags == ["untrusted"]
 
 
 SLOW_DOCKERFILE = "ARG REGISTRY\nFROM ${{REGISTRY}}/library/python:3.11-slim\nRUN echo {marker} && sleep 120\n"
-PUSH_DOCKERFILE = ("ARG REGISTRY\nFROM ${{REGISTRY}}/library/python:3.11-slim\n"
-                   "RUN echo {marker} && head -c 150000000 /dev/urandom > /blob\n")
+PUSH_DOCKERFILE = (
+    "ARG REGISTRY\nFROM ${{REGISTRY}}/library/python:3.11-slim\n"
+    "RUN echo {marker} && head -c 150000000 /dev/urandom > /blob\n"
+)
 
 
 def start_build(app, registry, tag, tmp_path, *extra):
     return subprocess.Popen(
-        [sys.executable, "-m", "warmbuild.cli", *build_args(app, registry, tag, "--untrusted", "--lease-seconds", "4",
-                                                            "--result-file", str(tmp_path / "r.json"),
-                                                            "--state-file", str(tmp_path / "s.json"), *extra)],
-        env={**os.environ, **ci_env()}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "warmbuild.cli",
+            *build_args(
+                app,
+                registry,
+                tag,
+                "--untrusted",
+                "--lease-seconds",
+                "4",
+                "--result-file",
+                str(tmp_path / "r.json"),
+                "--state-file",
+                str(tmp_path / "s.json"),
+                *extra,
+            ),
+        ],
+        env={**os.environ, **ci_env()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

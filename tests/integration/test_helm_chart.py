@@ -14,9 +14,9 @@ this virtualenv's `warmbuild` instead of the one inside the builder image.
 import json
 import os
 import re
+import shutil
 import signal
 import socket
-import shutil
 import subprocess
 import sys
 import threading
@@ -34,13 +34,13 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from helm_render import CHART, VARIANTS, helm, template_command  # noqa: E402
-
 from poolkit import wait_for  # noqa: E402
+
 from warmbuild.pool.affinity import preference_order  # noqa: E402
 
 if not os.environ.get("KUBECONFIG") or not os.environ.get("WARMBUILD_POOL"):
     if os.environ.get("WARMBUILD_REQUIRE_TESTBED") == "1":
-        raise RuntimeError("the testbed's control plane and pool are not up: eval \"$(testbed/up)\"")
+        raise RuntimeError('the testbed\'s control plane and pool are not up: eval "$(testbed/up)"')
     pytest.skip("the testbed's control plane and pool are not up", allow_module_level=True)
 
 NAMESPACE = "warmbuild-chart"
@@ -95,8 +95,12 @@ def apply(resources, doc: dict, dry_run: bool):
     resource = resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
     meta = doc["metadata"]
     return resource.server_side_apply(
-        body=doc, name=meta["name"], namespace=meta.get("namespace"), field_manager=FIELD_MANAGER,
-        force_conflicts=True, **({"dry_run": "All"} if dry_run else {}),
+        body=doc,
+        name=meta["name"],
+        namespace=meta.get("namespace"),
+        field_manager=FIELD_MANAGER,
+        force_conflicts=True,
+        **({"dry_run": "All"} if dry_run else {}),
     )
 
 
@@ -120,8 +124,9 @@ def test_every_rendered_object_is_accepted_by_the_api_server(variant, core, reso
             apply(resources, doc, dry_run=True)  # validation, admission, RBAC escalation checks
             accepted.append(doc)
         # Then for real (replicas 0: the objects matter here, not pods; the install test runs pods).
-        done = helm(*template_command(variant=variant, namespace=namespace,
-                                      sets=("builder.replicas=0", "scheduler.replicas=0")))
+        done = helm(
+            *template_command(variant=variant, namespace=namespace, sets=("builder.replicas=0", "scheduler.replicas=0"))
+        )
         assert done.returncode == 0, done.stderr
         for doc in yaml.safe_load_all(done.stdout):
             if not doc or doc["kind"] in NOT_SERVED:
@@ -130,8 +135,7 @@ def test_every_rendered_object_is_accepted_by_the_api_server(variant, core, reso
             assert stored.metadata.uid
             if not doc["metadata"].get("namespace"):
                 cluster_scoped.append(doc)
-        print(f"{variant}: {len(accepted)} objects accepted (dry run, then for real); "
-              f"skipped: {skipped or 'none'}")
+        print(f"{variant}: {len(accepted)} objects accepted (dry run, then for real); skipped: {skipped or 'none'}")
         expected_skips = {"autoscaling-keda": {"ScaledObject"}, "mtls-cert-manager": {"Certificate", "Issuer"}}
         assert {line.split()[0] for line in skipped} == expected_skips.get(variant, set())
     finally:
@@ -154,14 +158,32 @@ def test_rendered_buildkitd_config_runs_a_real_buildkitd_with_the_derived_gc_lim
     buildctl = os.environ["WARMBUILD_BUILDCTL"]
     log = open(tmp_path / "buildkitd.log", "w")
     daemon = subprocess.Popen(
-        [str(Path(buildctl).parent / "buildkitd"), "--config", str(config_file), "--addr", f"tcp://{address}:1234",
-         "--root", str(tmp_path / "root"), "--otel-socket-path", str(tmp_path / "otel.sock"), "--oci-worker-net", "host"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(Path(buildctl).parent / "buildkitd"),
+            "--config",
+            str(config_file),
+            "--addr",
+            f"tcp://{address}:1234",
+            "--root",
+            str(tmp_path / "root"),
+            "--otel-socket-path",
+            str(tmp_path / "otel.sock"),
+            "--oci-worker-net",
+            "host",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
+
         def workers():
-            answer = subprocess.run([buildctl, "--addr", f"tcp://{address}:1234", "debug", "workers", "--verbose"],
-                                    capture_output=True, text=True, timeout=30)
+            answer = subprocess.run(
+                [buildctl, "--addr", f"tcp://{address}:1234", "debug", "workers", "--verbose"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             return answer.stdout if answer.returncode == 0 else None
 
         listing = wait_for(workers, 60, "the buildkitd with the chart's config to answer")
@@ -189,12 +211,16 @@ def test_rendered_buildkitd_config_runs_a_real_buildkitd_with_the_derived_gc_lim
 def local_volumes(core, storage, run_id: str, count: int) -> list[str]:
     """A no-provisioner StorageClass and `count` local PVs on the emulated node."""
     try:
-        storage.create_storage_class({
-            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-            "metadata": {"name": STORAGE_CLASS, "labels": {"warmbuild.dev/test": "helm-chart"}},
-            "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer",
-            "reclaimPolicy": "Retain",
-        })
+        storage.create_storage_class(
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {"name": STORAGE_CLASS, "labels": {"warmbuild.dev/test": "helm-chart"}},
+                "provisioner": "kubernetes.io/no-provisioner",
+                "volumeBindingMode": "WaitForFirstConsumer",
+                "reclaimPolicy": "Retain",
+            }
+        )
     except ApiException as error:
         if error.status != 409:
             raise
@@ -204,17 +230,31 @@ def local_volumes(core, storage, run_id: str, count: int) -> list[str]:
         name = f"warmbuild-chart-{run_id}-{i}"
         path = root / name
         path.mkdir(parents=True, exist_ok=True)
-        core.create_persistent_volume({
-            "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": name, "labels": {"warmbuild.dev/test": "helm-chart"}},
-            "spec": {
-                "capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Retain", "storageClassName": STORAGE_CLASS,
-                "local": {"path": str(path)},
-                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [NODE]}]}]}},
-            },
-        })
+        core.create_persistent_volume(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": name, "labels": {"warmbuild.dev/test": "helm-chart"}},
+                "spec": {
+                    "capacity": {"storage": "10Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": STORAGE_CLASS,
+                    "local": {"path": str(path)},
+                    "nodeAffinity": {
+                        "required": {
+                            "nodeSelectorTerms": [
+                                {
+                                    "matchExpressions": [
+                                        {"key": "kubernetes.io/hostname", "operator": "In", "values": [NODE]}
+                                    ]
+                                }
+                            ]
+                        }
+                    },
+                },
+            }
+        )
         names.append(name)
     return names
 
@@ -243,11 +283,27 @@ def release(api, core):
     assert warmbuild.is_file(), f"{warmbuild}: the project virtualenv has no warmbuild entry point"
     started = time.monotonic()
     done = helm(
-        "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s",
-        "--set", f"pool={POOL}", "--set", f"builder.replicas={REPLICAS}",
-        "--set", f"persistence.storageClassName={STORAGE_CLASS}", "--set", "persistence.size=10Gi",
-        "--set", f"builder.terminationGracePeriodSeconds={GRACE_SECONDS}",
-        "--set-json", f"drain.command={json.dumps([str(warmbuild)])}",
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "180s",
+        "--set",
+        f"pool={POOL}",
+        "--set",
+        f"builder.replicas={REPLICAS}",
+        "--set",
+        f"persistence.storageClassName={STORAGE_CLASS}",
+        "--set",
+        "persistence.size=10Gi",
+        "--set",
+        f"builder.terminationGracePeriodSeconds={GRACE_SECONDS}",
+        "--set-json",
+        f"drain.command={json.dumps([str(warmbuild)])}",
         timeout=240,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -259,8 +315,11 @@ def release(api, core):
 
 
 def ready(pod) -> bool:
-    return (pod.metadata.deletion_timestamp is None and pod.status.phase == "Running"
-            and any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []))
+    return (
+        pod.metadata.deletion_timestamp is None
+        and pod.status.phase == "Running"
+        and any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+    )
 
 
 def pool_pods(core):
@@ -270,15 +329,22 @@ def pool_pods(core):
 def test_install_runs_ready_builders_on_bound_local_volumes(release, core, api):
     statefulset = client.AppsV1Api(api).read_namespaced_stateful_set(f"{RELEASE}-builder", NAMESPACE)
     assert statefulset.status.ready_replicas == REPLICAS  # the real StatefulSet controller made them
-    pods = wait_for(lambda: (lambda ps: ps if len(ps) == REPLICAS and all(map(ready, ps)) else None)(pool_pods(core)),
-                    60, f"{REPLICAS} Ready builders")
+    pods = wait_for(
+        lambda: (lambda ps: ps if len(ps) == REPLICAS and all(map(ready, ps)) else None)(pool_pods(core)),
+        60,
+        f"{REPLICAS} Ready builders",
+    )
     assert sorted(p.metadata.name for p in pods) == BUILDERS
     for pod in pods:
         assert pod.spec.node_name == NODE
         assert pod.metadata.annotations["warmbuild.dev/slots"] == "2"
         assert pod.spec.service_account_name == f"{RELEASE}-builder"
-        done = subprocess.run([os.environ["WARMBUILD_BUILDCTL"], "--addr", f"tcp://{pod.status.pod_ip}:1234", "debug", "workers"],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [os.environ["WARMBUILD_BUILDCTL"], "--addr", f"tcp://{pod.status.pod_ip}:1234", "debug", "workers"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stderr  # a real buildkitd answers for every builder
     claims = {c.metadata.name: c for c in core.list_namespaced_persistent_volume_claim(NAMESPACE).items}
     assert sorted(claims) == [f"state-{name}" for name in BUILDERS]
@@ -294,13 +360,16 @@ def test_install_runs_ready_builders_on_bound_local_volumes(release, core, api):
 def ci_kubeconfig(core, tmp_path: Path) -> Path:
     """A kubeconfig for the chart's CI ServiceAccount, its token minted with TokenRequest as admin."""
     answer = core.create_namespaced_service_account_token(
-        f"{RELEASE}-ci", NAMESPACE,
+        f"{RELEASE}-ci",
+        NAMESPACE,
         {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
     )
     admin = yaml.safe_load(Path(os.environ["KUBECONFIG"]).read_text())
     cluster = admin["clusters"][0]
     kubeconfig = {
-        "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
         "users": [{"name": "ci", "user": {"token": answer.status.token}}],
         "contexts": [{"name": "ci", "context": {"cluster": cluster["name"], "user": "ci", "namespace": NAMESPACE}}],
         "current-context": "ci",
@@ -311,13 +380,25 @@ def ci_kubeconfig(core, tmp_path: Path) -> Path:
     return path
 
 
-def can(kubeconfig: Path, verb: str, resource: str, group: str = "", namespace: str = NAMESPACE, subresource: str = "") -> bool:
+def can(
+    kubeconfig: Path, verb: str, resource: str, group: str = "", namespace: str = NAMESPACE, subresource: str = ""
+) -> bool:
     api = config.new_client_from_config(config_file=str(kubeconfig))
-    review = client.AuthorizationV1Api(api).create_self_subject_access_review({
-        "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-        "spec": {"resourceAttributes": {"namespace": namespace, "verb": verb, "group": group,
-                                        "resource": resource, "subresource": subresource}},
-    })
+    review = client.AuthorizationV1Api(api).create_self_subject_access_review(
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {
+                    "namespace": namespace,
+                    "verb": verb,
+                    "group": group,
+                    "resource": resource,
+                    "subresource": subresource,
+                }
+            },
+        }
+    )
     return review.status.allowed
 
 
@@ -325,8 +406,7 @@ def sleep_app(tmp_path: Path, seconds: int) -> Path:
     app = tmp_path / "app"
     app.mkdir()
     (app / "Dockerfile").write_text(
-        f"FROM {os.environ['WARMBUILD_BASE_IMAGE']}\n"
-        f"RUN echo {uuid.uuid4().hex} >/stamp && sleep {seconds}\n"
+        f"FROM {os.environ['WARMBUILD_BASE_IMAGE']}\nRUN echo {uuid.uuid4().hex} >/stamp && sleep {seconds}\n"
     )
     return app
 
@@ -336,9 +416,26 @@ def start_build(app: Path, kubeconfig: Path, cache_key: str, result: Path) -> su
     for name in ("WARMBUILD_BUILDER", "WARMBUILD_POOL", "WARMBUILD_NAMESPACE"):
         env.pop(name, None)
     return subprocess.Popen(
-        [sys.executable, "-m", "warmbuild.cli", "build", str(app), "--pool", POOL, "--namespace", NAMESPACE,
-         "--cache-key", cache_key, "--result-file", str(result)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "warmbuild.cli",
+            "build",
+            str(app),
+            "--pool",
+            POOL,
+            "--namespace",
+            NAMESPACE,
+            "--cache-key",
+            cache_key,
+            "--result-file",
+            str(result),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -398,14 +495,23 @@ def test_scale_down_waits_for_the_build_holding_a_slot_on_the_highest_ordinal(re
     victim = BUILDERS[-1]  # a StatefulSet scales down from the highest ordinal
     pod = core.read_namespaced_pod(victim, NAMESPACE)
     kubeconfig = ci_kubeconfig(core, tmp_path)
-    pods = Recorder(core.list_namespaced_pod, NAMESPACE, field_selector=f"metadata.name={victim}",
-                    resource_version=pod.metadata.resource_version)
+    pods = Recorder(
+        core.list_namespaced_pod,
+        NAMESPACE,
+        field_selector=f"metadata.name={victim}",
+        resource_version=pod.metadata.resource_version,
+    )
     leases = Recorder(coordination.list_namespaced_lease, NAMESPACE, label_selector=f"warmbuild.dev/builder={victim}")
     result = tmp_path / "result.json"
     build = start_build(sleep_app(tmp_path, 20), kubeconfig, key_first_on(victim), result)
     try:
-        held = wait_for(lambda: next((obj for _t, kind, obj in list(leases.events)
-                                      if kind != "DELETED" and obj.spec.holder_identity), None), 60, f"a slot on {victim}")
+        held = wait_for(
+            lambda: next(
+                (obj for _t, kind, obj in list(leases.events) if kind != "DELETED" and obj.spec.holder_identity), None
+            ),
+            60,
+            f"a slot on {victim}",
+        )
         time.sleep(3)  # the solve is running: RUN sleep 20
         scaled_at = time.monotonic()
         apps.patch_namespaced_stateful_set_scale(f"{RELEASE}-builder", NAMESPACE, {"spec": {"replicas": REPLICAS - 1}})
@@ -423,20 +529,28 @@ def test_scale_down_waits_for_the_build_holding_a_slot_on_the_highest_ordinal(re
     assert report["status"] == "success" and report["placement"]["builder_name"] == victim
 
     slot = held.metadata.name
-    released_at = next(t for t, kind, obj in leases.events
-                       if obj.metadata.name == slot and kind == "MODIFIED" and not obj.spec.holder_identity)
+    released_at = next(
+        t
+        for t, kind, obj in leases.events
+        if obj.metadata.name == slot and kind == "MODIFIED" and not obj.spec.holder_identity
+    )
     deleting_at = next(t for t, _kind, obj in pods.events if obj.metadata.deletion_timestamp)
-    draining_at = next(t for t, _kind, obj in pods.events
-                       if (obj.metadata.annotations or {}).get("warmbuild.dev/draining") == "true")
+    draining_at = next(
+        t for t, _kind, obj in pods.events if (obj.metadata.annotations or {}).get("warmbuild.dev/draining") == "true"
+    )
     gone_at = next(t for t, kind, _obj in pods.events if kind == "DELETED")
-    print(f"scale-down: deletion +{deleting_at - scaled_at:.1f}s, marked draining +{draining_at - scaled_at:.1f}s, "
-          f"build done +{build_done_at - scaled_at:.1f}s, slot released +{released_at - scaled_at:.1f}s, "
-          f"pod gone +{gone_at - scaled_at:.1f}s")
+    print(
+        f"scale-down: deletion +{deleting_at - scaled_at:.1f}s, marked draining +{draining_at - scaled_at:.1f}s, "
+        f"build done +{build_done_at - scaled_at:.1f}s, slot released +{released_at - scaled_at:.1f}s, "
+        f"pod gone +{gone_at - scaled_at:.1f}s"
+    )
     # The pod was being deleted while the build ran; it went away only after the build gave the slot back.
     assert deleting_at < released_at and draining_at < released_at
     assert released_at < gone_at
     assert gone_at - released_at < 10  # and promptly after that (poll 1 s)
-    log = (Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "node" / "pods" / f"{NAMESPACE}_{victim}" / "prestop.log").read_text()
+    log = (
+        Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "node" / "pods" / f"{NAMESPACE}_{victim}" / "prestop.log"
+    ).read_text()
     assert f"waiting for 1 slot(s) to be released: {slot}" in log
     assert "all slots released after" in log
     # whenScaled: Retain — the volume (and with it the cache) waits for the builder to come back.
@@ -446,9 +560,14 @@ def test_scale_down_waits_for_the_build_holding_a_slot_on_the_highest_ordinal(re
 
 
 CHART_KINDS = [
-    ("v1", "ServiceAccount"), ("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "StatefulSet"),
-    ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-    ("policy/v1", "PodDisruptionBudget"), ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("v1", "ServiceAccount"),
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("apps/v1", "StatefulSet"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 ]
 
 
@@ -459,21 +578,40 @@ def test_uninstall_removes_everything(release, core, api, resources):
     coordination = client.CoordinationV1Api(api)
 
     def empty():
-        return (not core.list_namespaced_pod(NAMESPACE).items
-                and not core.list_namespaced_persistent_volume_claim(NAMESPACE).items
-                and not coordination.list_namespaced_lease(NAMESPACE).items)
+        return (
+            not core.list_namespaced_pod(NAMESPACE).items
+            and not core.list_namespaced_persistent_volume_claim(NAMESPACE).items
+            and not coordination.list_namespaced_lease(NAMESPACE).items
+        )
 
     wait_for(empty, 120, "pods, volume claims (retention whenDeleted: Delete) and slot leases to be gone")
     print(f"uninstall: no pods, claims or leases left {time.monotonic() - started:.1f}s after `helm uninstall` started")
     for api_version, kind in CHART_KINDS:
-        left = resources.get(api_version=api_version, kind=kind).get(
-            namespace=NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
+        left = (
+            resources.get(api_version=api_version, kind=kind)
+            .get(namespace=NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE}")
+            .items
+        )
         assert not left, f"{kind} left behind: {[item.metadata.name for item in left]}"
     release_records = core.list_namespaced_secret(NAMESPACE, label_selector=f"owner=helm,name={RELEASE}").items
     assert not release_records
-    listing = helm("list", "--namespace", NAMESPACE, "--short", "--deployed", "--failed", "--pending",
-                   "--superseded", "--uninstalling", "--uninstalled")
+    listing = helm(
+        "list",
+        "--namespace",
+        NAMESPACE,
+        "--short",
+        "--deployed",
+        "--failed",
+        "--pending",
+        "--superseded",
+        "--uninstalling",
+        "--uninstalled",
+    )
     assert listing.returncode == 0 and listing.stdout.strip() == ""
     # The local PVs are Retain: released, their data kept until an operator deletes them (the fixture does).
-    phases = {pv.metadata.name: pv.status.phase for pv in core.list_persistent_volume().items if pv.metadata.name in release["pvs"]}
+    phases = {
+        pv.metadata.name: pv.status.phase
+        for pv in core.list_persistent_volume().items
+        if pv.metadata.name in release["pvs"]
+    }
     assert set(phases.values()) == {"Released"}, phases

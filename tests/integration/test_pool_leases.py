@@ -18,14 +18,14 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from poolkit import assert_served_without_overlap, held_slots, race_for_slots, take_over, wait_for
 
-from warmbuild.kube.client import connect
 from warmbuild.errors import NoSlotAvailable
+from warmbuild.kube.client import connect
 from warmbuild.pool.leases import HolderInfo, LeaseKeeper, leases_path, list_pool_leases, release_slot, try_acquire_slot
+from warmbuild.pool.membership import discover_builders
 from warmbuild.pool.placement import PlacementRequest, acquire_build_slot
 from warmbuild.pool.workload import explicit_key
-from warmbuild.pool.membership import discover_builders
-from poolkit import assert_served_without_overlap, held_slots, race_for_slots, take_over, wait_for
 
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")
@@ -67,7 +67,9 @@ def test_forty_racing_acquirers_never_exceed_six_holders_and_all_get_served(ci_k
             namespace=NAMESPACE,
             pool=POOL,
             key=explicit_key(f"race-{index % 12}"),
-            holder=HolderInfo(identity=f"race-{index}-{uuid.uuid4().hex[:6]}", run_url=f"https://ci.example/run/{index}"),
+            holder=HolderInfo(
+                identity=f"race-{index}-{uuid.uuid4().hex[:6]}", run_url=f"https://ci.example/run/{index}"
+            ),
             max_wait_seconds=3,
             lease_seconds=15,
         )
@@ -123,15 +125,30 @@ def test_a_holder_killed_with_sigkill_frees_its_slot_within_duration_plus_two_se
     try:
         assert child.stdout.readline().strip() == "holding"
         time.sleep(lease_seconds)  # it renews meanwhile: the slots must still be held
-        assert try_acquire_slot(client, NAMESPACE, POOL, builder, HolderInfo(identity="too-early"),
-                                list_pool_leases(client, NAMESPACE, POOL)) is None
+        assert (
+            try_acquire_slot(
+                client,
+                NAMESPACE,
+                POOL,
+                builder,
+                HolderInfo(identity="too-early"),
+                list_pool_leases(client, NAMESPACE, POOL),
+            )
+            is None
+        )
         child.send_signal(signal.SIGKILL)
         child.wait()
         killed = time.monotonic()
 
         def take_slot():
-            return try_acquire_slot(client, NAMESPACE, POOL, builder, HolderInfo(identity="successor"),
-                                    list_pool_leases(client, NAMESPACE, POOL))
+            return try_acquire_slot(
+                client,
+                NAMESPACE,
+                POOL,
+                builder,
+                HolderInfo(identity="successor"),
+                list_pool_leases(client, NAMESPACE, POOL),
+            )
 
         held = wait_for(take_slot, lease_seconds + 5, interval=0.1, what="the dead holder's slot")
         freed_after = time.monotonic() - killed
@@ -148,8 +165,15 @@ def test_a_holder_killed_with_sigkill_frees_its_slot_within_duration_plus_two_se
 def test_a_holder_whose_lease_is_taken_over_learns_it_on_the_next_renewal(ci_kubeconfig, admin):
     client = connect(ci_kubeconfig)
     builder = discover_builders(client, NAMESPACE, POOL)[0]
-    held = try_acquire_slot(client, NAMESPACE, POOL, builder, HolderInfo(identity="victim"),
-                            list_pool_leases(client, NAMESPACE, POOL), duration=3)
+    held = try_acquire_slot(
+        client,
+        NAMESPACE,
+        POOL,
+        builder,
+        HolderInfo(identity="victim"),
+        list_pool_leases(client, NAMESPACE, POOL),
+        duration=3,
+    )
     assert held is not None
     lost = threading.Event()
     reasons = []
@@ -166,8 +190,9 @@ def test_a_holder_whose_lease_is_taken_over_learns_it_on_the_next_renewal(ci_kub
 def test_lease_times_are_microtime_with_six_fractional_digits(ci_kubeconfig):
     client = connect(ci_kubeconfig)
     builder = discover_builders(client, NAMESPACE, POOL)[0]
-    held = try_acquire_slot(client, NAMESPACE, POOL, builder, HolderInfo(identity="format-check"),
-                            list_pool_leases(client, NAMESPACE, POOL))
+    held = try_acquire_slot(
+        client, NAMESPACE, POOL, builder, HolderInfo(identity="format-check"), list_pool_leases(client, NAMESPACE, POOL)
+    )
     try:
         spec = client.request("GET", leases_path(NAMESPACE, held.name)).body["spec"]
         for field in ("acquireTime", "renewTime"):
@@ -184,28 +209,36 @@ def test_deleting_a_builder_pod_garbage_collects_its_leases_and_routes_nothing_t
     client = connect(ci_kubeconfig)
     builders = discover_builders(client, NAMESPACE, POOL)
     victim = builders[-1]
-    held = try_acquire_slot(client, NAMESPACE, POOL, victim, HolderInfo(identity="before-delete"),
-                            list_pool_leases(client, NAMESPACE, POOL))
+    held = try_acquire_slot(
+        client, NAMESPACE, POOL, victim, HolderInfo(identity="before-delete"), list_pool_leases(client, NAMESPACE, POOL)
+    )
     release_slot(client, NAMESPACE, held.name, held.holder)
     assert held.name in list_pool_leases(client, NAMESPACE, POOL)
 
     admin.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/{victim.name}")
     # From the moment it terminates, the pool no longer offers it.
-    wait_for(lambda: all(b.uid != victim.uid for b in discover_builders(client, NAMESPACE, POOL)), 30,
-             what="the deleted builder to leave the pool")
+    wait_for(
+        lambda: all(b.uid != victim.uid for b in discover_builders(client, NAMESPACE, POOL)),
+        30,
+        what="the deleted builder to leave the pool",
+    )
 
     def victim_leases_gone():
         leases = list_pool_leases(client, NAMESPACE, POOL)
         return all(lease.owner_uid != victim.uid for lease in leases.values())
 
     wait_for(victim_leases_gone, 60, interval=0.5, what="the garbage collector to remove the victim's leases")
-    request = PlacementRequest(NAMESPACE, POOL, explicit_key("after-delete"), HolderInfo(identity="after-delete"), max_wait_seconds=0)
+    request = PlacementRequest(
+        NAMESPACE, POOL, explicit_key("after-delete"), HolderInfo(identity="after-delete"), max_wait_seconds=0
+    )
     grant = acquire_build_slot(client, request)
     try:
         assert grant.builder.uid != victim.uid
     finally:
         release_slot(client, NAMESPACE, grant.lease.name, grant.lease.holder)
-    wait_for(lambda: len(discover_builders(client, NAMESPACE, POOL)) == 3, 120, what="the StatefulSet to replace the pod")
+    wait_for(
+        lambda: len(discover_builders(client, NAMESPACE, POOL)) == 3, 120, what="the StatefulSet to replace the pod"
+    )
 
 
 def test_scaling_to_four_builders_is_picked_up_without_a_restart(ci_kubeconfig, admin):
@@ -214,14 +247,22 @@ def test_scaling_to_four_builders_is_picked_up_without_a_restart(ci_kubeconfig, 
         scale(admin, 4)
         builders = wait_for(
             lambda: (lambda found: found if len(found) == 4 else None)(discover_builders(client, NAMESPACE, POOL)),
-            120, what="a fourth ready builder",
+            120,
+            what="a fourth ready builder",
         )
         newcomer = next(b for b in builders if b.name.endswith("-3"))
         # Some workload key now prefers the newcomer, and placement sends it there.
         from warmbuild.pool.affinity import preference_order
 
-        key = next(f"scale-{i}" for i in range(1000) if preference_order(f"scale-{i}", [b.name for b in builders])[0] == newcomer.name)
-        grant = acquire_build_slot(client, PlacementRequest(NAMESPACE, POOL, explicit_key(key), HolderInfo(identity="scale"), max_wait_seconds=0))
+        key = next(
+            f"scale-{i}"
+            for i in range(1000)
+            if preference_order(f"scale-{i}", [b.name for b in builders])[0] == newcomer.name
+        )
+        grant = acquire_build_slot(
+            client,
+            PlacementRequest(NAMESPACE, POOL, explicit_key(key), HolderInfo(identity="scale"), max_wait_seconds=0),
+        )
         try:
             assert grant.builder.name == newcomer.name and grant.affine
         finally:
@@ -242,11 +283,15 @@ def _token_for(admin, service_account: str) -> str:
 
 def test_a_missing_permission_is_one_line_naming_it(admin, tiny_app, registry, run_warmbuild, tmp_path):
     name = "warmbuild-no-leases"
-    admin.request("PATCH", f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{name}?fieldManager=tests&force=true",
-                  body={"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": NAMESPACE}},
-                  content_type="application/apply-patch+yaml")
+    admin.request(
+        "PATCH",
+        f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{name}?fieldManager=tests&force=true",
+        body={"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": NAMESPACE}},
+        content_type="application/apply-patch+yaml",
+    )
     role = {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
         "metadata": {"name": name, "namespace": NAMESPACE},
         "rules": [
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
@@ -255,20 +300,40 @@ def test_a_missing_permission_is_one_line_naming_it(admin, tiny_app, registry, r
         ],
     }
     binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
         "metadata": {"name": name, "namespace": NAMESPACE},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}],
     }
     for kind, body in (("roles", role), ("rolebindings", binding)):
-        admin.request("PATCH", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NAMESPACE}/{kind}/{name}?fieldManager=tests&force=true",
-                      body=body, content_type="application/apply-patch+yaml")
+        admin.request(
+            "PATCH",
+            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NAMESPACE}/{kind}/{name}?fieldManager=tests&force=true",
+            body=body,
+            content_type="application/apply-patch+yaml",
+        )
     ca_file = str(Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "pki" / "ca.crt")
     done = run_warmbuild(
-        "build", str(tiny_app), "--pool", POOL, "--build-arg", f"REGISTRY={registry}", "--max-wait", "0",
-        "--result-file", str(tmp_path / "r.json"), "--state-file", str(tmp_path / "state.json"),
-        env={"KUBECONFIG": "", "WARMBUILD_BUILDER": "", "WARMBUILD_K8S_SERVER": admin.host,
-             "WARMBUILD_K8S_TOKEN": _token_for(admin, name), "WARMBUILD_K8S_CA_FILE": ca_file},
+        "build",
+        str(tiny_app),
+        "--pool",
+        POOL,
+        "--build-arg",
+        f"REGISTRY={registry}",
+        "--max-wait",
+        "0",
+        "--result-file",
+        str(tmp_path / "r.json"),
+        "--state-file",
+        str(tmp_path / "state.json"),
+        env={
+            "KUBECONFIG": "",
+            "WARMBUILD_BUILDER": "",
+            "WARMBUILD_K8S_SERVER": admin.host,
+            "WARMBUILD_K8S_TOKEN": _token_for(admin, name),
+            "WARMBUILD_K8S_CA_FILE": ca_file,
+        },
     )
     assert done.returncode == 6, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -288,9 +353,21 @@ def test_build_through_the_pool_lands_on_the_affine_builder_and_reuses_its_cache
             (tiny_app / "app.py").write_text(f'print("edited {uuid.uuid4().hex}")\n')
         result_file = tmp_path / f"result-{attempt}.json"
         done = run_warmbuild(
-            "build", str(tiny_app), "--pool", POOL, "--cache-key", f"e2e-{unique_repo}",
-            "--build-arg", f"REGISTRY={registry}", "--tag", f"{unique_repo}:pool", "--push",
-            "--result-file", str(result_file), "--state-file", str(tmp_path / "state.json"),
+            "build",
+            str(tiny_app),
+            "--pool",
+            POOL,
+            "--cache-key",
+            f"e2e-{unique_repo}",
+            "--build-arg",
+            f"REGISTRY={registry}",
+            "--tag",
+            f"{unique_repo}:pool",
+            "--push",
+            "--result-file",
+            str(result_file),
+            "--state-file",
+            str(tmp_path / "state.json"),
             env={"KUBECONFIG": ci_kubeconfig, "WARMBUILD_BUILDER": ""},
         )
         assert done.returncode == 0, done.stderr
@@ -316,8 +393,12 @@ def registry_layers(reference: str) -> list[tuple[str, str]]:
     if "manifests" in document and document.get("mediaType", "").endswith("index.v1+json") and "layers" not in document:
         manifests = [m for m in document["manifests"] if "manifest" in m.get("mediaType", "")]
         if manifests:  # an image index: the image's own manifest (a cache index lists layers directly)
-            document = requests.get(f"http://{host}/v2/{repo}/manifests/{manifests[0]['digest']}", headers={"Accept": accept}, timeout=10).json()
-    return [(layer["mediaType"], layer["digest"]) for layer in document.get("layers") or document.get("manifests") or []]
+            document = requests.get(
+                f"http://{host}/v2/{repo}/manifests/{manifests[0]['digest']}", headers={"Accept": accept}, timeout=10
+            ).json()
+    return [
+        (layer["mediaType"], layer["digest"]) for layer in document.get("layers") or document.get("manifests") or []
+    ]
 
 
 def test_zstd_compresses_the_layers_a_build_makes_in_the_image_and_in_the_registry_cache(
@@ -325,9 +406,23 @@ def test_zstd_compresses_the_layers_a_build_makes_in_the_image_and_in_the_regist
 ):
     (tiny_app / "app.py").write_text(f'print("zstd {uuid.uuid4().hex}")\n')
     done = run_warmbuild(
-        "build", str(tiny_app), "--pool", POOL, "--cache-key", f"zstd-{unique_repo}",
-        "--build-arg", f"REGISTRY={registry}", "--tag", f"{unique_repo}:zstd", "--push", "--compression", "zstd",
-        "--result-file", str(tmp_path / "r.json"), "--state-file", str(tmp_path / "state.json"),
+        "build",
+        str(tiny_app),
+        "--pool",
+        POOL,
+        "--cache-key",
+        f"zstd-{unique_repo}",
+        "--build-arg",
+        f"REGISTRY={registry}",
+        "--tag",
+        f"{unique_repo}:zstd",
+        "--push",
+        "--compression",
+        "zstd",
+        "--result-file",
+        str(tmp_path / "r.json"),
+        "--state-file",
+        str(tmp_path / "state.json"),
         env={"KUBECONFIG": ci_kubeconfig, "WARMBUILD_BUILDER": ""},
     )
     assert done.returncode == 0, done.stderr
@@ -345,7 +440,13 @@ def test_pool_status_shows_holders_and_their_run(ci_kubeconfig, run_warmbuild):
     client = connect(ci_kubeconfig)
     grant = acquire_build_slot(
         client,
-        PlacementRequest(NAMESPACE, POOL, explicit_key("status-check"), HolderInfo(identity="status-holder", run_url="https://ci.example/run/42"), 0),
+        PlacementRequest(
+            NAMESPACE,
+            POOL,
+            explicit_key("status-check"),
+            HolderInfo(identity="status-holder", run_url="https://ci.example/run/42"),
+            0,
+        ),
     )
     try:
         done = run_warmbuild("pool", "status", "--pool", POOL, "--json", env={"KUBECONFIG": ci_kubeconfig})
@@ -366,7 +467,9 @@ def test_pool_status_shows_holders_and_their_run(ci_kubeconfig, run_warmbuild):
 
 def test_release_from_another_process_reads_the_state_file(ci_kubeconfig, run_warmbuild, tmp_path):
     client = connect(ci_kubeconfig)
-    grant = acquire_build_slot(client, PlacementRequest(NAMESPACE, POOL, explicit_key("release-check"), HolderInfo(identity="post-step"), 0))
+    grant = acquire_build_slot(
+        client, PlacementRequest(NAMESPACE, POOL, explicit_key("release-check"), HolderInfo(identity="post-step"), 0)
+    )
     state_file = tmp_path / "state.json"
     state_file.write_text(json.dumps({"namespace": NAMESPACE, "lease": grant.lease.name, "holder": "post-step"}))
     done = run_warmbuild("release", "--state-file", str(state_file), env={"KUBECONFIG": ci_kubeconfig})

@@ -1,12 +1,12 @@
 """Pushes a registry refuses, and secrets that must not leak into logs, results or layers."""
 
+import io
 import json
 import shutil
+import socket
 import subprocess
 import tarfile
-import io
 import time
-import socket
 
 import pytest
 import requests
@@ -45,12 +45,21 @@ def readonly_registry(tmp_path):
         process.wait(timeout=10)
 
 
-def test_refused_push_is_reported_as_such_and_not_as_success(run_warmbuild, tiny_app, registry, readonly_registry, tmp_path):
+def test_refused_push_is_reported_as_such_and_not_as_success(
+    run_warmbuild, tiny_app, registry, readonly_registry, tmp_path
+):
     result_file = tmp_path / "result.json"
     tag = f"{readonly_registry}/team/tiny:refused"
     done = run_warmbuild(
-        "build", str(tiny_app), "--build-arg", f"REGISTRY={registry}", "--tag", tag, "--push",
-        "--result-file", str(result_file),
+        "build",
+        str(tiny_app),
+        "--build-arg",
+        f"REGISTRY={registry}",
+        "--tag",
+        tag,
+        "--push",
+        "--result-file",
+        str(result_file),
     )
     assert done.returncode == 5, done.stderr
     assert "warmbuild: error: the registry refused the push of " + tag in done.stderr
@@ -71,7 +80,9 @@ RUN --mount=type=secret,id=hf_token,env=HF_TOKEN \\
 """
 
 
-def test_secrets_reach_the_step_but_not_logs_results_or_layers(run_warmbuild, tmp_path, registry, unique_repo, github_files):
+def test_secrets_reach_the_step_but_not_logs_results_or_layers(
+    run_warmbuild, tmp_path, registry, unique_repo, github_files
+):
     secret_value = "hf_secret_" + "x7Q2" * 6
     app = tmp_path / "app"
     app.mkdir()
@@ -79,20 +90,37 @@ def test_secrets_reach_the_step_but_not_logs_results_or_layers(run_warmbuild, tm
     result_file = tmp_path / "result.json"
     tag = f"{unique_repo}:secret"
     done = run_warmbuild(
-        "build", str(app), "--build-arg", f"REGISTRY={registry}", "--secret", "id=hf_token,env=HF_TOKEN",
-        "--tag", tag, "--push", "--result-file", str(result_file), "--no-cache",
+        "build",
+        str(app),
+        "--build-arg",
+        f"REGISTRY={registry}",
+        "--secret",
+        "id=hf_token,env=HF_TOKEN",
+        "--tag",
+        tag,
+        "--push",
+        "--result-file",
+        str(result_file),
+        "--no-cache",
         env={"HF_TOKEN": secret_value, **github_files.env},
     )
     assert done.returncode == 0, done.stderr
     assert "token sha256" in done.stderr  # the step really ran with the secret
-    for text in (done.stderr, done.stdout, result_file.read_text(), github_files.output.read_text(), github_files.summary.read_text()):
+    for text in (
+        done.stderr,
+        done.stdout,
+        result_file.read_text(),
+        github_files.output.read_text(),
+        github_files.summary.read_text(),
+    ):
         assert secret_value not in text
     # No layer of the pushed image holds it.
     host, _, rest = tag.partition("/")
     repo, _, ref = rest.rpartition(":")
     manifest = requests.get(
         f"http://{host}/v2/{repo}/manifests/{ref}",
-        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=10,
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=10,
     ).json()
     seen_marker = False
     for layer in manifest["layers"]:

@@ -15,8 +15,8 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
-
 from scheduler_harness import CI_USER, SchedulerProcess, ci_token, prepare
+
 from warmbuild.kube.client import connect
 
 SPEC = Path(__file__).resolve().parents[2] / "docs" / "scheduler-openapi.yaml"

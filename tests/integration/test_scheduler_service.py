@@ -16,20 +16,20 @@ import time
 
 import pytest
 import requests
+from poolkit import assert_served_without_overlap, held_slots, race_for_slots, take_over, wait_for
 from prometheus_client.parser import text_string_to_metric_families
-
 from scheduler_harness import CI_USER, NAMESPACE, SchedulerProcess, ci_token, ensure_service_account, prepare, token_for
-from warmbuild.pool.affinity import preference_order
-from warmbuild.kube.client import connect
+
 from warmbuild.errors import LeaseLost
+from warmbuild.kube.client import connect
 from warmbuild.kube.names import leases_path
 from warmbuild.kube.views import parse_lease
+from warmbuild.pool.affinity import preference_order
 from warmbuild.pool.leases import HolderInfo, release_slot
+from warmbuild.pool.membership import discover_builders
 from warmbuild.pool.placement import PlacementRequest
 from warmbuild.pool.workload import explicit_key
-from warmbuild.pool.membership import discover_builders
 from warmbuild.scheduler.client import SchedulerClient, SchedulerError, SchedulerOptions
-from poolkit import assert_served_without_overlap, held_slots, race_for_slots, take_over, wait_for
 
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 OTHER_SA = "warmbuild-other-team"
@@ -54,10 +54,14 @@ def ci():
 @pytest.fixture(scope="module")
 def setup(admin, tmp_path_factory):
     ensure_service_account(admin, OTHER_SA)
-    return prepare(admin, tmp_path_factory.mktemp("scheduler"), [
-        {"pools": [POOL], "users": [CI_USER]},
-        {"pools": ["other"], "users": [f"system:serviceaccount:{NAMESPACE}:{OTHER_SA}"]},
-    ])
+    return prepare(
+        admin,
+        tmp_path_factory.mktemp("scheduler"),
+        [
+            {"pools": [POOL], "users": [CI_USER]},
+            {"pools": ["other"], "users": [f"system:serviceaccount:{NAMESPACE}:{OTHER_SA}"]},
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +85,20 @@ def pool_is_idle(ci):
 
 
 def client_for(setup, *urls: str, poll_seconds: float = 3.0) -> SchedulerClient:
-    return SchedulerClient(SchedulerOptions(urls=tuple(urls), token=ci_token(), ca_file=str(setup.ca), poll_seconds=poll_seconds))
+    return SchedulerClient(
+        SchedulerOptions(urls=tuple(urls), token=ci_token(), ca_file=str(setup.ca), poll_seconds=poll_seconds)
+    )
 
 
 def placement(key: str, identity: str, max_wait: float = 60, lease_seconds: int = LEASE_SECONDS) -> PlacementRequest:
-    return PlacementRequest(NAMESPACE, POOL, explicit_key(key), HolderInfo(identity=identity, run_url=f"https://ci.example/{identity}"),
-                            max_wait_seconds=max_wait, lease_seconds=lease_seconds)
+    return PlacementRequest(
+        NAMESPACE,
+        POOL,
+        explicit_key(key),
+        HolderInfo(identity=identity, run_url=f"https://ci.example/{identity}"),
+        max_wait_seconds=max_wait,
+        lease_seconds=lease_seconds,
+    )
 
 
 def scrape(replica, setup) -> dict[tuple[str, tuple], float]:
@@ -98,7 +110,9 @@ def scrape(replica, setup) -> dict[tuple[str, tuple], float]:
     }
 
 
-def race(setup, urls, clients: int, hold_seconds: float, observer_client, during=None, lease_seconds: int = LEASE_SECONDS):
+def race(
+    setup, urls, clients: int, hold_seconds: float, observer_client, during=None, lease_seconds: int = LEASE_SECONDS
+):
     """`clients` threads acquire, hold (renewing through the scheduler), release; an observer watches the Leases."""
 
     def acquire_hold_release(index: int):
@@ -131,8 +145,11 @@ def test_forty_clients_through_two_replicas_never_exceed_six_holders(setup, repl
     counted = 0
     for replica in replicas:
         samples = scrape(replica, setup)
-        counted += sum(v for (name, labels), v in samples.items()
-                       if name == "warmbuild_scheduler_acquisitions_total" and ("pool", POOL) in labels)
+        counted += sum(
+            v
+            for (name, labels), v in samples.items()
+            if name == "warmbuild_scheduler_acquisitions_total" and ("pool", POOL) in labels
+        )
     assert counted == 40
 
 
@@ -146,8 +163,9 @@ def test_a_replica_killed_mid_run_leaves_clients_finishing_through_the_other(adm
             victim.kill()
 
         # Hold 1.2 s with 3 s leases (renewed every second): every holder renews through the scheduler.
-        seen_max, violations, intervals, errors = race(setup, [victim.url, survivor.url], 18, 1.2, ci,
-                                                       during=kill_soon, lease_seconds=3)
+        seen_max, violations, intervals, errors = race(
+            setup, [victim.url, survivor.url], 18, 1.2, ci, during=kill_soon, lease_seconds=3
+        )
         assert victim.process.returncode == -9
         assert not errors, errors[:3]
         assert not violations, violations[:3]
@@ -170,14 +188,20 @@ def test_a_token_the_api_rejects_is_401_and_another_teams_pool_is_403(admin, set
     assert missing.status_code == 401 and "missing bearer token" in missing.json()["error"]
     assert missing.headers["WWW-Authenticate"].startswith("Bearer")
 
-    forged = requests.post(url, json=body, headers={"Authorization": "Bearer not.a-real.token"}, verify=str(setup.ca), timeout=10)
+    forged = requests.post(
+        url, json=body, headers={"Authorization": "Bearer not.a-real.token"}, verify=str(setup.ca), timeout=10
+    )
     assert forged.status_code == 401, forged.text
     assert "the Kubernetes API does not accept this token" in forged.json()["error"]
 
     other = token_for(admin, OTHER_SA, seconds=600)  # valid, but granted only pool "other"
-    refused = requests.post(url, json=body, headers={"Authorization": f"Bearer {other}"}, verify=str(setup.ca), timeout=10)
+    refused = requests.post(
+        url, json=body, headers={"Authorization": f"Bearer {other}"}, verify=str(setup.ca), timeout=10
+    )
     assert refused.status_code == 403, refused.text
-    assert refused.json()["error"] == (f"system:serviceaccount:{NAMESPACE}:{OTHER_SA} may not use pool '{POOL}' (allowed: other)")
+    assert refused.json()["error"] == (
+        f"system:serviceaccount:{NAMESPACE}:{OTHER_SA} may not use pool '{POOL}' (allowed: other)"
+    )
 
     # The client says the same in one line, without retrying (exit 6 in the CLI).
     client = SchedulerClient(SchedulerOptions(urls=(replica.url,), token=other, ca_file=str(setup.ca)))
@@ -216,11 +240,16 @@ def test_metrics_match_the_leases_and_the_desired_builders_count_the_queue(setup
         # Fill the pool, then one more acquirer waits on this replica: it is queued demand.
         grants += [client.acquire(placement(f"metrics-fill-{i}", f"fill-{i}", max_wait=0)) for i in range(3)]
         waiter_grant: list = []
-        waiter = threading.Thread(target=lambda: waiter_grant.append(
-            client_for(setup, replica.url).acquire(placement("metrics-waiter", "waiter", max_wait=30))))
+        waiter = threading.Thread(
+            target=lambda: waiter_grant.append(
+                client_for(setup, replica.url).acquire(placement("metrics-waiter", "waiter", max_wait=30))
+            )
+        )
         waiter.start()
         key = ("warmbuild_pool_waiting_acquirers", (("pool", POOL),))
-        samples = wait_for(lambda: (lambda s: s if s[key] == 1 else None)(scrape(replica, setup)), 10, what="a waiting acquirer")
+        samples = wait_for(
+            lambda: (lambda s: s if s[key] == 1 else None)(scrape(replica, setup)), 10, what="a waiting acquirer"
+        )
         assert samples[("warmbuild_pool_desired_builders", (("pool", POOL),))] == math.ceil((6 + 1) / 2)
         assert sum(v for (name, _), v in samples.items() if name == "warmbuild_pool_slots_in_use") == 6
         builders = [b.name for b in discover_builders(ci, NAMESPACE, POOL)]
@@ -262,12 +291,33 @@ def test_build_through_the_scheduler_without_any_kubernetes_credentials(
 ):
     result_file, state_file = tmp_path / "result.json", tmp_path / "state.json"
     done = run_warmbuild(
-        "build", str(tiny_app), "--pool", POOL, "--scheduler", ",".join(r.url for r in replicas),
-        "--scheduler-ca", str(setup.ca), "--cache-key", f"sched-{unique_repo}", "--lease-seconds", "6",
-        "--build-arg", f"REGISTRY={registry}", "--tag", f"{unique_repo}:sched", "--push",
-        "--result-file", str(result_file), "--state-file", str(state_file),
-        env={"KUBECONFIG": "/nonexistent", "WARMBUILD_BUILDER": "", "WARMBUILD_SCHEDULER_TOKEN": ci_token(),
-             "WARMBUILD_K8S_SERVER": ""},
+        "build",
+        str(tiny_app),
+        "--pool",
+        POOL,
+        "--scheduler",
+        ",".join(r.url for r in replicas),
+        "--scheduler-ca",
+        str(setup.ca),
+        "--cache-key",
+        f"sched-{unique_repo}",
+        "--lease-seconds",
+        "6",
+        "--build-arg",
+        f"REGISTRY={registry}",
+        "--tag",
+        f"{unique_repo}:sched",
+        "--push",
+        "--result-file",
+        str(result_file),
+        "--state-file",
+        str(state_file),
+        env={
+            "KUBECONFIG": "/nonexistent",
+            "WARMBUILD_BUILDER": "",
+            "WARMBUILD_SCHEDULER_TOKEN": ci_token(),
+            "WARMBUILD_K8S_SERVER": "",
+        },
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(result_file.read_text())
@@ -287,8 +337,20 @@ def test_a_dead_scheduler_is_one_clear_line_within_seconds(setup, tiny_app, run_
     dead = [f"https://127.0.0.1:{free_port()}", f"https://127.0.0.1:{free_port()}"]
     started = time.monotonic()
     done = run_warmbuild(
-        "build", str(tiny_app), "--pool", POOL, "--scheduler", ",".join(dead), "--scheduler-ca", str(setup.ca),
-        "--build-arg", f"REGISTRY={registry}", "--result-file", str(tmp_path / "r.json"), "--state-file", str(tmp_path / "s.json"),
+        "build",
+        str(tiny_app),
+        "--pool",
+        POOL,
+        "--scheduler",
+        ",".join(dead),
+        "--scheduler-ca",
+        str(setup.ca),
+        "--build-arg",
+        f"REGISTRY={registry}",
+        "--result-file",
+        str(tmp_path / "r.json"),
+        "--state-file",
+        str(tmp_path / "s.json"),
         env={"KUBECONFIG": "/nonexistent", "WARMBUILD_BUILDER": "", "WARMBUILD_SCHEDULER_TOKEN": "t"},
         timeout=60,
     )
@@ -311,7 +373,9 @@ def test_a_replica_stopped_by_sigterm_ends_its_long_polls_and_the_waiter_moves_o
         waiter = client_for(setup, first.url, second.url, poll_seconds=30)
         waiter._current = 0  # its long-poll goes to the replica about to stop
         got: list = []
-        thread = threading.Thread(target=lambda: got.append(waiter.acquire(placement("rollout-waiter", "waiter", max_wait=60))))
+        thread = threading.Thread(
+            target=lambda: got.append(waiter.acquire(placement("rollout-waiter", "waiter", max_wait=60)))
+        )
         thread.start()
         key = ("warmbuild_pool_waiting_acquirers", (("pool", POOL),))
         wait_for(lambda: scrape(first, setup)[key] == 1, 10, what="the waiter to long-poll the first replica")
@@ -338,8 +402,12 @@ def test_release_from_a_post_step_goes_through_the_scheduler(setup, replicas, ru
     grant = client.acquire(placement("post-step", "post-step", max_wait=0))
     state_file = tmp_path / "state.json"
     state_file.write_text(json.dumps({"namespace": NAMESPACE, "lease": grant.lease.name, "holder": grant.lease.holder}))
-    env = {"KUBECONFIG": "/nonexistent", "WARMBUILD_SCHEDULER": replicas[1].url, "WARMBUILD_SCHEDULER_CA": str(setup.ca),
-           "WARMBUILD_SCHEDULER_TOKEN": ci_token()}
+    env = {
+        "KUBECONFIG": "/nonexistent",
+        "WARMBUILD_SCHEDULER": replicas[1].url,
+        "WARMBUILD_SCHEDULER_CA": str(setup.ca),
+        "WARMBUILD_SCHEDULER_TOKEN": ci_token(),
+    }
     done = run_warmbuild("release", "--state-file", str(state_file), env=env)
     assert done.returncode == 0, done.stderr
     assert f"released slot {grant.lease.name} (scheduler)" in done.stderr
@@ -353,21 +421,44 @@ def test_a_build_whose_slot_is_taken_over_is_aborted(path, request, admin, tmp_p
     not free the slot the usurper now holds."""
     app = tmp_path / "slow"
     app.mkdir()
-    (app / "Dockerfile").write_text(f"FROM {registry}/library/python:3.11-slim\nRUN echo {time.time_ns()} && sleep 60\n")
+    (app / "Dockerfile").write_text(
+        f"FROM {registry}/library/python:3.11-slim\nRUN echo {time.time_ns()} && sleep 60\n"
+    )
     state_file = tmp_path / "state.json"
-    argv = [sys.executable, "-m", "warmbuild.cli", "build", str(app), "--pool", POOL, "--lease-seconds", "3",
-            "--result-file", str(tmp_path / "r.json"), "--state-file", str(state_file)]
+    argv = [
+        sys.executable,
+        "-m",
+        "warmbuild.cli",
+        "build",
+        str(app),
+        "--pool",
+        POOL,
+        "--lease-seconds",
+        "3",
+        "--result-file",
+        str(tmp_path / "r.json"),
+        "--state-file",
+        str(state_file),
+    ]
     if path == "scheduler":
         setup, replicas = request.getfixturevalue("setup"), request.getfixturevalue("replicas")
-        env = {**os.environ, "KUBECONFIG": "/nonexistent", "WARMBUILD_BUILDER": "", "WARMBUILD_SCHEDULER_TOKEN": ci_token()}
+        env = {
+            **os.environ,
+            "KUBECONFIG": "/nonexistent",
+            "WARMBUILD_BUILDER": "",
+            "WARMBUILD_SCHEDULER_TOKEN": ci_token(),
+        }
         argv += ["--scheduler", ",".join(r.url for r in replicas), "--scheduler-ca", str(setup.ca)]
     else:
         env = {**os.environ, "KUBECONFIG": os.environ["WARMBUILD_CI_KUBECONFIG"], "WARMBUILD_BUILDER": ""}
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
+    )
     state = None
     try:
-        state = wait_for(lambda: state_file.exists() and json.loads(state_file.read_text()), 60, what="the build to hold a slot")
+        state = wait_for(
+            lambda: state_file.exists() and json.loads(state_file.read_text()), 60, what="the build to hold a slot"
+        )
         time.sleep(2)  # let the solve start
         take_over(admin, state["lease"])  # retried if it races one of the build's renewals (every second)
         taken = time.monotonic()

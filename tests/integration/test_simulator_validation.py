@@ -26,18 +26,18 @@ import uuid
 from pathlib import Path
 
 import pytest
+from poolkit import wait_for
 
-from warmbuild.pool.affinity import preference_order
 from warmbuild.kube.client import connect
 from warmbuild.kube.names import EPHEMERAL_LABEL, pods_path
-from warmbuild.pool.workload import key_hash
+from warmbuild.pool.affinity import preference_order
 from warmbuild.pool.leases import list_pool_leases
 from warmbuild.pool.membership import discover_builders
-from warmbuild.simulate.runs import run_policy
+from warmbuild.pool.workload import key_hash
 from warmbuild.simulate.model import FleetConfig, SimulationConfig, WarmbuildOptions
 from warmbuild.simulate.report import policy_metrics
+from warmbuild.simulate.runs import run_policy
 from warmbuild.simulate.workload import read_history_file, workload_from_history
-from poolkit import wait_for
 
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")
@@ -45,10 +45,21 @@ MAX_WAIT = 2
 STAGGER = 0.3  # seconds between the launches of one wave
 # Key roles: A1 and A2 share an affine builder; B and C have one each.
 WAVES = [
-    ["A1", "B", "C"], ["A2", "A1", "B"], ["A1", "A1", "A2"], ["B", "C", "A1"], ["A2", "A2", "A1"], ["C", "C", "B"],
-    ["A1", "A2", "A1"], ["B", "B", "C"], ["A1", "A1", "A1"], ["C", "A2", "B"], ["A2", "A1", "A2"],
+    ["A1", "B", "C"],
+    ["A2", "A1", "B"],
+    ["A1", "A1", "A2"],
+    ["B", "C", "A1"],
+    ["A2", "A2", "A1"],
+    ["C", "C", "B"],
+    ["A1", "A2", "A1"],
+    ["B", "B", "C"],
+    ["A1", "A1", "A1"],
+    ["C", "A2", "B"],
+    ["A2", "A1", "A2"],
 ]
-SLOW_STEP = 'RUN python /app/app.py && sleep 3\n'  # every build runs it: a code-only build takes seconds, as a real one would
+SLOW_STEP = (
+    "RUN python /app/app.py && sleep 3\n"  # every build runs it: a code-only build takes seconds, as a real one would
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +73,9 @@ def held(client) -> list[str]:
 
 
 def ephemeral_pods(client) -> list[str]:
-    items = client.request("GET", pods_path(NAMESPACE), query={"labelSelector": f"{EPHEMERAL_LABEL}=true"}).body["items"]
+    items = client.request("GET", pods_path(NAMESPACE), query={"labelSelector": f"{EPHEMERAL_LABEL}=true"}).body[
+        "items"
+    ]
     return [p["metadata"]["name"] for p in items]
 
 
@@ -95,7 +108,7 @@ class LeaseWatcher:
                 if lease.workload_key not in self.ours:
                     self.foreign[lease.holder] = lease.builder or "?"
 
-    def __enter__(self) -> "LeaseWatcher":
+    def __enter__(self) -> LeaseWatcher:
         self._thread.start()
         return self
 
@@ -112,7 +125,12 @@ def choose_keys(builders: list[str], run: str) -> dict[str, str]:
         by_builder[preference_order(key, builders)[0]].append(key)
     shared = builders[0]
     others = [b for b in builders if b != shared]
-    return {"A1": by_builder[shared][0], "A2": by_builder[shared][1], "B": by_builder[others[0]][0], "C": by_builder[others[1]][0]}
+    return {
+        "A1": by_builder[shared][0],
+        "A2": by_builder[shared][1],
+        "B": by_builder[others[0]][0],
+        "C": by_builder[others[1]][0],
+    }
 
 
 def make_app(tmp_path: Path, fixtures: Path, key: str) -> Path:
@@ -126,11 +144,31 @@ def make_app(tmp_path: Path, fixtures: Path, key: str) -> Path:
 
 def launch(app: Path, key: str, registry: str, result: Path, state: Path) -> subprocess.Popen:
     (app / "app.py").write_text(f'print("code change {uuid.uuid4().hex}")\n')
-    argv = [sys.executable, "-m", "warmbuild.cli", "build", str(app), "--pool", POOL, "--cache-key", key,
-            "--build-arg", f"REGISTRY={registry}", "--max-wait", str(MAX_WAIT), "--fallback", "wait",
-            "--result-file", str(result), "--state-file", str(state)]
+    argv = [
+        sys.executable,
+        "-m",
+        "warmbuild.cli",
+        "build",
+        str(app),
+        "--pool",
+        POOL,
+        "--cache-key",
+        key,
+        "--build-arg",
+        f"REGISTRY={registry}",
+        "--max-wait",
+        str(MAX_WAIT),
+        "--fallback",
+        "wait",
+        "--result-file",
+        str(result),
+        "--state-file",
+        str(state),
+    ]
     env = {**os.environ, "KUBECONFIG": os.environ["WARMBUILD_CI_KUBECONFIG"], "WARMBUILD_BUILDER": ""}
-    return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def pip_step_cached(result: dict) -> bool:
@@ -156,7 +194,9 @@ def run_script(apps: dict[str, Path], keys: dict[str, str], registry: str, tmp_p
     return results
 
 
-def test_the_simulator_agrees_with_the_real_pool_on_affine_hits_and_p50_build_time(ci, registry, tmp_path, run_warmbuild):
+def test_the_simulator_agrees_with_the_real_pool_on_affine_hits_and_p50_build_time(
+    ci, registry, tmp_path, run_warmbuild
+):
     fixtures = Path(__file__).resolve().parent.parent / "fixtures"
     builders = sorted(b.name for b in discover_builders(ci, NAMESPACE, POOL))
     keys = choose_keys(builders, uuid.uuid4().hex[:8])
@@ -178,8 +218,15 @@ def test_the_simulator_agrees_with_the_real_pool_on_affine_hits_and_p50_build_ti
     real_p50 = statistics.median(r["timings"]["total_seconds"] for _, r in results)
 
     export = tmp_path / "history.jsonl"
-    done = run_warmbuild("history", "export", "--pool", POOL, "--output", str(export),
-                         env={"KUBECONFIG": os.environ["WARMBUILD_CI_KUBECONFIG"]})
+    done = run_warmbuild(
+        "history",
+        "export",
+        "--pool",
+        POOL,
+        "--output",
+        str(export),
+        env={"KUBECONFIG": os.environ["WARMBUILD_CI_KUBECONFIG"]},
+    )
     assert done.returncode == 0, done.stderr
     hashes = {key_hash(k): k for k in keys.values()}
     records = [r for r in read_history_file(export) if r.key in hashes]
@@ -197,12 +244,16 @@ def test_the_simulator_agrees_with_the_real_pool_on_affine_hits_and_p50_build_ti
         dump = Path(os.environ["WARMBUILD_VALIDATION_DUMP"])
         dump.mkdir(parents=True, exist_ok=True)
         shutil.copy(export, dump / "history.jsonl")
-        (dump / "real.json").write_text(json.dumps([{"role": role, "key": keys[role], **r} for role, r in results], indent=1))
+        (dump / "real.json").write_text(
+            json.dumps([{"role": role, "key": keys[role], **r} for role, r in results], indent=1)
+        )
         (dump / "simulated.jsonl").write_text("".join(json.dumps(o.__dict__) + "\n" for o in run.outcomes))
 
-    report = (f"real: {len(results)} builds in {elapsed:.0f}s, affine-hit {real_hits:.1%}, p50 {real_p50:.2f}s, "
-              f"paths {dict((p, paths.count(p)) for p in set(paths))}; simulated: affine-hit {simulated.affine_hit_rate:.1%}, "
-              f"p50 {simulated.total_p50:.2f}s, paths {simulated.path_shares}")
+    report = (
+        f"real: {len(results)} builds in {elapsed:.0f}s, affine-hit {real_hits:.1%}, p50 {real_p50:.2f}s, "
+        f"paths {dict((p, paths.count(p)) for p in set(paths))}; simulated: affine-hit {simulated.affine_hit_rate:.1%}, "
+        f"p50 {simulated.total_p50:.2f}s, paths {simulated.path_shares}"
+    )
     print(report)
     assert simulated.builds == 33 and simulated.failed == 0, report
     assert abs(simulated.affine_hit_rate - real_hits) <= 0.2 * real_hits, report

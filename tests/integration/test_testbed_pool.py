@@ -29,7 +29,7 @@ PORT = 1234
 
 if not os.environ.get("KUBECONFIG") or not os.environ.get("WARMBUILD_POOL"):
     if os.environ.get("WARMBUILD_REQUIRE_TESTBED") == "1":
-        raise RuntimeError("the testbed's control plane and pool are not up: eval \"$(testbed/up)\"")
+        raise RuntimeError('the testbed\'s control plane and pool are not up: eval "$(testbed/up)"')
     pytest.skip("the testbed's control plane and pool are not up", allow_module_level=True)
 
 
@@ -85,7 +85,9 @@ def accepts(ip: str) -> bool:
 def buildctl_workers(ip: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [os.environ["WARMBUILD_BUILDCTL"], "--addr", f"tcp://{ip}:{PORT}", "debug", "workers"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -116,7 +118,12 @@ def bare_pod(name: str, *, command=None, env=None, grace=30, deadline=None) -> d
     spec = {"nodeName": NODE, "terminationGracePeriodSeconds": grace, "containers": [container]}
     if deadline is not None:
         spec["activeDeadlineSeconds"] = deadline
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"warmbuild.dev/test": "pool"}}, "spec": spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"warmbuild.dev/test": "pool"}},
+        "spec": spec,
+    }
 
 
 @pytest.fixture
@@ -140,8 +147,11 @@ def test_builders_are_ready_on_distinct_loopback_addresses(core, apps, namespace
     statefulset = apps.read_namespaced_stateful_set(STATEFULSET, namespace)
     assert statefulset.spec.pod_management_policy == "Parallel"
     pods = wait_for(
-        lambda: (lambda ps: ps if len(ps) == REPLICAS and all(map(is_ready, ps)) else None)(builder_pods(core, namespace)),
-        60, f"{REPLICAS} Ready builders",
+        lambda: (lambda ps: ps if len(ps) == REPLICAS and all(map(is_ready, ps)) else None)(
+            builder_pods(core, namespace)
+        ),
+        60,
+        f"{REPLICAS} Ready builders",
     )
     assert sorted(p.metadata.name for p in pods) == [f"{STATEFULSET}-{i}" for i in range(REPLICAS)]
     ips = [p.status.pod_ip for p in pods]
@@ -262,8 +272,11 @@ def test_an_exited_buildkitd_is_restarted(core, namespace, bare_pods):
     # Every status the emulator writes from here on, in order: not Ready first, then Ready again.
     seen = []
     for event in watch.Watch().stream(
-        core.list_namespaced_pod, namespace, field_selector=f"metadata.name={name}",
-        resource_version=pod.metadata.resource_version, timeout_seconds=60,
+        core.list_namespaced_pod,
+        namespace,
+        field_selector=f"metadata.name={name}",
+        resource_version=pod.metadata.resource_version,
+        timeout_seconds=60,
     ):
         seen.append(event["object"])
         if is_ready(seen[-1]) and seen[-1].status.container_statuses[0].restart_count == 1:
@@ -284,7 +297,8 @@ def test_active_deadline_fails_the_pod_and_stops_buildkitd(core, namespace, bare
     ip = pod.status.pod_ip
     failed = wait_for(
         lambda: (lambda p: p if p.status.phase == "Failed" else None)(core.read_namespaced_pod(name, namespace)),
-        30, f"{name} to fail",
+        30,
+        f"{name} to fail",
     )
     assert failed.status.reason == "DeadlineExceeded"
     assert not accepts(ip)

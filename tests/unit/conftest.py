@@ -62,15 +62,19 @@ class FakeLeaseApi:
         key = (namespace, name)
         if method == "GET" and name is None:
             wanted = dict(term.split("=", 1) for term in query.get("labelSelector", "").split(",") if term)
-            items = [copy.deepcopy(obj) for (ns, _), obj in sorted(self.objects.items()) if ns == namespace
-                     and all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())]
+            items = [
+                copy.deepcopy(obj)
+                for (ns, _), obj in sorted(self.objects.items())
+                if ns == namespace and all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+            ]
             return {"kind": "LeaseList", "items": items}
         if method == "POST":
             key = (namespace, body["metadata"]["name"])
             if key in self.objects:
                 raise KubeConflict(f"leases {key[1]} already exists")
-            body["metadata"].update(namespace=namespace, uid=f"lease-uid-{next(self._uids)}",
-                                    resourceVersion=str(next(self._versions)))
+            body["metadata"].update(
+                namespace=namespace, uid=f"lease-uid-{next(self._uids)}", resourceVersion=str(next(self._versions))
+            )
             self.objects[key] = body
             return copy.deepcopy(body)
         if key not in self.objects:
@@ -86,8 +90,11 @@ class FakeLeaseApi:
             return copy.deepcopy(body)
         if method == "DELETE":
             preconditions = (body or {}).get("preconditions") or {}
-            if any(stored.get(field) != preconditions[pre] for pre, field in
-                   (("uid", "uid"), ("resourceVersion", "resourceVersion")) if pre in preconditions):
+            if any(
+                stored.get(field) != preconditions[pre]
+                for pre, field in (("uid", "uid"), ("resourceVersion", "resourceVersion"))
+                if pre in preconditions
+            ):
                 raise KubeConflict(f"leases {name}: precondition failed")
             del self.objects[key]
             return {"kind": "Status", "status": "Success"}

@@ -35,7 +35,9 @@ def helm_binary() -> str:
     path = os.environ.get("WARMBUILD_HELM") or shutil.which("helm")
     if path and Path(path).is_file():
         return path
-    message = 'no helm binary: run eval "$(testbed/up)" (it builds helm from testbed/go/helm and exports WARMBUILD_HELM)'
+    message = (
+        'no helm binary: run eval "$(testbed/up)" (it builds helm from testbed/go/helm and exports WARMBUILD_HELM)'
+    )
     if os.environ.get("WARMBUILD_REQUIRE_TESTBED") == "1":
         pytest.fail(message)
     pytest.skip(message)
@@ -52,16 +54,28 @@ def variant_args(variant: str) -> list[str]:
     return ["-f", str(CHART / "ci" / values)] if values else []
 
 
-def template_command(*, variant: str = "default", sets: tuple[str, ...] = (), release: str = "warmbuild",
-                     namespace: str = "warmbuild", extra: tuple[str, ...] = ()) -> list[str]:
+def template_command(
+    *,
+    variant: str = "default",
+    sets: tuple[str, ...] = (),
+    release: str = "warmbuild",
+    namespace: str = "warmbuild",
+    extra: tuple[str, ...] = (),
+) -> list[str]:
     args = ["template", release, str(CHART), "--namespace", namespace, *variant_args(variant)]
     for item in sets:
         args += ["--set", item]
     return args + list(extra)
 
 
-def render(*, variant: str = "default", sets: tuple[str, ...] = (), release: str = "warmbuild",
-           namespace: str = "warmbuild", extra: tuple[str, ...] = ()) -> list[dict]:
+def render(
+    *,
+    variant: str = "default",
+    sets: tuple[str, ...] = (),
+    release: str = "warmbuild",
+    namespace: str = "warmbuild",
+    extra: tuple[str, ...] = (),
+) -> list[dict]:
     done = helm(*template_command(variant=variant, sets=sets, release=release, namespace=namespace, extra=extra))
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]

@@ -6,17 +6,17 @@ import pytest
 
 from warmbuild.cache import cache_options, default_cache_ref
 from warmbuild.config import CacheSpec, Compression
+from warmbuild.errors import InputError
+from warmbuild.kube.names import POOL_LABEL
+from warmbuild.kube.views import parse_lease
 from warmbuild.pool.ephemeral import (
     EPHEMERAL_POOL_LABEL,
     EphemeralSettings,
     ephemeral_pod_manifest,
     load_ephemeral_settings,
 )
-from warmbuild.errors import InputError
 from warmbuild.pool.gc import STARTUP_GRACE_SECONDS, find_garbage
 from warmbuild.pool.leases import HolderInfo
-from warmbuild.kube.names import POOL_LABEL
-from warmbuild.kube.views import parse_lease
 
 
 def test_default_cache_ref_is_the_first_tags_repository():
@@ -92,8 +92,12 @@ def test_ephemeral_settings_reach_the_pod(tmp_path):
 
 @pytest.mark.parametrize(
     "text, fragment",
-    [("imagee: x\n", "unknown setting(s) imagee"), ("- a\n", "must be a mapping"), ("activeDeadlineSeconds: -1\n", "positive"),
-     ("a: [\n", "not valid YAML")],
+    [
+        ("imagee: x\n", "unknown setting(s) imagee"),
+        ("- a\n", "must be a mapping"),
+        ("activeDeadlineSeconds: -1\n", "positive"),
+        ("a: [\n", "not valid YAML"),
+    ],
 )
 def test_bad_ephemeral_settings_are_one_clear_line(tmp_path, text, fragment):
     config = tmp_path / "e.yaml"
@@ -115,22 +119,41 @@ def pod(name, uid, age, phase="Running", deadline=3600):
 
 
 def lease(name, owner_uid, renewed_ago, holder="h"):
-    return parse_lease({
-        "metadata": {"name": name, "uid": f"l-{name}", "ownerReferences": [{"kind": "Pod", "uid": owner_uid}]},
-        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
-                 "renewTime": (NOW - timedelta(seconds=renewed_ago)).isoformat()},
-    })
+    return parse_lease(
+        {
+            "metadata": {"name": name, "uid": f"l-{name}", "ownerReferences": [{"kind": "Pod", "uid": owner_uid}]},
+            "spec": {
+                "holderIdentity": holder,
+                "leaseDurationSeconds": 15,
+                "renewTime": (NOW - timedelta(seconds=renewed_ago)).isoformat(),
+            },
+        }
+    )
 
 
 def test_gc_collects_orphans_and_leaves_live_builds_alone():
     live, orphan, stale, ended, late = (
-        pod("live", "u1", 30), pod("orphan", "u2", 60), pod("stale", "u3", STARTUP_GRACE_SECONDS + 10),
-        pod("ended", "u4", 10, phase="Failed"), pod("late", "u5", 4000),
+        pod("live", "u1", 30),
+        pod("orphan", "u2", 60),
+        pod("stale", "u3", STARTUP_GRACE_SECONDS + 10),
+        pod("ended", "u4", 10, phase="Failed"),
+        pod("late", "u5", 4000),
     )
     pods = [live, orphan, stale, ended, late, pod("builders-0", "w0", 9999)]
-    leases = [lease("live", "u1", 2), lease("orphan", "u2", 40), lease("builders-0-slot-0", "w0", 1),
-              lease("gone-slot-0", "deleted-pod", 1), lease("late", "u5", 1)]
+    leases = [
+        lease("live", "u1", 2),
+        lease("orphan", "u2", 40),
+        lease("builders-0-slot-0", "w0", 1),
+        lease("gone-slot-0", "deleted-pod", 1),
+        lease("late", "u5", 1),
+    ]
     found = {(g.kind, g.name): g.reason for g in find_garbage(pods, [live, orphan, stale, ended, late], leases, NOW)}
-    assert set(found) == {("pod", "orphan"), ("pod", "stale"), ("pod", "ended"), ("pod", "late"), ("lease", "gone-slot-0")}
+    assert set(found) == {
+        ("pod", "orphan"),
+        ("pod", "stale"),
+        ("pod", "ended"),
+        ("pod", "late"),
+        ("lease", "gone-slot-0"),
+    }
     assert "expired" in found[("pod", "orphan")] and "deadline" in found[("pod", "late")]
     assert find_garbage(pods, [live], leases[:1], NOW) == []  # idempotent once collected

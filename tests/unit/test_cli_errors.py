@@ -181,7 +181,14 @@ def test_failure_summary_is_printed_to_the_current_stderr(capsys, context, tmp_p
     monkeypatch.setenv("WARMBUILD_BUILDCTL", str(tmp_path / "missing-buildctl"))
     code, out, err = run(
         capsys,
-        ["build", str(context), "--builder", f"tcp://127.0.0.1:{unused_port()}", "--result-file", str(tmp_path / "r.json")],
+        [
+            "build",
+            str(context),
+            "--builder",
+            f"tcp://127.0.0.1:{unused_port()}",
+            "--result-file",
+            str(tmp_path / "r.json"),
+        ],
     )
     assert code == 4
     assert out == ""

@@ -4,15 +4,22 @@ as buildctl does (encoding/csv for --output and --secret)."""
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from dataclasses import replace
-
 from warmbuild.buildkit.command import build_argv, cache_value, connection_args, csv_field, image_output
 from warmbuild.cache import cache_options
-from warmbuild.config import BuilderEndpoint, BuildRequest, CacheSpec, Compression, SecretSpec, TlsFiles, parse_cache_spec
+from warmbuild.config import (
+    BuilderEndpoint,
+    BuildRequest,
+    CacheSpec,
+    Compression,
+    SecretSpec,
+    TlsFiles,
+    parse_cache_spec,
+)
 
 BUILDCTL = "/usr/local/bin/buildctl"
 BUILDER = BuilderEndpoint(address="tcp://127.0.0.1:1234")
@@ -62,9 +69,7 @@ def test_context_and_dockerfile_locals():
 
 
 def test_dockerfile_elsewhere_sets_its_directory_and_file_name():
-    argv = build_argv(
-        BUILDCTL, BUILDER, request(dockerfile=Path("/src/docker/ml/Dockerfile.gpu")), METADATA
-    )
+    argv = build_argv(BUILDCTL, BUILDER, request(dockerfile=Path("/src/docker/ml/Dockerfile.gpu")), METADATA)
     assert "dockerfile=/src/docker/ml" in values_of(argv, "--local")
     assert "context=/src/app" in values_of(argv, "--local")
     assert "filename=Dockerfile.gpu" in values_of(argv, "--opt")
@@ -166,7 +171,9 @@ def test_connection_args_without_tls():
 
 
 def test_connection_args_with_full_tls():
-    tls = TlsFiles(ca=Path("/tls/ca.pem"), cert=Path("/tls/cert.pem"), key=Path("/tls/key.pem"), server_name="buildkitd")
+    tls = TlsFiles(
+        ca=Path("/tls/ca.pem"), cert=Path("/tls/cert.pem"), key=Path("/tls/key.pem"), server_name="buildkitd"
+    )
     argv = connection_args(BUILDCTL, BuilderEndpoint("tcp://10.0.0.5:1234", tls))
     assert argv[:3] == [BUILDCTL, "--addr", "tcp://10.0.0.5:1234"]
     assert values_of(argv, "--tlscacert") == ["/tls/ca.pem"]
@@ -195,14 +202,19 @@ def test_gzip_by_default_leaves_the_output_as_buildkit_defaults_it():
     assert "compression" not in fields and "compression-level" not in fields
 
 
-@pytest.mark.parametrize("compression, level, expected", [
-    ("zstd", None, {"compression": "zstd"}),
-    ("zstd", 3, {"compression": "zstd", "compression-level": "3"}),
-    ("gzip", 1, {"compression": "gzip", "compression-level": "1"}),
-    ("uncompressed", None, {"compression": "uncompressed"}),
-])
+@pytest.mark.parametrize(
+    "compression, level, expected",
+    [
+        ("zstd", None, {"compression": "zstd"}),
+        ("zstd", 3, {"compression": "zstd", "compression-level": "3"}),
+        ("gzip", 1, {"compression": "gzip", "compression-level": "1"}),
+        ("uncompressed", None, {"compression": "uncompressed"}),
+    ],
+)
 def test_compression_goes_into_the_image_output(compression, level, expected):
-    fields = csv_fields(image_output(request(tags=("a:1", "a:2"), push=True, compression=Compression(compression, level))))
+    fields = csv_fields(
+        image_output(request(tags=("a:1", "a:2"), push=True, compression=Compression(compression, level)))
+    )
     assert {k: v for k, v in fields.items() if k.startswith("compression")} == expected
     assert fields["name"] == "a:1,a:2"
 
@@ -210,15 +222,18 @@ def test_compression_goes_into_the_image_output(compression, level, expected):
 # --- cache imports and exports ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", [
-    "type=registry,ref=x,mode=max",
-    "type=registry,ref=127.0.0.1:5000/team/app:buildcache,mode=max,ignore-error=true,compression=zstd",
-    "type=local,src=/c",
-    'type=local,"src=/a,b"',
-    'type=local,"dest=/a ""quoted"" dir"',
-    "type=gha,scope=main,mode=min",
-    'type=s3,region=eu,bucket=b,"name=a,b"',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "type=registry,ref=x,mode=max",
+        "type=registry,ref=127.0.0.1:5000/team/app:buildcache,mode=max,ignore-error=true,compression=zstd",
+        "type=local,src=/c",
+        'type=local,"src=/a,b"',
+        'type=local,"dest=/a ""quoted"" dir"',
+        "type=gha,scope=main,mode=min",
+        'type=s3,region=eu,bucket=b,"name=a,b"',
+    ],
+)
 def test_a_user_cache_spec_reaches_buildctl_as_written(text):
     assert cache_value(parse_cache_spec(text, "--cache-to")) == text
 
@@ -250,14 +265,18 @@ def test_warmbuilds_own_cache_export():
 def test_zstd_with_a_level_reaches_the_image_and_warmbuilds_cache_export():
     zstd = Compression("zstd", 19)
     options = cache_options("ephemeral", "r/app:buildcache", "auto", True, False, zstd)
-    built = request(tags=("r/app:1",), push=True, compression=zstd, cache_imports=options.imports, cache_exports=options.exports)
+    built = request(
+        tags=("r/app:1",), push=True, compression=zstd, cache_imports=options.imports, cache_exports=options.exports
+    )
     argv = build_argv(BUILDCTL, BUILDER, built, METADATA)
     (output,) = values_of(argv, "--output")
     (export,) = values_of(argv, "--export-cache")
     (imported,) = values_of(argv, "--import-cache")
     for value in (output, export):
         assert {k: v for k, v in csv_fields(value).items() if k.startswith("compression")} == {
-            "compression": "zstd", "compression-level": "19"}
+            "compression": "zstd",
+            "compression-level": "19",
+        }
     assert "compression" not in imported
 
 
@@ -276,94 +295,168 @@ SAME_METADATA = Path("/tmp/m.json")
 
 def _pipeline_request(compression: Compression, path: str, policy: str, untrusted: bool) -> BuildRequest:
     """As pipeline.py builds it: the user's request, then the registry cache for the placement."""
-    built = request(tags=("r/app:1",), push=True, compression=compression,
-                    cache_exports=(parse_cache_spec("type=local,dest=/x", "--cache-to"),))
+    built = request(
+        tags=("r/app:1",),
+        push=True,
+        compression=compression,
+        cache_exports=(parse_cache_spec("type=local,dest=/x", "--cache-to"),),
+    )
     options = cache_options(path, "r/app:buildcache", policy, built.push, untrusted, built.compression)
-    return replace(built, cache_imports=built.cache_imports + options.imports, cache_exports=built.cache_exports + options.exports)
+    return replace(
+        built, cache_imports=built.cache_imports + options.imports, cache_exports=built.cache_exports + options.exports
+    )
 
 
 def test_user_caches_secrets_and_options_give_the_same_argv_as_before():
     built = request(
-        tags=("r/app:1", "r/app:2"), push=True, build_args=(("A", "1"),), labels=(("l", "v"),), target="runtime",
-        platforms=("linux/amd64",), secrets=(SecretSpec(id="hf", src=Path("/b/team,ml/hf")), SecretSpec(id="t", env="T")),
-        cache_imports=tuple(parse_cache_spec(c, "--cache-from") for c in (
-            "type=registry,ref=r/cache:a", "type=local,src=/c", 'type=local,"src=/a,b"')),
+        tags=("r/app:1", "r/app:2"),
+        push=True,
+        build_args=(("A", "1"),),
+        labels=(("l", "v"),),
+        target="runtime",
+        platforms=("linux/amd64",),
+        secrets=(SecretSpec(id="hf", src=Path("/b/team,ml/hf")), SecretSpec(id="t", env="T")),
+        cache_imports=tuple(
+            parse_cache_spec(c, "--cache-from")
+            for c in ("type=registry,ref=r/cache:a", "type=local,src=/c", 'type=local,"src=/a,b"')
+        ),
         cache_exports=(parse_cache_spec("type=registry,ref=r/cache:a,mode=max", "--cache-to"),),
     )
     assert build_argv("buildctl", SAME_BUILDER, built, SAME_METADATA) == [
-        'buildctl',
-        '--addr',
-        'tcp://127.0.0.1:1234',
-        'build',
-        '--progress=rawjson',
-        '--frontend=dockerfile.v0',
-        '--local',
-        'context=/src/app',
-        '--local',
-        'dockerfile=/src/app',
-        '--opt',
-        'filename=Dockerfile',
-        '--metadata-file',
-        '/tmp/m.json',
-        '--opt',
-        'build-arg:A=1',
-        '--opt',
-        'label:l=v',
-        '--opt',
-        'target=runtime',
-        '--opt',
-        'platform=linux/amd64',
-        '--secret',
+        "buildctl",
+        "--addr",
+        "tcp://127.0.0.1:1234",
+        "build",
+        "--progress=rawjson",
+        "--frontend=dockerfile.v0",
+        "--local",
+        "context=/src/app",
+        "--local",
+        "dockerfile=/src/app",
+        "--opt",
+        "filename=Dockerfile",
+        "--metadata-file",
+        "/tmp/m.json",
+        "--opt",
+        "build-arg:A=1",
+        "--opt",
+        "label:l=v",
+        "--opt",
+        "target=runtime",
+        "--opt",
+        "platform=linux/amd64",
+        "--secret",
         'id=hf,"src=/b/team,ml/hf"',
-        '--secret',
-        'id=t,env=T',
-        '--import-cache',
-        'type=registry,ref=r/cache:a',
-        '--import-cache',
-        'type=local,src=/c',
-        '--import-cache',
+        "--secret",
+        "id=t,env=T",
+        "--import-cache",
+        "type=registry,ref=r/cache:a",
+        "--import-cache",
+        "type=local,src=/c",
+        "--import-cache",
         'type=local,"src=/a,b"',
-        '--export-cache',
-        'type=registry,ref=r/cache:a,mode=max',
-        '--output',
+        "--export-cache",
+        "type=registry,ref=r/cache:a,mode=max",
+        "--output",
         'type=image,"name=r/app:1,r/app:2",push=true',
     ]
 
 
-@pytest.mark.parametrize("compression, path, policy, untrusted, expected", [
-    (Compression("zstd", 3), "ephemeral", "auto", False, [
-        '--import-cache', 'type=registry,ref=r/app:buildcache',
-        '--export-cache', 'type=local,dest=/x',
-        '--export-cache', 'type=registry,ref=r/app:buildcache,mode=max,ignore-error=true,compression=zstd,compression-level=3',
-        '--output', 'type=image,"name=r/app:1",push=true,compression=zstd,compression-level=3',
-    ]),
-    (Compression("gzip", 1), "warm", "auto", False, [
-        '--export-cache', 'type=local,dest=/x',
-        '--export-cache', 'type=registry,ref=r/app:buildcache,mode=max,ignore-error=true,compression=gzip,compression-level=1',
-        '--output', 'type=image,"name=r/app:1",push=true,compression=gzip,compression-level=1',
-    ]),
-    (Compression(), "warm", "always", False, [
-        '--export-cache', 'type=local,dest=/x',
-        '--export-cache', 'type=registry,ref=r/app:buildcache,mode=max,ignore-error=true',
-        '--output', 'type=image,"name=r/app:1",push=true',
-    ]),
-    (Compression("uncompressed"), "spill", "never", False, [
-        '--import-cache', 'type=registry,ref=r/app:buildcache',
-        '--export-cache', 'type=local,dest=/x',
-        '--export-cache', 'type=registry,ref=r/app:buildcache,mode=max,ignore-error=true,compression=uncompressed',
-        '--output', 'type=image,"name=r/app:1",push=true,compression=uncompressed',
-    ]),
-    (Compression("zstd"), "ephemeral", "always", True, [
-        '--import-cache', 'type=registry,ref=r/app:buildcache',
-        '--export-cache', 'type=local,dest=/x',
-        '--output', 'type=image,"name=r/app:1",push=true,compression=zstd',
-    ]),
-])
+@pytest.mark.parametrize(
+    "compression, path, policy, untrusted, expected",
+    [
+        (
+            Compression("zstd", 3),
+            "ephemeral",
+            "auto",
+            False,
+            [
+                "--import-cache",
+                "type=registry,ref=r/app:buildcache",
+                "--export-cache",
+                "type=local,dest=/x",
+                "--export-cache",
+                "type=registry,ref=r/app:buildcache,mode=max,ignore-error=true,compression=zstd,compression-level=3",
+                "--output",
+                'type=image,"name=r/app:1",push=true,compression=zstd,compression-level=3',
+            ],
+        ),
+        (
+            Compression("gzip", 1),
+            "warm",
+            "auto",
+            False,
+            [
+                "--export-cache",
+                "type=local,dest=/x",
+                "--export-cache",
+                "type=registry,ref=r/app:buildcache,mode=max,ignore-error=true,compression=gzip,compression-level=1",
+                "--output",
+                'type=image,"name=r/app:1",push=true,compression=gzip,compression-level=1',
+            ],
+        ),
+        (
+            Compression(),
+            "warm",
+            "always",
+            False,
+            [
+                "--export-cache",
+                "type=local,dest=/x",
+                "--export-cache",
+                "type=registry,ref=r/app:buildcache,mode=max,ignore-error=true",
+                "--output",
+                'type=image,"name=r/app:1",push=true',
+            ],
+        ),
+        (
+            Compression("uncompressed"),
+            "spill",
+            "never",
+            False,
+            [
+                "--import-cache",
+                "type=registry,ref=r/app:buildcache",
+                "--export-cache",
+                "type=local,dest=/x",
+                "--export-cache",
+                "type=registry,ref=r/app:buildcache,mode=max,ignore-error=true,compression=uncompressed",
+                "--output",
+                'type=image,"name=r/app:1",push=true,compression=uncompressed',
+            ],
+        ),
+        (
+            Compression("zstd"),
+            "ephemeral",
+            "always",
+            True,
+            [
+                "--import-cache",
+                "type=registry,ref=r/app:buildcache",
+                "--export-cache",
+                "type=local,dest=/x",
+                "--output",
+                'type=image,"name=r/app:1",push=true,compression=zstd',
+            ],
+        ),
+    ],
+)
 def test_warmbuilds_registry_cache_gives_the_same_argv_as_before(compression, path, policy, untrusted, expected):
     argv = build_argv("buildctl", SAME_BUILDER, _pipeline_request(compression, path, policy, untrusted), SAME_METADATA)
     assert argv[:14] == [
-        "buildctl", "--addr", "tcp://127.0.0.1:1234", "build", "--progress=rawjson", "--frontend=dockerfile.v0",
-        "--local", "context=/src/app", "--local", "dockerfile=/src/app", "--opt", "filename=Dockerfile",
-        "--metadata-file", "/tmp/m.json",
+        "buildctl",
+        "--addr",
+        "tcp://127.0.0.1:1234",
+        "build",
+        "--progress=rawjson",
+        "--frontend=dockerfile.v0",
+        "--local",
+        "context=/src/app",
+        "--local",
+        "dockerfile=/src/app",
+        "--opt",
+        "filename=Dockerfile",
+        "--metadata-file",
+        "/tmp/m.json",
     ]
     assert argv[14:] == expected

@@ -337,7 +337,9 @@ def _pem(tmp_path: Path, name: str) -> Path:
 
 
 def test_tls_files_that_exist(tmp_path):
-    tls = TlsFiles(ca=_pem(tmp_path, "ca.pem"), cert=_pem(tmp_path, "c.pem"), key=_pem(tmp_path, "k.pem"), server_name="b")
+    tls = TlsFiles(
+        ca=_pem(tmp_path, "ca.pem"), cert=_pem(tmp_path, "c.pem"), key=_pem(tmp_path, "k.pem"), server_name="b"
+    )
     assert parse_builder("tcp://127.0.0.1:1234", tls).tls == tls
     ca_only = TlsFiles(ca=_pem(tmp_path, "ca2.pem"))
     assert parse_builder("tcp://127.0.0.1:1234", ca_only).tls == ca_only
@@ -377,7 +379,10 @@ def test_messages_stay_on_one_line_when_the_input_has_a_line_break(ctx, call):
 
 # --- compression ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("compression, level", [("gzip", None), ("gzip", 9), ("zstd", 0), ("zstd", 22), ("uncompressed", None)])
+
+@pytest.mark.parametrize(
+    "compression, level", [("gzip", None), ("gzip", 9), ("zstd", 0), ("zstd", 22), ("uncompressed", None)]
+)
 def test_compressions_and_their_levels(ctx, compression, level):
     request = req(ctx, compression=compression, compression_level=level)
     assert request.compression == Compression(compression, level)
@@ -388,17 +393,21 @@ def test_gzip_at_its_default_level_is_buildkits_default(ctx):
     assert not Compression("gzip", 6).is_buildkit_default and not Compression("zstd").is_buildkit_default
 
 
-@pytest.mark.parametrize("compression, level, fragment", [
-    ("brotli", None, "invalid --compression 'brotli': choose gzip, zstd, uncompressed"),
-    ("gzip", 10, "invalid --compression-level 10 for gzip: allowed 0–9"),
-    ("zstd", 23, "allowed 0–22"),
-    ("uncompressed", 1, "drop --compression-level"),
-])
+@pytest.mark.parametrize(
+    "compression, level, fragment",
+    [
+        ("brotli", None, "invalid --compression 'brotli': choose gzip, zstd, uncompressed"),
+        ("gzip", 10, "invalid --compression-level 10 for gzip: allowed 0–9"),
+        ("zstd", 23, "allowed 0–22"),
+        ("uncompressed", 1, "drop --compression-level"),
+    ],
+)
 def test_a_compression_buildkit_would_refuse_is_one_line(ctx, compression, level, fragment):
     assert fragment in input_error(req, ctx, compression=compression, compression_level=level).message
 
 
 # --- cache imports and exports ---------------------------------------------------------------------
+
 
 def test_no_caches_by_default(ctx):
     request = req(ctx)
@@ -439,20 +448,23 @@ def test_a_type_key_in_any_case_names_the_backend(ctx):
     assert req(ctx, cache_to=["TYPE=inline"]).cache_exports == (CacheSpec("inline"),)
 
 
-@pytest.mark.parametrize("value, fragment", [
-    ("ref=r/app:cache,mode=max", "invalid --cache-to 'ref=…,mode=…': name the cache backend with type=TYPE"),
-    ("type=,ref=r/app:cache", "name the cache backend"),
-    ("type=registry,=x", "field 2 is not KEY=VALUE"),
-    ("type=registry,ref", "field 2 is not KEY=VALUE"),
-    ("type=registry,ref=x,", "field 3 is not KEY=VALUE"),
-    ("type=registry, ref=x", "field 2 is not KEY=VALUE"),
-    ("", "field 1 is not KEY=VALUE"),
-    ('type=local,"src=/a', "field 2 opens a quote it never closes"),
-    ('type=local,"src=/a"b', "field 2 has text after its closing quote"),
-    ('type=local,src="/a,b"', "field 2 has a quote or line break inside"),
-    ("type=local,src=/a\nb", "field 2 has a quote or line break inside"),
-    ("Not A Ref", "invalid --cache-to: write BuildKit's type=TYPE,KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ("ref=r/app:cache,mode=max", "invalid --cache-to 'ref=…,mode=…': name the cache backend with type=TYPE"),
+        ("type=,ref=r/app:cache", "name the cache backend"),
+        ("type=registry,=x", "field 2 is not KEY=VALUE"),
+        ("type=registry,ref", "field 2 is not KEY=VALUE"),
+        ("type=registry,ref=x,", "field 3 is not KEY=VALUE"),
+        ("type=registry, ref=x", "field 2 is not KEY=VALUE"),
+        ("", "field 1 is not KEY=VALUE"),
+        ('type=local,"src=/a', "field 2 opens a quote it never closes"),
+        ('type=local,"src=/a"b', "field 2 has text after its closing quote"),
+        ('type=local,src="/a,b"', "field 2 has a quote or line break inside"),
+        ("type=local,src=/a\nb", "field 2 has a quote or line break inside"),
+        ("Not A Ref", "invalid --cache-to: write BuildKit's type=TYPE,KEY=VALUE"),
+    ],
+)
 def test_a_malformed_cache_spec_is_one_line(ctx, value, fragment):
     assert fragment in input_error(req, ctx, cache_to=[value]).message
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from warmbuild import cli
-from warmbuild.doctor.diagnosis import uv_dockerfile_for_build
-from warmbuild.doctor.rewrite import fix_dockerfile, rewrite_pip_to_uv
 from warmbuild.doctor.analysis import RunInfo, walk
 from warmbuild.doctor.context import context_savings, ignore_patterns, is_ignored
+from warmbuild.doctor.diagnosis import uv_dockerfile_for_build
 from warmbuild.doctor.parse import parse_dockerfile
+from warmbuild.doctor.rewrite import fix_dockerfile, rewrite_pip_to_uv
 from warmbuild.doctor.rules import find_issues
 from warmbuild.doctor.shell import run_words, split_commands
 from warmbuild.errors import InputError
@@ -48,7 +48,17 @@ def test_words_keep_their_offsets_across_continuations_and_comment_lines():
     text = 'FROM x\nRUN FOO=1 pip install \\\n    # a comment\n    "torch==2.3.1" $(cat extra) 2>&1 | tee log\n'
     doc = parse_dockerfile(text)
     words = run_words(doc, doc.instructions[1])
-    assert [w.text for w in words] == ["FOO=1", "pip", "install", "torch==2.3.1", "$(cat extra)", "2>&1", "|", "tee", "log"]
+    assert [w.text for w in words] == [
+        "FOO=1",
+        "pip",
+        "install",
+        "torch==2.3.1",
+        "$(cat extra)",
+        "2>&1",
+        "|",
+        "tee",
+        "log",
+    ]
     assert [text[w.start : w.end] for w in words][3] == '"torch==2.3.1"'
     commands = split_commands(words)
     assert [c.program for c in commands] == ["pip", "tee"]
@@ -133,11 +143,11 @@ def test_no_cache_dir_with_a_pip_cache_mount_is_called_out():
 
 
 def test_apt_mounts_are_added_and_the_list_cleanup_dropped():
-    text = "FROM debian\nRUN apt-get update && \\\n    apt-get install -y git && \\\n    rm -rf /var/lib/apt/lists/*\nCMD [\"bash\"]\n"
+    text = 'FROM debian\nRUN apt-get update && \\\n    apt-get install -y git && \\\n    rm -rf /var/lib/apt/lists/*\nCMD ["bash"]\n'
     out = fix_dockerfile(text)
     assert out == (
         "FROM debian\nRUN --mount=type=cache,target=/var/cache/apt,sharing=locked "
-        "--mount=type=cache,target=/var/lib/apt,sharing=locked apt-get update && \\\n    apt-get install -y git\nCMD [\"bash\"]\n"
+        '--mount=type=cache,target=/var/lib/apt,sharing=locked apt-get update && \\\n    apt-get install -y git\nCMD ["bash"]\n'
     )
     assert _rules(out) == []
 
@@ -150,9 +160,11 @@ def test_copy_all_is_moved_only_when_the_requirement_files_stand_alone():
     assert ("copy-all-before-install", 3, False) in _rules(text, requirement_texts=includes)
     assert ("copy-all-before-install", 3, False) in _rules(text)  # file not seen: not moved
     assert "COPY requirements.txt ./\n" in fix_dockerfile(text, alone)
-    assert fix_dockerfile(text, includes).endswith("COPY . .\nRUN --mount=type=cache,target=/root/.cache/uv "
-                                                   "/opt/uv/bin/uv pip install --python \"$(command -v python3)\" "
-                                                   "--compile-bytecode --system-certs --link-mode=copy -r requirements.txt\n")
+    assert fix_dockerfile(text, includes).endswith(
+        "COPY . .\nRUN --mount=type=cache,target=/root/.cache/uv "
+        '/opt/uv/bin/uv pip install --python "$(command -v python3)" '
+        "--compile-bytecode --system-certs --link-mode=copy -r requirements.txt\n"
+    )
 
 
 # ---------------------------------------------------------------- .dockerignore
@@ -184,8 +196,13 @@ def test_savings_are_the_bytes_of_heavy_files_in_the_real_context(heavy_context)
     report = context_savings(heavy_context, heavy_context / "Dockerfile", items)
     assert not report.exists and report.path == heavy_context / ".dockerignore"
     assert {s.pattern: s.bytes for s in report.savings} == {
-        ".git": 1000, "data": 2000, "**/*.safetensors": 300, "**/__pycache__": 40,
-        "**/.venv": 50, "**/node_modules": 60, "checkpoints": 700,
+        ".git": 1000,
+        "data": 2000,
+        "**/*.safetensors": 300,
+        "**/__pycache__": 40,
+        "**/.venv": 50,
+        "**/node_modules": 60,
+        "checkpoints": 700,
     }
     assert report.total_bytes == 4150
     (finding,) = find_issues(parse_dockerfile((heavy_context / "Dockerfile").read_text()), ignore=report)
@@ -225,14 +242,16 @@ def test_dockerignore_patterns_match_as_buildkit_matches(patterns, path, ignored
 def project(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "requirements.txt").write_text("numpy==2.2.1\n")
-    (tmp_path / "Dockerfile").write_text("FROM python:3.11-slim\nCOPY requirements.txt .\nRUN pip install -r requirements.txt\n")
+    (tmp_path / "Dockerfile").write_text(
+        "FROM python:3.11-slim\nCOPY requirements.txt .\nRUN pip install -r requirements.txt\n"
+    )
     return tmp_path
 
 
 def test_doctor_exit_codes(project, capsys):
     assert cli.main(["doctor"]) == 1
     assert "pip-no-cache-mount" in capsys.readouterr().out
-    (project / "Good.Dockerfile").write_text("FROM python:3.11-slim\nCMD [\"python\"]\n")
+    (project / "Good.Dockerfile").write_text('FROM python:3.11-slim\nCMD ["python"]\n')
     assert cli.main(["doctor", "Good.Dockerfile"]) == 0
     assert cli.main(["doctor", "Missing.Dockerfile"]) == 2
     (project / "Bad.Dockerfile").write_text("FROM x\nRUN <<EOT\nnever closed\n")
@@ -253,7 +272,9 @@ def test_doctor_json(project, capsys):
 def test_doctor_fix_writes_dockerfile_fixed_and_exits_on_what_is_left(project, capsys):
     assert cli.main(["doctor", "--fix"]) == 0  # the one warn finding is fixed
     fixed = (project / "Dockerfile.fixed").read_text()
-    assert "uv pip install" in fixed and (project / "Dockerfile").read_text().endswith("pip install -r requirements.txt\n")
+    assert "uv pip install" in fixed and (project / "Dockerfile").read_text().endswith(
+        "pip install -r requirements.txt\n"
+    )
     assert "[fixed]" in capsys.readouterr().out
     assert cli.main(["doctor", "--fix", "--output", "-", "--json"]) == 0
     captured = capsys.readouterr()
@@ -270,7 +291,7 @@ def test_build_uv_writes_the_rewrite_to_a_temp_folder_with_its_dockerignore(tmp_
     rewritten = uv_dockerfile_for_build(dockerfile, out)
     assert rewritten == out / "ml.Dockerfile" and "uv pip install" in rewritten.read_text()
     assert (out / "ml.Dockerfile.dockerignore").read_text() == ".git\n"
-    dockerfile.write_text("FROM python:3.11-slim\nCMD [\"python\"]\n")
+    dockerfile.write_text('FROM python:3.11-slim\nCMD ["python"]\n')
     assert uv_dockerfile_for_build(dockerfile, out) is None
 
 

@@ -17,13 +17,15 @@ from pathlib import Path
 import pytest
 
 from warmbuild.doctor.diagnosis import diagnose
-from warmbuild.doctor.rewrite import fix_dockerfile
 from warmbuild.doctor.parse import parse_dockerfile
+from warmbuild.doctor.rewrite import fix_dockerfile
 from warmbuild.doctor.rules import find_issues
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "dockerfiles"
 CONTEXT = CORPUS / "context"
-NAMES = sorted(p.name[: -len(".Dockerfile")] for p in CORPUS.glob("*.Dockerfile") if not p.name.endswith(".fixed.Dockerfile"))
+NAMES = sorted(
+    p.name[: -len(".Dockerfile")] for p in CORPUS.glob("*.Dockerfile") if not p.name.endswith(".fixed.Dockerfile")
+)
 UPDATE = os.environ.get("WARMBUILD_UPDATE_GOLDENS") == "1"
 
 
@@ -76,7 +78,9 @@ def test_fixing_a_fixed_file_changes_nothing(name):
 def test_the_fixed_file_keeps_exactly_the_findings_marked_unfixable(name):
     original = parse_dockerfile((CORPUS / f"{name}.Dockerfile").read_text())
     before = find_issues(original, requirement_texts=_requirements())
-    after = find_issues(parse_dockerfile(fix_dockerfile(original.text, _requirements())), requirement_texts=_requirements())
+    after = find_issues(
+        parse_dockerfile(fix_dockerfile(original.text, _requirements())), requirement_texts=_requirements()
+    )
     assert collections.Counter(f.rule for f in after) == collections.Counter(f.rule for f in before if not f.fixable)
 
 

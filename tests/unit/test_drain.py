@@ -5,18 +5,25 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from warmbuild.cli import main
+from warmbuild.errors import ClusterError
 from warmbuild.kube.client import KubeNotFound, KubeResponse, format_micro_time
 from warmbuild.kube.names import BUILDER_LABEL, RUN_URL_ANNOTATION
 from warmbuild.kube.views import parse_lease
 from warmbuild.pool.drain import DrainTimedOut, drain_builder, held_slots
-from warmbuild.errors import ClusterError
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 POD = "warmbuild-builder-2"
 UID = "uid-current"
 
 
-def lease(slot: int, holder: str | None, renewed: datetime | None = NOW, duration: int = 15, owner: str = UID, run_url: str = "") -> dict:
+def lease(
+    slot: int,
+    holder: str | None,
+    renewed: datetime | None = NOW,
+    duration: int = 15,
+    owner: str = UID,
+    run_url: str = "",
+) -> dict:
     spec = {"leaseDurationSeconds": duration, "leaseTransitions": 1}
     if holder:
         spec["holderIdentity"] = holder
@@ -80,13 +87,17 @@ def run(client, clock, **kwargs):
     kwargs.setdefault("timeout", 60)
     kwargs.setdefault("settle", 3)
     kwargs.setdefault("poll", 1)
-    result = drain_builder(client, "pool-ns", POD, log=lines.append, sleep=clock.sleep, monotonic=clock.monotonic, **kwargs)
+    result = drain_builder(
+        client, "pool-ns", POD, log=lines.append, sleep=clock.sleep, monotonic=clock.monotonic, **kwargs
+    )
     return result, lines
 
 
 def test_marks_the_pod_draining_then_waits_until_the_held_slot_is_released(clock):
     # slot-0 is held until t=7 (the build finishes and releases it), slot-1 is free throughout.
-    client = FakeClient(clock, lambda t: [lease(0, "job-a" if t < 7 else None, renewed=NOW + timedelta(seconds=t)), lease(1, None)])
+    client = FakeClient(
+        clock, lambda t: [lease(0, "job-a" if t < 7 else None, renewed=NOW + timedelta(seconds=t)), lease(1, None)]
+    )
     result, lines = run(client, clock)
     method, path, body, _query, content_type = client.requests[0]
     assert (method, path) == ("PATCH", f"/api/v1/namespaces/pool-ns/pods/{POD}")
@@ -123,8 +134,11 @@ def test_a_gone_pod_has_nothing_to_drain(clock):
 
 
 def test_without_patch_permission_it_still_waits_for_the_slots(clock):
-    client = FakeClient(clock, lambda t: [lease(0, "job" if t < 5 else None, renewed=NOW + timedelta(seconds=t))],
-                        patch_error=ClusterError("missing permission: patch pods"))
+    client = FakeClient(
+        clock,
+        lambda t: [lease(0, "job" if t < 5 else None, renewed=NOW + timedelta(seconds=t))],
+        patch_error=ClusterError("missing permission: patch pods"),
+    )
     result, lines = run(client, clock)
     assert not result.marked
     assert result.waited_seconds >= 5
@@ -132,7 +146,9 @@ def test_without_patch_permission_it_still_waits_for_the_slots(clock):
 
 
 def test_times_out_naming_the_slots_still_held(clock):
-    client = FakeClient(clock, lambda t: [lease(0, "job-a", renewed=NOW + timedelta(seconds=t), run_url="https://ci.example/run/7")])
+    client = FakeClient(
+        clock, lambda t: [lease(0, "job-a", renewed=NOW + timedelta(seconds=t), run_url="https://ci.example/run/7")]
+    )
     with pytest.raises(DrainTimedOut) as error:
         run(client, clock, timeout=20)
     assert error.value.exit_code == 10
@@ -164,8 +180,10 @@ def test_cli_needs_the_pod_name(monkeypatch, capsys):
 
 def test_revoked_credentials_end_the_wait_at_once(clock):
     client = FakeClient(clock, lambda t: [])
-    revoked = ClusterError("the Kubernetes API at https://k8s rejected the credentials (in-cluster service account): "
-                           "the token is missing, expired or not trusted")
+    revoked = ClusterError(
+        "the Kubernetes API at https://k8s rejected the credentials (in-cluster service account): "
+        "the token is missing, expired or not trusted"
+    )
 
     def refuse(*args, **kwargs):
         raise revoked

@@ -16,10 +16,20 @@ from pathlib import Path
 
 import pytest
 import responses
-from responses import matchers
 import yaml
+from responses import matchers
 
-from warmbuild.ci.github import escape_data, escape_property, group_end, group_start, heredoc_entry, mask_commands, workflow_command
+from warmbuild.ci.github import (
+    escape_data,
+    escape_property,
+    group_end,
+    group_start,
+    heredoc_entry,
+    mask_commands,
+    workflow_command,
+)
+from warmbuild.ci.outputs import output_values
+from warmbuild.ci.sections import log_section
 from warmbuild.entry.github_action import (
     ACTION_INPUTS,
     annotation,
@@ -30,8 +40,6 @@ from warmbuild.entry.github_action import (
     secrets_to_mask,
 )
 from warmbuild.entry.inputs import build_invocation, split_list
-from warmbuild.ci.outputs import output_values
-from warmbuild.ci.sections import log_section
 from warmbuild.errors import Cancelled, ClusterError, InputError
 from warmbuild.kube.oidc import GitHubOidcTokenSource, jwt_expiry
 from warmbuild.signals import install_cancel_handlers, signals_deferred
@@ -41,16 +49,57 @@ ACTION = yaml.safe_load((ROOT / "action.yml").read_text())
 
 # docker/build-push-action v6 action.yml: its inputs and outputs, by name.
 BUILD_PUSH_ACTION_INPUTS = {
-    "add-hosts", "allow", "annotations", "attests", "build-args", "build-contexts", "builder", "cache-from",
-    "cache-to", "call", "cgroup-parent", "context", "file", "labels", "load", "network", "no-cache",
-    "no-cache-filters", "outputs", "platforms", "provenance", "pull", "push", "sbom", "secrets", "secret-envs",
-    "secret-files", "shm-size", "ssh", "tags", "target", "ulimit", "github-token",
+    "add-hosts",
+    "allow",
+    "annotations",
+    "attests",
+    "build-args",
+    "build-contexts",
+    "builder",
+    "cache-from",
+    "cache-to",
+    "call",
+    "cgroup-parent",
+    "context",
+    "file",
+    "labels",
+    "load",
+    "network",
+    "no-cache",
+    "no-cache-filters",
+    "outputs",
+    "platforms",
+    "provenance",
+    "pull",
+    "push",
+    "sbom",
+    "secrets",
+    "secret-envs",
+    "secret-files",
+    "shm-size",
+    "ssh",
+    "tags",
+    "target",
+    "ulimit",
+    "github-token",
 }
 BUILD_PUSH_ACTION_OUTPUTS = {"imageid", "digest", "metadata"}
 # Same name, same meaning (and the same value syntax).
 SAME_MEANING = {
-    "context", "file", "tags", "build-args", "secrets", "secret-envs", "secret-files", "target", "platforms",
-    "labels", "push", "no-cache", "cache-from", "cache-to",
+    "context",
+    "file",
+    "tags",
+    "build-args",
+    "secrets",
+    "secret-envs",
+    "secret-files",
+    "target",
+    "platforms",
+    "labels",
+    "push",
+    "no-cache",
+    "cache-from",
+    "cache-to",
 }
 # Same name, same role, other values: build-push-action's `builder` names a buildx builder
 # instance; warmbuild's is a buildkitd address (tcp://HOST:PORT). Both say where BuildKit runs.
@@ -58,6 +107,7 @@ SAME_ROLE = {"builder"}
 
 
 # --- workflow commands -------------------------------------------------------------------------
+
 
 def test_escaping_follows_the_runner_rules():
     assert escape_data("50% done\r\nnext") == "50%25 done%0D%0Anext"
@@ -106,6 +156,7 @@ def test_log_sections_per_platform():
 
 # --- inputs ------------------------------------------------------------------------------------
 
+
 def test_inputs_are_read_with_hyphens_kept_and_upper_cased():
     inputs = read_inputs({"INPUT_BUILD-ARGS": "A=1", "INPUT_NO-CACHE": "true", "INPUT_build-args": "wrong"})
     assert inputs["build-args"] == "A=1" and inputs["no-cache"] == "true"
@@ -113,41 +164,55 @@ def test_inputs_are_read_with_hyphens_kept_and_upper_cased():
 
 
 def test_inputs_map_to_the_cli_argv_like_build_push_action():
-    invocation = build_invocation({
-        "context": "app",
-        "file": "app/Dockerfile.gpu",
-        "tags": "r/app:1, r/app:latest\nr/app:sha",
-        "build-args": "A=1\nLIST=x,y\n",
-        "labels": "team=ml",
-        "platforms": "linux/amd64,linux/arm64",
-        "push": "TRUE",
-        "no-cache": "false",
-        "cache-from": "r/app:cache\ntype=registry,ref=r/app:main",
-        "cache-to": "type=registry,ref=r/app:cache,mode=max",
-        "secret-envs": "hf=HF_TOKEN,gh=GH_TOKEN",
-        "secret-files": "netrc=/home/me/.netrc",
-        "pool": "gpu",
-        "max-wait": "30",
-        "namespace": "builds",
-        "target": "-odd",
-        "fallback": "ephemeral",
-        "scheduler": "https://127.0.0.1:8443",
-    })
+    invocation = build_invocation(
+        {
+            "context": "app",
+            "file": "app/Dockerfile.gpu",
+            "tags": "r/app:1, r/app:latest\nr/app:sha",
+            "build-args": "A=1\nLIST=x,y\n",
+            "labels": "team=ml",
+            "platforms": "linux/amd64,linux/arm64",
+            "push": "TRUE",
+            "no-cache": "false",
+            "cache-from": "r/app:cache\ntype=registry,ref=r/app:main",
+            "cache-to": "type=registry,ref=r/app:cache,mode=max",
+            "secret-envs": "hf=HF_TOKEN,gh=GH_TOKEN",
+            "secret-files": "netrc=/home/me/.netrc",
+            "pool": "gpu",
+            "max-wait": "30",
+            "namespace": "builds",
+            "target": "-odd",
+            "fallback": "ephemeral",
+            "scheduler": "https://127.0.0.1:8443",
+        }
+    )
     assert invocation.argv("--state-file=s.json") == [
         "build",
-        "--file=app/Dockerfile.gpu", "--target=-odd", "--pool=gpu", "--namespace=builds", "--scheduler=https://127.0.0.1:8443",
-        "--tag=r/app:1", "--tag=r/app:latest", "--tag=r/app:sha",
-        "--platform=linux/amd64", "--platform=linux/arm64",
-        "--build-arg=A=1", "--build-arg=LIST=x,y",
+        "--file=app/Dockerfile.gpu",
+        "--target=-odd",
+        "--pool=gpu",
+        "--namespace=builds",
+        "--scheduler=https://127.0.0.1:8443",
+        "--tag=r/app:1",
+        "--tag=r/app:latest",
+        "--tag=r/app:sha",
+        "--platform=linux/amd64",
+        "--platform=linux/arm64",
+        "--build-arg=A=1",
+        "--build-arg=LIST=x,y",
         "--label=team=ml",
-        "--cache-from=r/app:cache", "--cache-from=type=registry,ref=r/app:main",  # build_request reads a bare ref
+        "--cache-from=r/app:cache",
+        "--cache-from=type=registry,ref=r/app:main",  # build_request reads a bare ref
         "--cache-to=type=registry,ref=r/app:cache,mode=max",
         "--push",
         "--max-wait=30",
         "--fallback=ephemeral",
-        "--secret=id=hf,env=HF_TOKEN", "--secret=id=gh,env=GH_TOKEN", "--secret=id=netrc,src=/home/me/.netrc",
+        "--secret=id=hf,env=HF_TOKEN",
+        "--secret=id=gh,env=GH_TOKEN",
+        "--secret=id=netrc,src=/home/me/.netrc",
         "--state-file=s.json",
-        "--", "app",
+        "--",
+        "app",
     ]
     assert invocation.env == ()
     # The same argv parses with the CLI's own parser: one code path.
@@ -213,8 +278,14 @@ def test_cluster_access_from_inputs():
     assert cluster_access({}).env == () and cluster_access({}).kubeconfig is None
     assert cluster_access({"kubeconfig": KUBECONFIG}).kubeconfig == KUBECONFIG
     token = cluster_access({"server": "https://127.0.0.1:6443", "token": "t", "certificate-authority-data": "Q0E="})
-    assert dict(token.env) == {"WARMBUILD_K8S_SERVER": "https://127.0.0.1:6443", "WARMBUILD_K8S_TOKEN": "t", "WARMBUILD_K8S_CA_DATA": "Q0E="}
-    assert dict(cluster_access({"scheduler": "https://127.0.0.1:8443", "token": "sa"}).env) == {"WARMBUILD_SCHEDULER_TOKEN": "sa"}
+    assert dict(token.env) == {
+        "WARMBUILD_K8S_SERVER": "https://127.0.0.1:6443",
+        "WARMBUILD_K8S_TOKEN": "t",
+        "WARMBUILD_K8S_CA_DATA": "Q0E=",
+    }
+    assert dict(cluster_access({"scheduler": "https://127.0.0.1:8443", "token": "sa"}).env) == {
+        "WARMBUILD_SCHEDULER_TOKEN": "sa"
+    }
     oidc = cluster_access({"server": "https://127.0.0.1:6443", "oidc-audience": "warmbuild"})
     assert dict(oidc.env)["WARMBUILD_K8S_OIDC_AUDIENCE"] == "warmbuild"
     for bad, fragment in (
@@ -251,7 +322,10 @@ def test_the_dockerfile_line_buildkit_names_becomes_the_annotation(tmp_path):
     assert line == "::error title=warmbuild,file=app/Dockerfile.gpu,line=5::step failed: exit code: 3"
     # Another file's location, or a Dockerfile outside the workspace: no file/line.
     assert annotation("x", ("Other", 5), dockerfile, workspace) == "::error title=warmbuild::x"
-    assert annotation("x", ("Dockerfile.gpu", 5), Path("/elsewhere/Dockerfile.gpu"), workspace) == "::error title=warmbuild::x"
+    assert (
+        annotation("x", ("Dockerfile.gpu", 5), Path("/elsewhere/Dockerfile.gpu"), workspace)
+        == "::error title=warmbuild::x"
+    )
 
 
 def _run_entrypoint(stage: str, env: dict, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -259,7 +333,11 @@ def _run_entrypoint(stage: str, env: dict, tmp_path: Path) -> subprocess.Complet
     return subprocess.run(
         [sys.executable, "-m", "warmbuild.entry.github_action", stage],
         env={**base, "HOME": str(tmp_path), "GITHUB_ACTIONS": "true", **env},
-        capture_output=True, text=True, timeout=60, cwd=tmp_path, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -268,7 +346,9 @@ def test_bad_input_fails_the_step_with_one_annotation_after_the_masks(tmp_path):
     assert done.returncode == 2
     lines = done.stdout.splitlines()
     assert lines[0] == "::add-mask::s3cr3t-value"
-    assert lines[1:] == ["::error title=warmbuild input::warmbuild: input 'token' needs input 'server' (the API server URL)"]
+    assert lines[1:] == [
+        "::error title=warmbuild input::warmbuild: input 'token' needs input 'server' (the API server URL)"
+    ]
     assert "s3cr3t-value" not in done.stderr
 
 
@@ -278,6 +358,7 @@ def test_post_without_state_has_nothing_to_do(tmp_path):
 
 
 # --- action.yml --------------------------------------------------------------------------------
+
 
 def test_action_inputs_are_exactly_the_ones_the_entrypoint_reads():
     assert set(ACTION["inputs"]) == set(ACTION_INPUTS)
@@ -364,12 +445,14 @@ def test_cluster_client_sends_a_reminted_bearer_token_once_the_first_nears_expir
     first, second = jwt(clock.now + 120), jwt(clock.now + 900)
     responses.get(TOKEN_ENDPOINT, json={"value": first}, match=AUDIENCE_QUERY)
     responses.get(TOKEN_ENDPOINT, json={"value": second}, match=AUDIENCE_QUERY)
-    client = cluster._from_env({
-        "WARMBUILD_K8S_SERVER": "https://127.0.0.1:6443",
-        "WARMBUILD_K8S_OIDC_AUDIENCE": "warmbuild",
-        "ACTIONS_ID_TOKEN_REQUEST_URL": TOKEN_URL,
-        "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "request-token",
-    })
+    client = cluster._from_env(
+        {
+            "WARMBUILD_K8S_SERVER": "https://127.0.0.1:6443",
+            "WARMBUILD_K8S_OIDC_AUDIENCE": "warmbuild",
+            "ACTIONS_ID_TOKEN_REQUEST_URL": TOKEN_URL,
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "request-token",
+        }
+    )
     assert client.credentials.authorization() == f"Bearer {first}"
     clock.now += 90  # past the refresh margin of the first token
     assert client.credentials.authorization() == f"Bearer {second}"
@@ -391,6 +474,7 @@ def test_oidc_refusal_and_missing_permission_are_one_line():
 
 
 # --- the signal guard around cleanup -----------------------------------------------------------
+
 
 @pytest.fixture
 def cancel_handlers():

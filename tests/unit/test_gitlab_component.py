@@ -90,6 +90,8 @@ def test_reports_are_the_files_the_cli_writes():
 
 
 def test_gitlab_job_reads_the_variables():
-    inputs = read_inputs({"WARMBUILD_INPUT_BUILD_ARGS": "A=1", "WARMBUILD_INPUT_NO_CACHE": "true", "WARMBUILD_INPUT_SECRETS": "x=y"})
+    inputs = read_inputs(
+        {"WARMBUILD_INPUT_BUILD_ARGS": "A=1", "WARMBUILD_INPUT_NO_CACHE": "true", "WARMBUILD_INPUT_SECRETS": "x=y"}
+    )
     assert inputs["build-args"] == "A=1" and inputs["no-cache"] == "true"
     assert "secrets" not in inputs  # inline secret values are GitHub's; GitLab keeps them in CI/CD variables

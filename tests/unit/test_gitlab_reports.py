@@ -24,10 +24,14 @@ def step(n: int, name: str, seconds: float, cached=False, error=None) -> StepRes
 def result(status="success", exit_code=0, error=None, steps=None) -> BuildResult:
     return BuildResult(
         status=status,
-        placement=Placement("tcp://127.0.0.11:1234", "warm", builder_name="builders-0", affine=True, reason='affine "x"'),
+        placement=Placement(
+            "tcp://127.0.0.11:1234", "warm", builder_name="builders-0", affine=True, reason='affine "x"'
+        ),
         timings=Timings(1.5, 0.0, 0.25, 30.0, 4.0, 2.5, 36.0),
         cache=CacheStats(3, 4),
-        steps=steps if steps is not None else (step(1, "[1/2] FROM base", 0, cached=True), step(2, "[2/2] RUN make", 30)),
+        steps=steps
+        if steps is not None
+        else (step(1, "[1/2] FROM base", 0, cached=True), step(2, "[2/2] RUN make", 30)),
         image_digest="sha256:" + "ab" * 32 if status == "success" else None,
         started_at=T0,
         error=error,
@@ -53,8 +57,12 @@ def test_junit_has_one_timed_case_per_phase(tmp_path):
 
 
 def test_a_failed_step_fails_its_phase(tmp_path):
-    failed = result("failed", 1, "step '[2/2] RUN make' failed: exit code: 2",
-                    steps=(step(1, "[1/2] FROM base", 0), step(2, "[2/2] RUN make", 3, error="exit code: 2")))
+    failed = result(
+        "failed",
+        1,
+        "step '[2/2] RUN make' failed: exit code: 2",
+        steps=(step(1, "[1/2] FROM base", 0), step(2, "[2/2] RUN make", 3, error="exit code: 2")),
+    )
     (suite,) = list(parse_junit(render_junit(failed), tmp_path))
     cases = {case.name: case for case in suite}
     (failure,) = cases["build"].result
@@ -81,7 +89,15 @@ def test_metrics_parse_as_openmetrics_and_prometheus_text():
     for parse in (openmetrics_families, prometheus_families):
         families = {f.name: f for f in parse(text)}
         phases = {s.labels["phase"]: s.value for s in families["warmbuild_phase_seconds"].samples}
-        assert phases == {"queue": 1.5, "startup": 0.0, "context": 0.25, "build": 30.0, "export": 4.0, "push": 2.5, "total": 36.0}
+        assert phases == {
+            "queue": 1.5,
+            "startup": 0.0,
+            "context": 0.25,
+            "build": 30.0,
+            "export": 4.0,
+            "push": 2.5,
+            "total": 36.0,
+        }
         assert families["warmbuild_cache_hit_ratio"].samples[0].value == 0.75
         assert {s.labels["cached"]: s.value for s in families["warmbuild_steps"].samples} == {"true": 3, "false": 1}
         assert families["warmbuild_build_success"].samples[0].value == 1
@@ -93,13 +109,20 @@ def test_metrics_parse_as_openmetrics_and_prometheus_text():
 
 def test_section_markers():
     start = section_start("warmbuild build", "Build on tcp://127.0.0.2:1234\nsecond line", 1700000000.7)
-    assert start == "\x1b[0Ksection_start:1700000000:warmbuild_build[collapsed=true]\r\x1b[0KBuild on tcp://127.0.0.2:1234 second line"
+    assert (
+        start
+        == "\x1b[0Ksection_start:1700000000:warmbuild_build[collapsed=true]\r\x1b[0KBuild on tcp://127.0.0.2:1234 second line"
+    )
     assert section_end("warmbuild build", 1700000042) == "\x1b[0Ksection_end:1700000042:warmbuild_build\r\x1b[0K"
 
 
 def test_report_files_are_written_when_named(tmp_path):
     assert ReportFilesPublisher.from_env({}) == ReportFilesPublisher()
-    env = {"WARMBUILD_JUNIT": str(tmp_path / "j.xml"), "WARMBUILD_METRICS": str(tmp_path / "m.txt"), "WARMBUILD_DOTENV": str(tmp_path / "b.env")}
+    env = {
+        "WARMBUILD_JUNIT": str(tmp_path / "j.xml"),
+        "WARMBUILD_METRICS": str(tmp_path / "m.txt"),
+        "WARMBUILD_DOTENV": str(tmp_path / "b.env"),
+    }
     publisher = ReportFilesPublisher.from_env(env)
     publisher.publish(result(), {"image": {"digest": "sha256:" + "ab" * 32}})
     assert (tmp_path / "j.xml").read_text().startswith("<?xml")

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import yaml
-
 from helm_render import CHART, VARIANTS, render_error
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -23,9 +22,17 @@ jsonschema = pytest.importorskip("jsonschema")
         (("--set-json", "drain.command=[]"), "/drain/command", "minItems"),
         (("--set-json", "networkPolicy.ciRunners=[{}]"), "/networkPolicy/ciRunners/0", "minProperties"),
         (("--set", "podDisruptionBudget.maxUnavailable=lots"), "/podDisruptionBudget/maxUnavailable", ""),
-        (("--set", "persistence.retentionPolicy.whenScaled=Keep"), "/persistence/retentionPolicy/whenScaled", "'Retain', 'Delete'"),
+        (
+            ("--set", "persistence.retentionPolicy.whenScaled=Keep"),
+            "/persistence/retentionPolicy/whenScaled",
+            "'Retain', 'Delete'",
+        ),
         (("--set", "buildkitd.gc.maxUsedPercent=120"), "/buildkitd/gc/maxUsedPercent", "maximum"),
-        (("--set", "tls.certManager.issuerRef.kind=Vault"), "/tls/certManager/issuerRef/kind", "'Issuer', 'ClusterIssuer'"),
+        (
+            ("--set", "tls.certManager.issuerRef.kind=Vault"),
+            "/tls/certManager/issuerRef/kind",
+            "'Issuer', 'ClusterIssuer'",
+        ),
         (("--set-json", 'scheduler.access.grants=[{"pools":["default"]}]'), "/scheduler/access/grants/0", ""),
         (("--set", "builder.image.repository="), "/builder/image/repository", "minLength"),
     ],

@@ -7,7 +7,6 @@ tests/integration/test_helm_chart.py.
 import shlex
 
 import pytest
-
 from helm_render import CHART, VARIANTS, helm, of_kind, one, render, render_error, variant_args
 
 tomllib = pytest.importorskip("tomllib")
@@ -46,8 +45,16 @@ def builder_container(docs):
 
 
 def test_statefulset_is_a_pool_the_cli_discovers_with_a_volume_per_builder_and_a_drain_hook():
-    docs = render(sets=("pool=gpu", "builder.replicas=5", "builder.slots=3", "persistence.storageClassName=local-nvme",
-                        "persistence.size=500Gi", "builder.terminationGracePeriodSeconds=7200"))
+    docs = render(
+        sets=(
+            "pool=gpu",
+            "builder.replicas=5",
+            "builder.slots=3",
+            "persistence.storageClassName=local-nvme",
+            "persistence.size=500Gi",
+            "builder.terminationGracePeriodSeconds=7200",
+        )
+    )
     statefulset, container = builder_container(docs)
     spec = statefulset["spec"]
     template = spec["template"]
@@ -66,7 +73,12 @@ def test_statefulset_is_a_pool_the_cli_discovers_with_a_volume_per_builder_and_a
     # The drain: preStop, with the pod named by the downward API, bounded below the grace period.
     assert template["spec"]["terminationGracePeriodSeconds"] == 7200
     assert container["lifecycle"]["preStop"]["exec"]["command"] == [
-        "warmbuild", "drain", "--timeout=7170", "--settle=3", "--poll=1"]
+        "warmbuild",
+        "drain",
+        "--timeout=7170",
+        "--settle=3",
+        "--poll=1",
+    ]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
     assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
     assert template["spec"]["serviceAccountName"] == "warmbuild-builder"
@@ -82,6 +94,7 @@ def test_statefulset_is_a_pool_the_cli_discovers_with_a_volume_per_builder_and_a
     assert mounts == {"config": "/etc/buildkit", "state": "/var/lib/buildkit"}
     probe = container["readinessProbe"]["exec"]["command"]
     assert probe == ["buildctl", "--addr", "unix:///run/buildkit/buildkitd.sock", "debug", "workers"]
+
     # A changed buildkitd.toml rolls the builders (each drains first).
     def checksum(docs):
         return builder_container(docs)[0]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
@@ -118,24 +131,40 @@ def test_gc_limits_are_shares_of_the_volume(size, mib):
 
 
 def test_gc_percentages_parallelism_and_extra_config_are_values():
-    config = buildkitd_toml(render(
-        sets=("persistence.size=100Gi", "buildkitd.gc.maxUsedPercent=80", "buildkitd.gc.minFreePercent=15",
-              "buildkitd.gc.reservedPercent=20", "buildkitd.maxParallelism=12"),
-        extra=("--set-string", 'buildkitd.extraConfig=[registry."docker.io"]\n  mirrors = ["mirror.internal"]'),
-    ))
+    config = buildkitd_toml(
+        render(
+            sets=(
+                "persistence.size=100Gi",
+                "buildkitd.gc.maxUsedPercent=80",
+                "buildkitd.gc.minFreePercent=15",
+                "buildkitd.gc.reservedPercent=20",
+                "buildkitd.maxParallelism=12",
+            ),
+            extra=("--set-string", 'buildkitd.extraConfig=[registry."docker.io"]\n  mirrors = ["mirror.internal"]'),
+        )
+    )
     worker = config["worker"]["oci"]
-    assert (worker["maxUsedSpace"], worker["minFreeSpace"], worker["reservedSpace"]) == ("81920MB", "15360MB", "20480MB")
+    assert (worker["maxUsedSpace"], worker["minFreeSpace"], worker["reservedSpace"]) == (
+        "81920MB",
+        "15360MB",
+        "20480MB",
+    )
     assert worker["max-parallelism"] == 12
     assert config["registry"]["docker.io"]["mirrors"] == ["mirror.internal"]
     assert buildkitd_toml(render(sets=("buildkitd.gc.enabled=false",)))["worker"]["oci"] == {
-        "enabled": True, "max-parallelism": 4, "gc": False}
+        "enabled": True,
+        "max-parallelism": 4,
+        "gc": False,
+    }
 
 
 def test_rootless_variant_runs_as_uid_1000_without_a_privileged_container():
     statefulset, container = builder_container(render(variant="rootless"))
     assert container["securityContext"] == {
-        "runAsUser": 1000, "runAsGroup": 1000,
-        "seccompProfile": {"type": "Unconfined"}, "appArmorProfile": {"type": "Unconfined"},
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "seccompProfile": {"type": "Unconfined"},
+        "appArmorProfile": {"type": "Unconfined"},
     }
     assert "--oci-worker-no-process-sandbox" in container["args"]
     assert container["image"] == "warmbuild/buildkitd:v0.34.2-warmbuild0.1.0-rootless"
@@ -149,7 +178,9 @@ def test_rootless_variant_runs_as_uid_1000_without_a_privileged_container():
 def test_mtls_variant_serves_tls_from_the_secret_and_keeps_the_probe_socket_local():
     docs = render(variant="mtls")
     statefulset, container = builder_container(docs)
-    assert {"--tlscacert=/certs/ca.crt", "--tlscert=/certs/tls.crt", "--tlskey=/certs/tls.key"} <= set(container["args"])
+    assert {"--tlscacert=/certs/ca.crt", "--tlscert=/certs/tls.crt", "--tlskey=/certs/tls.key"} <= set(
+        container["args"]
+    )
     volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
     assert volumes["certs"]["secret"]["secretName"] == "warmbuild-builder-tls"
     assert {"name": "certs", "mountPath": "/certs", "readOnly": True} in container["volumeMounts"]
@@ -163,24 +194,37 @@ def test_cert_manager_variant_issues_server_and_client_certificates_from_its_own
     assert certificates["warmbuild-ca"]["isCA"] is True
     server = certificates["warmbuild-builder-tls"]
     assert server["usages"] == ["server auth"]
-    assert server["dnsNames"] == ["warmbuild-builder.warmbuild.svc", "warmbuild-builder.warmbuild.svc",
-                                  "*.warmbuild-builder.warmbuild.svc"]
+    assert server["dnsNames"] == [
+        "warmbuild-builder.warmbuild.svc",
+        "warmbuild-builder.warmbuild.svc",
+        "*.warmbuild-builder.warmbuild.svc",
+    ]
     assert server["issuerRef"] == {"name": "warmbuild-ca", "kind": "Issuer", "group": "cert-manager.io"}
     assert certificates["warmbuild-client-tls"]["usages"] == ["client auth"]
-    assert sorted(doc["metadata"]["name"] for doc in of_kind(docs, "Issuer")) == ["warmbuild-ca", "warmbuild-selfsigned"]
+    assert sorted(doc["metadata"]["name"] for doc in of_kind(docs, "Issuer")) == [
+        "warmbuild-ca",
+        "warmbuild-selfsigned",
+    ]
     statefulset, _ = builder_container(docs)
     volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
     assert volumes["certs"]["secret"]["secretName"] == "warmbuild-builder-tls"
     # An issuer of the user's own replaces the bootstrap CA.
-    own = render(variant="mtls-cert-manager", sets=("tls.certManager.issuerRef.name=corp-ca",
-                                                    "tls.certManager.issuerRef.kind=ClusterIssuer"))
+    own = render(
+        variant="mtls-cert-manager",
+        sets=("tls.certManager.issuerRef.name=corp-ca", "tls.certManager.issuerRef.kind=ClusterIssuer"),
+    )
     assert not of_kind(own, "Issuer")
     assert {doc["spec"]["issuerRef"]["name"] for doc in of_kind(own, "Certificate")} == {"corp-ca"}
 
 
 def rules(role: dict) -> list[tuple]:
     return sorted(
-        (tuple(rule["apiGroups"]), tuple(rule["resources"]), tuple(sorted(rule["verbs"])), tuple(rule.get("resourceNames", ())))
+        (
+            tuple(rule["apiGroups"]),
+            tuple(rule["resources"]),
+            tuple(sorted(rule["verbs"])),
+            tuple(rule.get("resourceNames", ())),
+        )
         for rule in role["rules"]
     )
 
@@ -215,11 +259,18 @@ def test_rbac_is_least_privilege_for_builders_and_ci_steps():
         (("coordination.k8s.io",), ("leases",), ("create", "delete", "get", "list", "patch", "update", "watch"), ()),
     ]
     # Runner identities of one's own: extra subjects (e.g. an OIDC group), no ServiceAccount.
-    groups = render(extra=("--set", "rbac.ci.serviceAccount.create=false", "--set-json",
-                           'rbac.ci.extraSubjects=[{"kind":"Group","name":"ci-runners","apiGroup":"rbac.authorization.k8s.io"}]'))
+    groups = render(
+        extra=(
+            "--set",
+            "rbac.ci.serviceAccount.create=false",
+            "--set-json",
+            'rbac.ci.extraSubjects=[{"kind":"Group","name":"ci-runners","apiGroup":"rbac.authorization.k8s.io"}]',
+        )
+    )
     assert not [sa for sa in of_kind(groups, "ServiceAccount") if sa["metadata"]["name"] == "warmbuild-ci"]
     assert one(groups, "RoleBinding", "warmbuild-ci")["subjects"] == [
-        {"kind": "Group", "name": "ci-runners", "apiGroup": "rbac.authorization.k8s.io"}]
+        {"kind": "Group", "name": "ci-runners", "apiGroup": "rbac.authorization.k8s.io"}
+    ]
 
 
 def test_network_policy_admits_ci_runners_and_the_scheduler_to_buildkitd_only():
@@ -228,14 +279,32 @@ def test_network_policy_admits_ci_runners_and_the_scheduler_to_buildkitd_only():
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     (rule,) = policy["spec"]["ingress"]
     assert rule["ports"] == [{"port": "buildkitd", "protocol": "TCP"}]
-    assert rule["from"] == [{"podSelector": {"matchLabels": {"warmbuild.dev/ci-runner": "true"}}, "namespaceSelector": {}}]
+    assert rule["from"] == [
+        {"podSelector": {"matchLabels": {"warmbuild.dev/ci-runner": "true"}}, "namespaceSelector": {}}
+    ]
     with_scheduler = one(render(variant="scheduler"), "NetworkPolicy")
-    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "warmbuild", "app.kubernetes.io/instance": "warmbuild",
-                                            "app.kubernetes.io/component": "scheduler"}}} in with_scheduler["spec"]["ingress"][0]["from"]
-    runners = one(render(extra=("--set-json", 'networkPolicy.ciRunners=[{"namespaceSelector":{"matchLabels":'
-                                              '{"kubernetes.io/metadata.name":"arc-runners"}}}]')), "NetworkPolicy")
+    assert {
+        "podSelector": {
+            "matchLabels": {
+                "app.kubernetes.io/name": "warmbuild",
+                "app.kubernetes.io/instance": "warmbuild",
+                "app.kubernetes.io/component": "scheduler",
+            }
+        }
+    } in with_scheduler["spec"]["ingress"][0]["from"]
+    runners = one(
+        render(
+            extra=(
+                "--set-json",
+                'networkPolicy.ciRunners=[{"namespaceSelector":{"matchLabels":'
+                '{"kubernetes.io/metadata.name":"arc-runners"}}}]',
+            )
+        ),
+        "NetworkPolicy",
+    )
     assert runners["spec"]["ingress"][0]["from"] == [
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "arc-runners"}}}]
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "arc-runners"}}}
+    ]
     # No peers at all must mean "nobody", never an empty `from` (which admits everyone).
     closed = one(render(extra=("--set-json", "networkPolicy.ciRunners=[]")), "NetworkPolicy")
     assert closed["spec"]["ingress"] == []
@@ -253,8 +322,14 @@ def test_scheduler_variant_renders_the_https_service_its_access_config_and_rbac(
     deployment = one(docs, "Deployment", "warmbuild-scheduler")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["warmbuild"]
-    assert container["args"] == ["scheduler", "--listen=0.0.0.0:8443", "--tls-cert=/tls/tls.crt", "--tls-key=/tls/tls.key",
-                                 "--namespace=$(POD_NAMESPACE)", "--auth-config=/etc/warmbuild/auth-config.yaml"]
+    assert container["args"] == [
+        "scheduler",
+        "--listen=0.0.0.0:8443",
+        "--tls-cert=/tls/tls.crt",
+        "--tls-key=/tls/tls.key",
+        "--namespace=$(POD_NAMESPACE)",
+        "--auth-config=/etc/warmbuild/auth-config.yaml",
+    ]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https", "scheme": "HTTPS"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
@@ -262,7 +337,10 @@ def test_scheduler_variant_renders_the_https_service_its_access_config_and_rbac(
     import yaml
 
     access = yaml.safe_load(one(docs, "ConfigMap", "warmbuild-scheduler")["data"]["auth-config.yaml"])
-    assert access == {"grants": [{"pools": ["default"], "users": ["system:serviceaccount:warmbuild:warmbuild-ci"]}], "audiences": []}
+    assert access == {
+        "grants": [{"pools": ["default"], "users": ["system:serviceaccount:warmbuild:warmbuild-ci"]}],
+        "audiences": [],
+    }
     assert one(docs, "Service", "warmbuild-scheduler")["spec"]["ports"][0]["port"] == 8443
     assert rules(one(docs, "Role", "warmbuild-scheduler")) == CI_RULES
     cluster_role = one(docs, "ClusterRole")
@@ -276,12 +354,18 @@ def test_hpa_variant_scales_the_statefulset_on_desired_builders():
     docs = render(variant="autoscaling-hpa")
     hpa = one(docs, "HorizontalPodAutoscaler")
     assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "warmbuild-builder"}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": "warmbuild-builder",
+    }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "External"
-    assert metric["external"]["metric"] == {"name": "warmbuild_pool_desired_builders",
-                                            "selector": {"matchLabels": {"pool": "default"}}}
+    assert metric["external"]["metric"] == {
+        "name": "warmbuild_pool_desired_builders",
+        "selector": {"matchLabels": {"pool": "default"}},
+    }
     assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "1"}
     assert hpa["spec"]["behavior"]["scaleDown"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 300}]
     statefulset, _ = builder_container(docs)
@@ -302,21 +386,35 @@ def test_keda_variant_scales_on_the_same_metric_from_prometheus():
     assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     assert trigger["metadata"]["query"] == 'max(warmbuild_pool_desired_builders{pool="default",namespace="warmbuild"})'
     assert trigger["metadata"]["threshold"] == "1"
-    assert scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 900
+    assert (
+        scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"][
+            "stabilizationWindowSeconds"
+        ]
+        == 900
+    )
     assert not of_kind(docs, "HorizontalPodAutoscaler")
 
 
 @pytest.mark.parametrize(
     "sets, message",
     [
-        (("builder.terminationGracePeriodSeconds=600", "drain.timeoutSeconds=600"),
-         "drain.timeoutSeconds (600) must be below builder.terminationGracePeriodSeconds (600)"),
+        (
+            ("builder.terminationGracePeriodSeconds=600", "drain.timeoutSeconds=600"),
+            "drain.timeoutSeconds (600) must be below builder.terminationGracePeriodSeconds (600)",
+        ),
         (("tls.enabled=true",), "tls.existingSecret: name the Secret"),
         (("autoscaling.enabled=true",), "autoscaling.enabled needs scheduler.enabled"),
         (("scheduler.enabled=true",), "scheduler.tls.existingSecret: the scheduler serves HTTPS only"),
-        (("scheduler.enabled=true", "scheduler.tls.existingSecret=s", "autoscaling.enabled=true",
-          "autoscaling.minReplicas=5", "autoscaling.maxReplicas=3"),
-         "autoscaling.maxReplicas (3) must not be below autoscaling.minReplicas (5)"),
+        (
+            (
+                "scheduler.enabled=true",
+                "scheduler.tls.existingSecret=s",
+                "autoscaling.enabled=true",
+                "autoscaling.minReplicas=5",
+                "autoscaling.maxReplicas=3",
+            ),
+            "autoscaling.maxReplicas (3) must not be below autoscaling.minReplicas (5)",
+        ),
     ],
 )
 def test_combinations_the_schema_cannot_express_fail_with_a_message_naming_the_fields(sets, message):

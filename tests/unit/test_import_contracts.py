@@ -15,7 +15,9 @@ def test_every_import_contract_is_kept(capsys):
     cwd = os.getcwd()
     os.chdir(ROOT)  # the contracts name packages; import-linter reads them from pyproject.toml here
     try:
-        status = importlinter_cli.lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True, no_logo=True)
+        status = importlinter_cli.lint_imports(
+            config_filename=str(ROOT / "pyproject.toml"), no_cache=True, no_logo=True
+        )
     finally:
         os.chdir(cwd)
     report = capsys.readouterr().out

@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from warmbuild.kube.client import Credentials, run_exec_plugin
 from warmbuild.errors import ClusterError
+from warmbuild.kube.client import Credentials, run_exec_plugin
 from warmbuild.kube.kubeconfig import ClusterAccess, ExecPlugin, access_from, kubeconfig_paths, read_kubeconfig
 
 
 def write_config(path: Path, clusters=(), users=(), contexts=(), current: str | None = None) -> str:
     document = {
-        "apiVersion": "v1", "kind": "Config",
+        "apiVersion": "v1",
+        "kind": "Config",
         "clusters": [{"name": n, "cluster": c} for n, c in clusters],
         "users": [{"name": n, "user": u} for n, u in users],
         "contexts": [{"name": n, "context": {"cluster": c, "user": u}} for n, c, u in contexts],
@@ -32,9 +33,13 @@ def write_config(path: Path, clusters=(), users=(), contexts=(), current: str | 
 
 def test_relative_paths_are_read_against_the_file_that_names_them(tmp_path):
     (tmp_path / "conf").mkdir()
-    path = write_config(tmp_path / "conf" / "config", clusters=[("c", {"server": "https://127.0.0.1:6443/", "certificate-authority": "pki/ca.crt"})],
-                        users=[("u", {"client-certificate": "pki/u.crt", "client-key": "/abs/u.key", "tokenFile": "tok"})],
-                        contexts=[("x", "c", "u")], current="x")
+    path = write_config(
+        tmp_path / "conf" / "config",
+        clusters=[("c", {"server": "https://127.0.0.1:6443/", "certificate-authority": "pki/ca.crt"})],
+        users=[("u", {"client-certificate": "pki/u.crt", "client-key": "/abs/u.key", "tokenFile": "tok"})],
+        contexts=[("x", "c", "u")],
+        current="x",
+    )
     access = read_kubeconfig([path])
     assert access.server == "https://127.0.0.1:6443"
     assert access.ca_file == str(tmp_path / "conf" / "pki" / "ca.crt")
@@ -46,8 +51,13 @@ def test_relative_paths_are_read_against_the_file_that_names_them(tmp_path):
 
 def test_several_files_merge_with_the_first_file_winning(tmp_path):
     first = write_config(tmp_path / "a", users=[("u", {"token": "from-a"})], contexts=[("x", "c", "u")], current="x")
-    second = write_config(tmp_path / "b", clusters=[("c", {"server": "https://127.0.0.1:1"})],
-                          users=[("u", {"token": "from-b"})], contexts=[("x", "other", "u"), ("y", "c", "u")], current="y")
+    second = write_config(
+        tmp_path / "b",
+        clusters=[("c", {"server": "https://127.0.0.1:1"})],
+        users=[("u", {"token": "from-b"})],
+        contexts=[("x", "other", "u"), ("y", "c", "u")],
+        current="y",
+    )
     missing = str(tmp_path / "missing")
     access = read_kubeconfig([missing, first, second])
     assert (access.server, access.token) == ("https://127.0.0.1:1", "from-a")
@@ -56,15 +66,31 @@ def test_several_files_merge_with_the_first_file_winning(tmp_path):
     assert kubeconfig_paths("") == [str(Path.home() / ".kube" / "config")]
 
 
-@pytest.mark.parametrize("setup, message", [
-    (dict(contexts=[("x", "c", "u")]), "no current-context"),
-    (dict(contexts=[("x", "c", "u")], current="nope"), "no context 'nope' (contexts: x)"),
-    (dict(contexts=[("x", "gone", "u")], current="x"), "names cluster 'gone', which is missing"),
-    (dict(clusters=[("c", {"server": "https://127.0.0.1:1"})], users=[("u", {"auth-provider": {"name": "gcp"}})],
-          contexts=[("x", "c", "u")], current="x"), "auth-provider 'gcp'"),
-    (dict(clusters=[("c", {"server": "https://127.0.0.1:1", "certificate-authority-data": "%%%"})],
-          contexts=[("x", "c", "u")], current="x"), "certificate-authority-data is not valid base64"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (dict(contexts=[("x", "c", "u")]), "no current-context"),
+        (dict(contexts=[("x", "c", "u")], current="nope"), "no context 'nope' (contexts: x)"),
+        (dict(contexts=[("x", "gone", "u")], current="x"), "names cluster 'gone', which is missing"),
+        (
+            dict(
+                clusters=[("c", {"server": "https://127.0.0.1:1"})],
+                users=[("u", {"auth-provider": {"name": "gcp"}})],
+                contexts=[("x", "c", "u")],
+                current="x",
+            ),
+            "auth-provider 'gcp'",
+        ),
+        (
+            dict(
+                clusters=[("c", {"server": "https://127.0.0.1:1", "certificate-authority-data": "%%%"})],
+                contexts=[("x", "c", "u")],
+                current="x",
+            ),
+            "certificate-authority-data is not valid base64",
+        ),
+    ],
+)
 def test_a_kubeconfig_that_cannot_work_is_one_line_naming_what_to_fix(tmp_path, setup, message):
     path = write_config(tmp_path / "config", **setup)
     with pytest.raises(ClusterError) as err:
@@ -78,7 +104,11 @@ def test_no_file_at_all_is_named(tmp_path):
 
 
 def test_the_access_never_shows_its_secrets():
-    access = access_from({"server": "https://127.0.0.1:1"}, {"token": "s3cret", "client-key-data": base64.b64encode(b"KEY").decode()}, "d")
+    access = access_from(
+        {"server": "https://127.0.0.1:1"},
+        {"token": "s3cret", "client-key-data": base64.b64encode(b"KEY").decode()},
+        "d",
+    )
     assert access.client_key_pem == b"KEY"
     assert "s3cret" not in repr(access) and "KEY" not in repr(access)
 
@@ -96,7 +126,9 @@ def test_token_files_are_read_again_for_each_request(tmp_path):
 
 
 def test_basic_auth_is_encoded():
-    credentials = Credentials(ClusterAccess(server="https://127.0.0.1:1", description="d", username="ann", password="pw"))
+    credentials = Credentials(
+        ClusterAccess(server="https://127.0.0.1:1", description="d", username="ann", password="pw")
+    )
     assert credentials.authorization() == "Basic " + base64.b64encode(b"ann:pw").decode()
 
 
@@ -145,7 +177,10 @@ def test_an_exec_plugin_that_fails_or_is_missing_is_one_line(tmp_path):
         run_exec_plugin(ExecPlugin(command=str(script)), access)
     assert "exit code 3: login required: run the-cloud login" in err.value.message
     with pytest.raises(ClusterError) as err:
-        run_exec_plugin(ExecPlugin(command=str(tmp_path / "absent"), install_hint="install it with the-cloud components install\n"), access)
+        run_exec_plugin(
+            ExecPlugin(command=str(tmp_path / "absent"), install_hint="install it with the-cloud components install\n"),
+            access,
+        )
     assert err.value.message.endswith("is not installed: install it with the-cloud components install")
 
 
@@ -153,4 +188,10 @@ def test_env_credentials_with_a_ca_that_is_not_base64_are_one_line():
     from warmbuild.kube import client as cluster
 
     with pytest.raises(ClusterError, match="WARMBUILD_K8S_CA_DATA is not base64"):
-        cluster._from_env({"WARMBUILD_K8S_SERVER": "https://127.0.0.1:6443", "WARMBUILD_K8S_TOKEN": "t", "WARMBUILD_K8S_CA_DATA": "not base64!"})
+        cluster._from_env(
+            {
+                "WARMBUILD_K8S_SERVER": "https://127.0.0.1:6443",
+                "WARMBUILD_K8S_TOKEN": "t",
+                "WARMBUILD_K8S_CA_DATA": "not base64!",
+            }
+        )

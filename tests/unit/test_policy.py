@@ -2,7 +2,6 @@
 
 import pytest
 
-from warmbuild.pool.records import BuildRecord
 from warmbuild.pool.policy import (
     PRIOR_EPHEMERAL_BUILD_SECONDS,
     PRIOR_EPHEMERAL_STARTUP_SECONDS,
@@ -13,6 +12,7 @@ from warmbuild.pool.policy import (
     estimate_paths,
     estimate_slot_wait,
 )
+from warmbuild.pool.records import BuildRecord
 
 
 def record(key, path, seconds, startup=0.0, status="success"):
@@ -24,8 +24,14 @@ def estimates(warm=30.0, spill=120.0, startup=20.0, ephemeral=100.0):
 
 
 def busy(wait, **kw):
-    base = dict(affine_builder="b-0", affine_free=False, affine_wait_seconds=wait, spill_free=False,
-                waited_seconds=0.0, max_wait_seconds=300.0)
+    base = dict(
+        affine_builder="b-0",
+        affine_free=False,
+        affine_wait_seconds=wait,
+        spill_free=False,
+        waited_seconds=0.0,
+        max_wait_seconds=300.0,
+    )
     base.update(kw)
     return Situation(**base)
 
@@ -87,11 +93,20 @@ def test_no_warm_builders():
 
 def test_estimates_use_this_workloads_history_then_the_pools_then_priors():
     assert estimate_paths((), "k") == PathEstimates(
-        PRIOR_WARM_SECONDS, PRIOR_EPHEMERAL_BUILD_SECONDS, PRIOR_EPHEMERAL_STARTUP_SECONDS,
-        PRIOR_EPHEMERAL_BUILD_SECONDS, "warm from prior, ephemeral from prior",
+        PRIOR_WARM_SECONDS,
+        PRIOR_EPHEMERAL_BUILD_SECONDS,
+        PRIOR_EPHEMERAL_STARTUP_SECONDS,
+        PRIOR_EPHEMERAL_BUILD_SECONDS,
+        "warm from prior, ephemeral from prior",
     )
-    history = (record("other", "warm", 100), record("k", "warm", 10), record("k", "warm", 20), record("k", "warm", 12),
-               record("other", "ephemeral", 90, startup=8), record("k", "warm", 999, status="failed"))
+    history = (
+        record("other", "warm", 100),
+        record("k", "warm", 10),
+        record("k", "warm", 20),
+        record("k", "warm", 12),
+        record("other", "ephemeral", 90, startup=8),
+        record("k", "warm", 999, status="failed"),
+    )
     e = estimate_paths(history, "k")
     assert e.warm_seconds == 12  # median of this key's successful warm builds
     assert e.ephemeral_build_seconds == 90 and e.ephemeral_startup_seconds == 8  # from the pool
@@ -105,8 +120,13 @@ def test_slot_wait_is_the_first_holder_expected_to_finish():
 
 
 def test_a_holder_past_its_expected_time_is_judged_by_the_longer_builds_of_its_key():
-    history = (record("k", "warm", 30), record("k", "warm", 32), record("k", "warm", 31),
-               record("k", "warm", 240), record("k", "warm", 260))  # dependency changes run long
+    history = (
+        record("k", "warm", 30),
+        record("k", "warm", 32),
+        record("k", "warm", 31),
+        record("k", "warm", 240),
+        record("k", "warm", 260),
+    )  # dependency changes run long
     assert estimate_slot_wait([("k", 100.0)], history) == 150  # median of the longer ones (250) - 100
     # Nothing known about builds this long: half as long again, never less than a few seconds.
     assert estimate_slot_wait([("k", 600.0)], history) == 300

@@ -258,7 +258,9 @@ def test_order_and_repetition_do_not_change_steps_stats_or_durations(stream, tra
     assert changed_lines != lines
     changed, _ = feed(changed_lines)
 
-    assert {(s.name, s.cached, s.error) for s in changed.steps()} == {(s.name, s.cached, s.error) for s in original.steps()}
+    assert {(s.name, s.cached, s.error) for s in changed.steps()} == {
+        (s.name, s.cached, s.error) for s in original.steps()
+    }
     assert changed.cache_stats() == original.cache_stats()
     assert summary(changed) == summary(original)  # earliest start, latest completion per digest
     a, b = original.failed_step(), changed.failed_step()
@@ -376,7 +378,9 @@ def test_plain_output_reads_step_then_output_then_done_within_one_update():
 
 def test_warnings_are_collected_and_printed():
     tracker = ProgressTracker()
-    plain = tracker.feed_status({"warnings": [{"vertex": "sha256:v", "short": _b64("FromAsCasing: 'as' and 'FROM'\n")}]})
+    plain = tracker.feed_status(
+        {"warnings": [{"vertex": "sha256:v", "short": _b64("FromAsCasing: 'as' and 'FROM'\n")}]}
+    )
     assert tracker.warnings == ["FromAsCasing: 'as' and 'FROM'"]
     assert plain == ["WARNING: FromAsCasing: 'as' and 'FROM'"]
 

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from warmbuild.buildkit.progress import CacheStats, StepResult
-from warmbuild.ci import publishers_from_env
 from warmbuild.ci import github as github_mod
+from warmbuild.ci import publishers_from_env
 from warmbuild.ci.github import GitHubPublisher, heredoc_entry
 from warmbuild.ci.gitlab import DOTENV_NAMES, GitLabPublisher, dotenv_text
 from warmbuild.ci.outputs import output_values
@@ -40,7 +40,9 @@ def step(n: int, name: str, seconds: float, cached: bool = False, error: str | N
 def make_result(**overrides) -> BuildResult:
     values = dict(
         status="success",
-        placement=Placement(builder="tcp://10.1.2.3:1234", path="warm", builder_name="pool-0", affine=True, reason="cache affinity"),
+        placement=Placement(
+            builder="tcp://10.1.2.3:1234", path="warm", builder_name="pool-0", affine=True, reason="cache affinity"
+        ),
         timings=Timings(
             queue_seconds=1.25,
             startup_seconds=0.0,

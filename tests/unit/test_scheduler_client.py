@@ -26,12 +26,23 @@ from warmbuild.scheduler.client import (
 
 A, B = "https://sched-a.test:8443", "https://sched-b.test:8443"
 GRANTED = {
-    "decision": "granted", "waited_seconds": 0.01, "reason": "affine builder builders-1",
-    "lease": {"name": "builders-1-slot-0", "namespace": "warmbuild", "holder": "h/1/abc@system:serviceaccount:ci:runner",
-              "transitions": 7, "fencing_token": "builders-1-slot-0/7", "resource_version": "42",
-              "duration_seconds": 15, "acquired_at": "2026-01-02T03:04:05.000006+00:00"},
+    "decision": "granted",
+    "waited_seconds": 0.01,
+    "reason": "affine builder builders-1",
+    "lease": {
+        "name": "builders-1-slot-0",
+        "namespace": "warmbuild",
+        "holder": "h/1/abc@system:serviceaccount:ci:runner",
+        "transitions": 7,
+        "fencing_token": "builders-1-slot-0/7",
+        "resource_version": "42",
+        "duration_seconds": 15,
+        "acquired_at": "2026-01-02T03:04:05.000006+00:00",
+    },
     "builder": {"name": "builders-1", "uid": "u-1", "address": "tcp://10.0.0.7:1234", "slots": 2},
-    "path": "warm", "affine": True, "affine_builder": "builders-1",
+    "path": "warm",
+    "affine": True,
+    "affine_builder": "builders-1",
 }
 
 
@@ -56,8 +67,16 @@ def make_client(*urls: str, fake: FakeTime | None = None, **options) -> Schedule
 
 
 def request(max_wait: float = 60, fallback: str = "wait", untrusted: bool = False) -> PlacementRequest:
-    return PlacementRequest("warmbuild", "default", explicit_key("repo|Dockerfile"), HolderInfo("host/1/x", run_url="https://ci/run/1"),
-                            max_wait_seconds=max_wait, lease_seconds=15, fallback=fallback, untrusted=untrusted)
+    return PlacementRequest(
+        "warmbuild",
+        "default",
+        explicit_key("repo|Dockerfile"),
+        HolderInfo("host/1/x", run_url="https://ci/run/1"),
+        max_wait_seconds=max_wait,
+        lease_seconds=15,
+        fallback=fallback,
+        untrusted=untrusted,
+    )
 
 
 def acquire_url(base: str) -> str:
@@ -98,7 +117,10 @@ def test_wait_answers_are_polled_again_with_the_time_waited_so_far():
 
 @responses.activate
 def test_fallback_is_no_slot_with_the_schedulers_reason():
-    responses.post(acquire_url(A), json={"decision": "fallback", "waited_seconds": 60, "reason": "all warm slots stayed busy for 60s"})
+    responses.post(
+        acquire_url(A),
+        json={"decision": "fallback", "waited_seconds": 60, "reason": "all warm slots stayed busy for 60s"},
+    )
     with pytest.raises(NoSlotAvailable, match="the scheduler found no slot: all warm slots stayed busy for 60s"):
         make_client(A).acquire(request())
 
@@ -106,7 +128,9 @@ def test_fallback_is_no_slot_with_the_schedulers_reason():
 @responses.activate
 def test_an_unknown_decision_says_upgrade():
     responses.post(acquire_url(A), json={"decision": "ephemeral", "waited_seconds": 0, "reason": "r"})
-    with pytest.raises(SchedulerError, match="decision 'ephemeral', which this warmbuild does not know.*upgrade warmbuild"):
+    with pytest.raises(
+        SchedulerError, match="decision 'ephemeral', which this warmbuild does not know.*upgrade warmbuild"
+    ):
         make_client(A).acquire(request())
 
 
@@ -131,14 +155,19 @@ def test_replicas_that_all_fail_give_one_clear_error_after_bounded_retries_with_
     assert len(responses.calls) == 6  # 3 rounds over 2 replicas
     assert fake.sleeps == [0.25, 0.5]  # backoff between rounds, none after the last
     message = caught.value.message
-    assert message.startswith("no scheduler replica answered (2 URLs, 6 attempts); last: cannot connect to https://sched-b.test:8443")
+    assert message.startswith(
+        "no scheduler replica answered (2 URLs, 6 attempts); last: cannot connect to https://sched-b.test:8443"
+    )
     assert caught.value.exit_code == 6 and "\n" not in message
 
 
 @responses.activate
 def test_connection_refused_on_the_only_replica():
     responses.post(acquire_url(A), body=requests.exceptions.ConnectionError("[Errno 111] Connection refused"))
-    with pytest.raises(SchedulerUnavailable, match=r"\(1 URL, 3 attempts\); last: cannot connect to https://sched-a.test:8443: \[Errno 111\]"):
+    with pytest.raises(
+        SchedulerUnavailable,
+        match=r"\(1 URL, 3 attempts\); last: cannot connect to https://sched-a.test:8443: \[Errno 111\]",
+    ):
         make_client(A).acquire(request())
 
 
@@ -154,7 +183,9 @@ def test_a_timeout_is_retried_and_named_with_its_limit():
 def test_malformed_json_is_retried_then_reported():
     responses.post(acquire_url(A), body="{not json", status=200)
     responses.post(acquire_url(B), body="[1, 2]", status=200)
-    with pytest.raises(SchedulerUnavailable, match=r"last: https://sched-b.test:8443 answered 200 with malformed JSON: \[1, 2\]"):
+    with pytest.raises(
+        SchedulerUnavailable, match=r"last: https://sched-b.test:8443 answered 200 with malformed JSON: \[1, 2\]"
+    ):
         make_client(A, B).acquire(request())
     assert len(responses.calls) == 6
 
@@ -167,8 +198,10 @@ def test_a_grant_missing_fields_is_a_clear_error():
 
 
 @responses.activate
-@pytest.mark.parametrize("status, text", [(401, "did not accept the token \\(401\\): the token expired"),
-                                          (403, "refused \\(403\\): the token expired")])
+@pytest.mark.parametrize(
+    "status, text",
+    [(401, "did not accept the token \\(401\\): the token expired"), (403, "refused \\(403\\): the token expired")],
+)
 def test_401_and_403_are_not_retried(status, text):
     responses.post(acquire_url(A), json={"error": "the token expired"}, status=status)
     responses.post(acquire_url(B), json=GRANTED)
@@ -179,7 +212,9 @@ def test_401_and_403_are_not_retried(status, text):
 
 @responses.activate
 def test_an_unverifiable_certificate_stops_at_once_and_names_the_flag():
-    responses.post(acquire_url(A), body=requests.exceptions.SSLError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"))
+    responses.post(
+        acquire_url(A), body=requests.exceptions.SSLError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    )
     with pytest.raises(SchedulerError, match="cannot verify the scheduler's certificate .*--scheduler-ca"):
         make_client(A, B).acquire(request())
     assert len(responses.calls) == 1
@@ -207,23 +242,35 @@ def test_renew_409_is_lease_lost_and_release_reports_the_hold():
     responses.post(acquire_url(A), json=GRANTED)
     grant = client.acquire(request())
     renew_url = f"{A}/v1/slots/builders-1-slot-0/renew"
-    responses.post(renew_url, json={"lease": "builders-1-slot-0", "fencing_token": "builders-1-slot-0/7", "resource_version": "43"})
+    responses.post(
+        renew_url, json={"lease": "builders-1-slot-0", "fencing_token": "builders-1-slot-0/7", "resource_version": "43"}
+    )
     assert client.renew(grant.lease).resource_version == "43"
     assert json.loads(responses.calls[-1].request.body) == {"holder": GRANTED["lease"]["holder"], "transitions": 7}
-    responses.replace(responses.POST, renew_url, json={"error": "slot lease builders-1-slot-0 is now held by usurper"}, status=409)
+    responses.replace(
+        responses.POST, renew_url, json={"error": "slot lease builders-1-slot-0 is now held by usurper"}, status=409
+    )
     with pytest.raises(LeaseLost, match="slot lease builders-1-slot-0 is now held by usurper"):
         client.renew(grant.lease)
     fake.now += 42
     responses.post(f"{A}/v1/slots/builders-1-slot-0/release", json={"released": True})
     assert client.release(grant) is True
     assert json.loads(responses.calls[-1].request.body) == {
-        "holder": GRANTED["lease"]["holder"], "pool": "default", "path": "warm", "held_seconds": 42.0}
+        "holder": GRANTED["lease"]["holder"],
+        "pool": "default",
+        "path": "warm",
+        "held_seconds": 42.0,
+    }
 
 
 @responses.activate
 def test_the_keeper_stops_the_build_once_when_the_slot_is_lost():
     responses.post(acquire_url(A), json=dict(GRANTED, lease=dict(GRANTED["lease"], duration_seconds=1)))
-    responses.post(f"{A}/v1/slots/builders-1-slot-0/renew", json={"error": "slot lease builders-1-slot-0 is now held by x"}, status=409)
+    responses.post(
+        f"{A}/v1/slots/builders-1-slot-0/renew",
+        json={"error": "slot lease builders-1-slot-0 is now held by x"},
+        status=409,
+    )
     client = SchedulerClient(SchedulerOptions(urls=(A,), token="tok"))
     grant = client.acquire(request())
     lost = threading.Event()
@@ -259,10 +306,14 @@ def test_cli_rejects_a_plain_http_scheduler_in_one_line(tmp_path, monkeypatch, c
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")
-    code = cli.main(["build", str(tmp_path), "--pool", "default", "--scheduler", "http://sched:8080",
-                     "--scheduler-token", "t"])
+    code = cli.main(
+        ["build", str(tmp_path), "--pool", "default", "--scheduler", "http://sched:8080", "--scheduler-token", "t"]
+    )
     assert code == 2
-    assert capsys.readouterr().err.strip() == "warmbuild: error: --scheduler URL 'http://sched:8080' must be https://HOST[:PORT]"
+    assert (
+        capsys.readouterr().err.strip()
+        == "warmbuild: error: --scheduler URL 'http://sched:8080' must be https://HOST[:PORT]"
+    )
 
 
 @responses.activate

@@ -8,8 +8,8 @@ import pytest
 
 from warmbuild.errors import InputError
 from warmbuild.pool.leases import SlotLease
-from warmbuild.pool.placement import Grant
 from warmbuild.pool.membership import Builder
+from warmbuild.pool.placement import Grant
 from warmbuild.pool.status import BuilderStatus, PoolStatus, SlotStatus
 from warmbuild.scheduler.auth import Caller, TokenReviewer, Unauthenticated, caller_from_review, parse_access_config
 from warmbuild.scheduler.metrics import desired_builders, slots_per_builder
@@ -37,14 +37,17 @@ def test_access_config_maps_users_and_groups_to_pools():
     assert config.allowed_pools(stranger) == frozenset()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("grants: [", "is not valid YAML"),
-    ("{}", "needs a 'grants' list"),
-    ("grants: [{pools: [a]}]", "grants[0] names no users or groups"),
-    ("grants: [{users: [u]}]", "grants[0] names no pools"),
-    ("grants: [{pools: [a], users: [u], teams: [t]}]", "grants[0] has unknown keys teams"),
-    ("grants: [{pools: a, users: [u]}]", "grants[0].pools must be a list of non-empty strings"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("grants: [", "is not valid YAML"),
+        ("{}", "needs a 'grants' list"),
+        ("grants: [{pools: [a]}]", "grants[0] names no users or groups"),
+        ("grants: [{users: [u]}]", "grants[0] names no pools"),
+        ("grants: [{pools: [a], users: [u], teams: [t]}]", "grants[0] has unknown keys teams"),
+        ("grants: [{pools: a, users: [u]}]", "grants[0].pools must be a list of non-empty strings"),
+    ],
+)
 def test_a_bad_access_config_is_one_clear_line(text, message):
     with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")) as caught:
         parse_access_config(text, "auth.yaml")
@@ -52,7 +55,9 @@ def test_a_bad_access_config_is_one_clear_line(text, message):
 
 
 def test_a_token_review_answer_names_the_caller_or_says_why_not():
-    review = {"status": {"authenticated": True, "user": {"username": "system:serviceaccount:ci:runner", "groups": ["g"]}}}
+    review = {
+        "status": {"authenticated": True, "user": {"username": "system:serviceaccount:ci:runner", "groups": ["g"]}}
+    }
     assert caller_from_review(review) == Caller("system:serviceaccount:ci:runner", ("g",))
     with pytest.raises(Unauthenticated, match="does not accept this token: token has expired"):
         caller_from_review({"status": {"authenticated": False, "error": "token has expired"}})
@@ -70,7 +75,11 @@ class ReviewingClient:
         assert (method, path) == ("POST", "/apis/authentication.k8s.io/v1/tokenreviews")
         self.reviews += 1
         token = body["spec"]["token"]
-        status = {"authenticated": True, "user": {"username": token}} if token.startswith("good") else {"authenticated": False}
+        status = (
+            {"authenticated": True, "user": {"username": token}}
+            if token.startswith("good")
+            else {"authenticated": False}
+        )
         return type("Response", (), {"body": {"status": status}})()
 
 
@@ -98,19 +107,24 @@ def test_holder_identities_carry_the_caller_and_only_the_caller_owns_them():
     identity = holder_identity("alice@example.com", "ci-host/42/ab@evil", "u1")
     assert identity == "ci-host/42/abevil/u1@alice@example.com"
     assert holder_owner(identity) == "alice@example.com"
-    assert holder_owner(holder_identity("system:serviceaccount:ci:runner", "", "u2")) == "system:serviceaccount:ci:runner"
+    assert (
+        holder_owner(holder_identity("system:serviceaccount:ci:runner", "", "u2")) == "system:serviceaccount:ci:runner"
+    )
     assert holder_owner("host/123/abc") == ""  # a direct (non-scheduler) holder is nobody's here
     assert holder_owner("usurper") == ""
 
 
-@pytest.mark.parametrize("max_wait, waited, asked, expected", [
-    (120, 0, 30, (120, 30)),  # a long wait: this poll is one of several
-    (120, 100, 30, (20, 22)),  # the last poll: the wait runs out inside it, then it spills
-    (10, 0, 30, (10, 12)),
-    (0, 0, 30, (0, 2)),
-    (120, 0, 5, (120, 5)),  # the client asked for shorter polls
-    (120, 130, 30, (0, 2)),
-])
+@pytest.mark.parametrize(
+    "max_wait, waited, asked, expected",
+    [
+        (120, 0, 30, (120, 30)),  # a long wait: this poll is one of several
+        (120, 100, 30, (20, 22)),  # the last poll: the wait runs out inside it, then it spills
+        (10, 0, 30, (10, 12)),
+        (0, 0, 30, (0, 2)),
+        (120, 0, 5, (120, 5)),  # the client asked for shorter polls
+        (120, 130, 30, (0, 2)),
+    ],
+)
 def test_poll_plan(max_wait, waited, asked, expected):
     ask = AcquireAsk("default", "k", max_wait_seconds=max_wait, waited_seconds=waited, poll_seconds=asked)
     assert poll_plan(ask, max_poll_seconds=30) == expected
@@ -125,12 +139,24 @@ def test_desired_builders_is_demand_over_slots_per_builder():
 
 
 def _builder(name: str, slots: int, ready: bool = True, draining: bool = False) -> BuilderStatus:
-    return BuilderStatus(name, None, ready, draining, False, tuple(SlotStatus(f"{name}-slot-{i}", None, None, None, None, None) for i in range(slots)))
+    return BuilderStatus(
+        name,
+        None,
+        ready,
+        draining,
+        False,
+        tuple(SlotStatus(f"{name}-slot-{i}", None, None, None, None, None) for i in range(slots)),
+    )
 
 
 def test_slots_per_builder_counts_ready_builders_only():
     now = datetime.now(timezone.utc)
-    status = PoolStatus("ns", "p", now, (_builder("a", 2), _builder("b", 4), _builder("c", 8, ready=False), _builder("d", 8, draining=True)))
+    status = PoolStatus(
+        "ns",
+        "p",
+        now,
+        (_builder("a", 2), _builder("b", 4), _builder("c", 8, ready=False), _builder("d", 8, draining=True)),
+    )
     assert slots_per_builder(status) == 3
     assert slots_per_builder(PoolStatus("ns", "p", now, ())) == 2
 

@@ -9,16 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from warmbuild.pool import affinity
-
-from warmbuild.pool import placement, policy
-from warmbuild.pool.records import BuildRecord
+from warmbuild.pool import affinity, placement, policy
 from warmbuild.pool.policy import POLL_SECONDS
-from warmbuild.simulate.model import POLICIES
-from warmbuild.simulate.runs import compare, run_policy
+from warmbuild.pool.records import BuildRecord
 from warmbuild.simulate import policies as sim_policies
 from warmbuild.simulate.engine import HistoryIndex
 from warmbuild.simulate.model import (
+    POLICIES,
     Arrival,
     DedicatedOptions,
     FleetConfig,
@@ -29,6 +26,7 @@ from warmbuild.simulate.model import (
     Workload,
 )
 from warmbuild.simulate.report import policy_metrics, quantile
+from warmbuild.simulate.runs import compare, run_policy
 from warmbuild.simulate.workload import SyntheticSpec, learn_profiles, synthetic_workload, workload_from_history
 
 
@@ -37,20 +35,31 @@ def profile(key, warm=10.0, spill=30.0, ephemeral=40.0, startup=5.0, deps=0.0):
 
 
 def workload(arrivals, profiles, period=0.0):
-    return Workload(arrivals=tuple(arrivals), profiles={p.key: p for p in profiles}, description="test", period_seconds=period)
+    return Workload(
+        arrivals=tuple(arrivals), profiles={p.key: p for p in profiles}, description="test", period_seconds=period
+    )
 
 
 def config(builders=1, slots=1, cache=10, acquire=0.0, **kw):
     fleet_kw = {k: kw.pop(k) for k in list(kw) if k in FleetConfig.__dataclass_fields__}
-    return SimulationConfig(fleet=FleetConfig(builders=builders, slots=slots, cache_keys=cache, acquire_seconds=acquire, **fleet_kw), **kw)
+    return SimulationConfig(
+        fleet=FleetConfig(builders=builders, slots=slots, cache_keys=cache, acquire_seconds=acquire, **fleet_kw), **kw
+    )
 
 
 # --- determinism ------------------------------------------------------------------------------
 
+
 def test_the_same_seed_gives_the_same_results_and_another_seed_other_ones():
     spec = SyntheticSpec(keys=40, builds_per_day=3000, days=0.5, seed=7)
-    cfg = config(builders=4, slots=2, cache=8, acquire=0.05, seed=7,
-                 scale_events=(ScaleEvent(3600, "join", 2), ScaleEvent(7200, "drain", 1), ScaleEvent(9000, "crash", 1)))
+    cfg = config(
+        builders=4,
+        slots=2,
+        cache=8,
+        acquire=0.05,
+        seed=7,
+        scale_events=(ScaleEvent(3600, "join", 2), ScaleEvent(7200, "drain", 1), ScaleEvent(9000, "crash", 1)),
+    )
     first = compare(synthetic_workload(spec), POLICIES, cfg)
     second = compare(synthetic_workload(spec), POLICIES, cfg)
     assert [run.outcomes for run in first] == [run.outcomes for run in second]
@@ -60,7 +69,11 @@ def test_the_same_seed_gives_the_same_results_and_another_seed_other_ones():
 
 
 def test_synthetic_arrivals_follow_the_rate_the_daily_shape_and_the_zipf_popularity():
-    w = synthetic_workload(SyntheticSpec(keys=100, zipf=1.0, builds_per_day=20000, days=1, peak_hour=14, peak_to_mean=1.8, deps_share=0.25, seed=3))
+    w = synthetic_workload(
+        SyntheticSpec(
+            keys=100, zipf=1.0, builds_per_day=20000, days=1, peak_hour=14, peak_to_mean=1.8, deps_share=0.25, seed=3
+        )
+    )
     assert 19000 < len(w.arrivals) < 21000
     hours = defaultdict(int)
     for a in w.arrivals:
@@ -76,6 +89,7 @@ def test_synthetic_arrivals_follow_the_rate_the_daily_shape_and_the_zipf_popular
 
 
 # --- known answers ----------------------------------------------------------------------------
+
 
 def test_more_demand_than_slots_queues_linearly_when_nothing_else_is_allowed():
     # One slot, 10 s builds, an arrival every 5 s: build i starts at 10 i, so it queues 5 i seconds.
@@ -119,7 +133,9 @@ def test_warmbuild_waits_for_the_affine_slot_when_it_frees_soon():
 def test_max_wait_zero_and_fallback_fail_never_queue():
     arrivals = [Arrival(i, 1.0 * i, "k") for i in range(10)]
     w = workload(arrivals, [profile("k", warm=10, spill=30)])
-    run = run_policy(w, "warmbuild", config(builders=1, warmbuild=WarmbuildOptions(max_wait_seconds=0, fallback="fail")))
+    run = run_policy(
+        w, "warmbuild", config(builders=1, warmbuild=WarmbuildOptions(max_wait_seconds=0, fallback="fail"))
+    )
     statuses = [o.status for o in run.outcomes]
     assert statuses[0] == "success" and statuses.count("failed") >= 8
     assert all(o.queue_seconds == 0 for o in run.outcomes)
@@ -163,8 +179,12 @@ def test_dedicated_daemons_cold_start_and_scale_to_zero():
 def test_scale_events_drain_join_and_crash():
     arrivals = [Arrival(i, 10.0 * i, f"k{i % 5}") for i in range(100)]
     w = workload(arrivals, [profile(f"k{i}", warm=15, spill=15) for i in range(5)])
-    cfg = config(builders=3, slots=1, lease_seconds=9,
-                 scale_events=(ScaleEvent(200, "drain", 1), ScaleEvent(400, "join", 2), ScaleEvent(600, "crash", 1)))
+    cfg = config(
+        builders=3,
+        slots=1,
+        lease_seconds=9,
+        scale_events=(ScaleEvent(200, "drain", 1), ScaleEvent(400, "join", 2), ScaleEvent(600, "crash", 1)),
+    )
     for name in ("warmbuild", "sticky", "random"):
         run = run_policy(w, name, cfg)
         lives = defaultdict(list)
@@ -187,23 +207,47 @@ def test_scale_events_drain_join_and_crash():
 
 # --- invariants (Hypothesis) --------------------------------------------------------------------
 
+
 @st.composite
 def scenarios(draw):
     keys = [f"k{i}" for i in range(draw(st.integers(1, 5)))]
-    profiles = [profile(k, warm=draw(st.floats(0.5, 20)), spill=draw(st.floats(0.5, 40)), ephemeral=draw(st.floats(0.5, 40)),
-                        startup=draw(st.floats(0, 10)), deps=draw(st.floats(0, 20))) for k in keys]
+    profiles = [
+        profile(
+            k,
+            warm=draw(st.floats(0.5, 20)),
+            spill=draw(st.floats(0.5, 40)),
+            ephemeral=draw(st.floats(0.5, 40)),
+            startup=draw(st.floats(0, 10)),
+            deps=draw(st.floats(0, 20)),
+        )
+        for k in keys
+    ]
     times = sorted(draw(st.lists(st.floats(0, 200), min_size=1, max_size=40)))
-    arrivals = [Arrival(i, t, draw(st.sampled_from(keys)), draw(st.sampled_from(("code", "deps"))), draw(st.floats(0.5, 2)))
-                for i, t in enumerate(times)]
-    events = tuple(ScaleEvent(draw(st.floats(0, 200)), draw(st.sampled_from(("join", "drain", "crash"))), draw(st.integers(1, 2)))
-                   for _ in range(draw(st.integers(0, 3))))
+    arrivals = [
+        Arrival(i, t, draw(st.sampled_from(keys)), draw(st.sampled_from(("code", "deps"))), draw(st.floats(0.5, 2)))
+        for i, t in enumerate(times)
+    ]
+    events = tuple(
+        ScaleEvent(draw(st.floats(0, 200)), draw(st.sampled_from(("join", "drain", "crash"))), draw(st.integers(1, 2)))
+        for _ in range(draw(st.integers(0, 3)))
+    )
     cfg = SimulationConfig(
-        fleet=FleetConfig(builders=draw(st.integers(1, 4)), slots=draw(st.integers(1, 3)), cache_keys=draw(st.integers(1, 3)),
-                          acquire_seconds=draw(st.sampled_from((0.0, 0.05))), slot_slowdown=draw(st.sampled_from((0.0, 0.3))),
-                          scale_events=events),
-        warmbuild=WarmbuildOptions(max_wait_seconds=draw(st.sampled_from((0.0, 5.0, 60.0))),
-                                   fallback=draw(st.sampled_from(policy.FALLBACKS)), recheck_seconds=draw(st.sampled_from((0.5, 5.0)))),
-        dedicated=DedicatedOptions(idle_timeout_seconds=draw(st.sampled_from((0.0, 30.0))), keep_cache=draw(st.booleans())),
+        fleet=FleetConfig(
+            builders=draw(st.integers(1, 4)),
+            slots=draw(st.integers(1, 3)),
+            cache_keys=draw(st.integers(1, 3)),
+            acquire_seconds=draw(st.sampled_from((0.0, 0.05))),
+            slot_slowdown=draw(st.sampled_from((0.0, 0.3))),
+            scale_events=events,
+        ),
+        warmbuild=WarmbuildOptions(
+            max_wait_seconds=draw(st.sampled_from((0.0, 5.0, 60.0))),
+            fallback=draw(st.sampled_from(policy.FALLBACKS)),
+            recheck_seconds=draw(st.sampled_from((0.5, 5.0))),
+        ),
+        dedicated=DedicatedOptions(
+            idle_timeout_seconds=draw(st.sampled_from((0.0, 30.0))), keep_cache=draw(st.booleans())
+        ),
         seed=draw(st.integers(0, 5)),
     )
     return workload(arrivals, profiles), cfg
@@ -240,6 +284,7 @@ def test_no_builder_exceeds_its_slots_and_every_build_ends_exactly_once(scenario
 
 # --- the real placement code ------------------------------------------------------------------
 
+
 def test_the_warmbuild_policy_calls_warmbuilds_own_placement_functions():
     assert sim_policies.preference_order is affinity.preference_order
     assert sim_policies.placement_round is policy.placement_round  # the round placement.acquire_build_slot runs
@@ -259,9 +304,21 @@ def test_the_affine_builder_is_the_rendezvous_first_choice(monkeypatch):
 def random_records(seed: int, count: int) -> list[BuildRecord]:
     rng = random.Random(seed)
     keys = [f"h{i}" for i in range(rng.randint(1, 6))]
-    return [BuildRecord(rng.choice(keys), float(i), rng.choice(("warm", "spill", "ephemeral", "direct")), "b", 0.0,
-                        rng.uniform(0, 30), rng.uniform(1, 300), 0.0, rng.random(), rng.choice(("success", "success", "failed")))
-            for i in range(count)]
+    return [
+        BuildRecord(
+            rng.choice(keys),
+            float(i),
+            rng.choice(("warm", "spill", "ephemeral", "direct")),
+            "b",
+            0.0,
+            rng.uniform(0, 30),
+            rng.uniform(1, 300),
+            0.0,
+            rng.random(),
+            rng.choice(("success", "success", "failed")),
+        )
+        for i in range(count)
+    ]
 
 
 @settings(max_examples=200, deadline=None)
@@ -276,24 +333,36 @@ def test_the_history_index_gives_the_policy_functions_exactly_what_the_whole_his
     for r in records[cut:]:
         index.append(r)  # after the snapshot: not visible until the next one
     snapshot = index.snapshot_records()
-    assert snapshot == tuple(records[max(0, cut - window):cut])
+    assert snapshot == tuple(records[max(0, cut - window) : cut])
     keys = sorted({r.key for r in records}) + ["unknown"]
     for key in keys:
         assert policy.estimate_paths(index.relevant((key,)), key) == policy.estimate_paths(snapshot, key)
-    holders = [(data.draw(st.sampled_from(keys)), data.draw(st.floats(0, 400))) for _ in range(data.draw(st.integers(0, 3)))]
+    holders = [
+        (data.draw(st.sampled_from(keys)), data.draw(st.floats(0, 400))) for _ in range(data.draw(st.integers(0, 3)))
+    ]
     relevant = index.relevant([k for k, _ in holders])
     assert policy.estimate_slot_wait(holders, relevant) == policy.estimate_slot_wait(holders, snapshot)
 
 
 # --- learning from history --------------------------------------------------------------------
 
+
 def rec(key, path, seconds, started, queue=0.0, ratio=0.8, startup=0.0, builder="builders-0"):
-    return BuildRecord(key, started, path, builder, queue, startup, seconds, queue + startup + seconds, ratio, "success")
+    return BuildRecord(
+        key, started, path, builder, queue, startup, seconds, queue + startup + seconds, ratio, "success"
+    )
 
 
 def test_durations_are_learned_per_key_and_a_cache_miss_on_the_warm_path_counts_as_cold():
-    records = [rec("a", "warm", 10, 0, ratio=0.2), rec("a", "warm", 4, 10), rec("a", "warm", 5, 20), rec("a", "warm", 6, 30),
-               rec("a", "spill", 12, 40), rec("b", "warm", 20, 50), rec("b", "ephemeral", 60, 60, startup=8, builder="eph-x")]
+    records = [
+        rec("a", "warm", 10, 0, ratio=0.2),
+        rec("a", "warm", 4, 10),
+        rec("a", "warm", 5, 20),
+        rec("a", "warm", 6, 30),
+        rec("a", "spill", 12, 40),
+        rec("b", "warm", 20, 50),
+        rec("b", "ephemeral", 60, 60, startup=8, builder="eph-x"),
+    ]
     profiles = learn_profiles(records)
     assert profiles["a"].warm_seconds == 5  # the cold first build (ratio 0.2 vs 0.8) is not warm
     assert profiles["a"].spill_seconds == 11  # median of the miss and the spill
@@ -304,10 +373,17 @@ def test_durations_are_learned_per_key_and_a_cache_miss_on_the_warm_path_counts_
 
 
 def test_a_history_replays_arrivals_at_their_placement_start_with_real_builder_names():
-    records = [rec("a", "warm", 5, 100.0, queue=2.0, builder="builders-1"), rec("b", "spill", 9, 99.0, builder="builders-0"),
-               rec("a", "warm", 5, 130.0, queue=0.01, builder="builders-1")]
+    records = [
+        rec("a", "warm", 5, 100.0, queue=2.0, builder="builders-1"),
+        rec("b", "spill", 9, 99.0, builder="builders-0"),
+        rec("a", "warm", 5, 130.0, queue=0.01, builder="builders-1"),
+    ]
     w = workload_from_history(records, route_keys={"a": "team/app|Dockerfile|"})
-    assert [(a.time, a.key) for a in w.arrivals] == [(0.0, "a"), (1.0, "b"), (pytest.approx(31.99), "a")]  # started - queue
+    assert [(a.time, a.key) for a in w.arrivals] == [
+        (0.0, "a"),
+        (1.0, "b"),
+        (pytest.approx(31.99), "a"),
+    ]  # started - queue
     assert w.builder_names == ("builders-0", "builders-1")
     assert w.route_keys == {"a": "team/app|Dockerfile|"}
     run = run_policy(w, "warmbuild", SimulationConfig(fleet=FleetConfig(builders=2)))

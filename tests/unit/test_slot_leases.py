@@ -6,12 +6,17 @@ from __future__ import annotations
 import pytest
 
 from warmbuild.errors import LeaseLost
-from warmbuild.kube.names import WORKLOAD_KEY_ANNOTATION, WORKLOAD_KEY_ANNOTATION_MAX, WORKLOAD_KEY_HASH_ANNOTATION, leases_path
+from warmbuild.kube.names import (
+    WORKLOAD_KEY_ANNOTATION,
+    WORKLOAD_KEY_ANNOTATION_MAX,
+    WORKLOAD_KEY_HASH_ANNOTATION,
+    leases_path,
+)
 from warmbuild.kube.views import parse_lease
-from warmbuild.pool.workload import key_hash
 from warmbuild.pool.leases import HolderInfo, list_pool_leases, release_slot, renew_slot, try_acquire_slot
 from warmbuild.pool.membership import Builder
 from warmbuild.pool.placement import affine_holders
+from warmbuild.pool.workload import key_hash
 
 NS, POOL = "ns", "default"
 BUILDER = Builder("builder-0", "pod-uid-0", "tcp://10.0.0.1:1234", slots=1)

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from warmbuild.config import PoolFlags, build_request
-from warmbuild.pipeline import plan_pool_build, workload_key_of
 from warmbuild.kube.names import WORKLOAD_KEY_ANNOTATION_MAX as ANNOTATION_MAX
+from warmbuild.pipeline import plan_pool_build, workload_key_of
 from warmbuild.pool.workload import derive_workload_key, key_hash
 
 
@@ -61,7 +61,9 @@ def test_uv_keys_on_the_dockerfile_the_user_named_not_the_rewritten_copy(tmp_pat
 
 
 def test_plan_carries_the_key_to_the_holder_and_placement(tmp_path):
-    plan = plan_pool_build(_request(tmp_path), PoolFlags(pool="p", cache_key="k" * 400), {"GITHUB_REPOSITORY": "acme/ml"})
+    plan = plan_pool_build(
+        _request(tmp_path), PoolFlags(pool="p", cache_key="k" * 400), {"GITHUB_REPOSITORY": "acme/ml"}
+    )
     assert plan.placement.key.value == "k" * 400
     assert plan.placement.holder.workload_key == "k" * ANNOTATION_MAX
     assert plan.placement.holder.workload_key_hash == key_hash("k" * 400)

@@ -75,10 +75,14 @@ def build_argv(buildctl: str, builder: BuilderEndpoint, request: BuildRequest, m
         "build",
         "--progress=rawjson",
         "--frontend=dockerfile.v0",
-        "--local", f"context={request.context}",
-        "--local", f"dockerfile={request.dockerfile.parent}",
-        "--opt", f"filename={request.dockerfile.name}",
-        "--metadata-file", str(metadata_file),
+        "--local",
+        f"context={request.context}",
+        "--local",
+        f"dockerfile={request.dockerfile.parent}",
+        "--opt",
+        f"filename={request.dockerfile.name}",
+        "--metadata-file",
+        str(metadata_file),
     ]
     for key, value in request.build_args:
         argv += ["--opt", f"build-arg:{key}={value}"]

@@ -12,7 +12,11 @@ from datetime import datetime
 from .progress import StepResult, SubStatus
 
 # Steps that move files from the client into the builder.
-CONTEXT_PREFIXES = ("[internal] load build context", "[internal] load build definition", "[internal] load .dockerignore")
+CONTEXT_PREFIXES = (
+    "[internal] load build context",
+    "[internal] load build definition",
+    "[internal] load .dockerignore",
+)
 # Steps that write results out: the image, its push, the cache.
 EXPORT_PREFIXES = ("exporting to ", "exporting cache", "exporting content cache", "writing image", "naming to ")
 

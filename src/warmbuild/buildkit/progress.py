@@ -71,7 +71,7 @@ def parse_timestamp(value: str | None) -> datetime | None:
     if "." in text:
         head, rest = text.split(".", 1)
         digits = len(rest) - len(rest.lstrip("0123456789"))
-        text = f"{head}.{rest[:min(digits, 6)].ljust(6, '0')}{rest[digits:]}"
+        text = f"{head}.{rest[: min(digits, 6)].ljust(6, '0')}{rest[digits:]}"
     return datetime.fromisoformat(text)
 
 

@@ -12,13 +12,13 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TextIO
 
 from ..config import BuilderEndpoint, BuildRequest
-from ..errors import BuildFailed, BuilderUnreachable, Cancelled, LeaseLost, RegistryRefused, ToolMissing, WarmbuildError
+from ..errors import BuilderUnreachable, BuildFailed, Cancelled, LeaseLost, RegistryRefused, ToolMissing, WarmbuildError
 from .command import build_argv, connection_args
 from .phases import SolvePhases, is_export_step, solve_phases
 from .progress import CacheStats, ProgressTracker, StepResult
@@ -115,7 +115,9 @@ def check_buildkit_answers(buildctl: str, builder: BuilderEndpoint, timeout: flo
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 2, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise BuilderUnreachable(f"builder {builder.address} accepted a connection but did not answer as buildkitd within {timeout:.0f}s") from None
+        raise BuilderUnreachable(
+            f"builder {builder.address} accepted a connection but did not answer as buildkitd within {timeout:.0f}s"
+        ) from None
     if done.returncode != 0:
         detail = _last_line(done.stderr) or f"exit status {done.returncode}"
         raise BuilderUnreachable(f"builder {builder.address} did not answer as buildkitd: {detail}")
@@ -183,7 +185,9 @@ def run_solve(
         if received:
             failure = Cancelled(received[0], signal.Signals(received[0]).name)
         elif abort is not None and abort.reason is not None:
-            failure = LeaseLost(f"{abort.reason}: the build was aborted so that two builds never share a slot; rerun the job")
+            failure = LeaseLost(
+                f"{abort.reason}: the build was aborted so that two builds never share a slot; rerun the job"
+            )
         elif returncode != 0:
             failure = _failure(tracker, returncode, request)
         metadata = _read_metadata(metadata_file) if failure is None else {}
@@ -194,7 +198,11 @@ def run_solve(
         image_names=tuple(n for n in str(metadata.get("image.name", "")).split(",") if n),
         steps=tracker.steps(),
         cache=tracker.cache_stats(),
-        phases=solve_phases(tracker.steps(), tracker.sub_statuses(), window=(started_wall - CLOCK_MARGIN, started_wall + timedelta(seconds=seconds) + CLOCK_MARGIN)),
+        phases=solve_phases(
+            tracker.steps(),
+            tracker.sub_statuses(),
+            window=(started_wall - CLOCK_MARGIN, started_wall + timedelta(seconds=seconds) + CLOCK_MARGIN),
+        ),
         seconds=round(seconds, 3),
         warnings=tuple(tracker.warnings) + _ignored_export_errors(tracker.steps(), failure),
         failure=failure,
@@ -258,9 +266,7 @@ def _failure(tracker: ProgressTracker, returncode: int, request: BuildRequest) -
             return RegistryRefused(f"the registry refused the push of {', '.join(request.tags)}: {error}")
         return BuildFailed(f"step '{failed.name}' failed: {error}")
     if failed is not None:
-        return BuildFailed(
-            f"step '{failed.name}' failed: {failed.error}", log_tail=tracker.log_tail(failed.digest)
-        )
+        return BuildFailed(f"step '{failed.name}' failed: {failed.error}", log_tail=tracker.log_tail(failed.digest))
     lowered = buildctl_message.lower()
     if request.push and any(m in lowered for m in PUSH_REFUSAL_MARKERS) and "push" in lowered:
         return RegistryRefused(f"the registry refused the push of {', '.join(request.tags)}: {buildctl_message}")

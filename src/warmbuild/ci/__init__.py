@@ -5,7 +5,8 @@ One small interface, `ResultPublisher.publish`, so that platforms slot in withou
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 from ..report import BuildResult
 

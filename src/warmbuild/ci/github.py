@@ -8,9 +8,9 @@ Everything here is pure: functions return the text; callers write it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from ..report import BuildResult, render_markdown_summary
 from .outputs import output_values
@@ -73,7 +73,7 @@ class GitHubPublisher:
     summary_file: Path | None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> "GitHubPublisher":
+    def from_env(cls, environ: Mapping[str, str]) -> GitHubPublisher:
         output = environ.get("GITHUB_OUTPUT")
         summary = environ.get("GITHUB_STEP_SUMMARY")
         return cls(Path(output) if output else None, Path(summary) if summary else None)

@@ -4,9 +4,9 @@ collapsible log sections of the job log (pure text)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from ..report import BuildResult
 from .outputs import output_values
@@ -53,7 +53,7 @@ class GitLabPublisher:
     dotenv_file: Path
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> "GitLabPublisher":
+    def from_env(cls, environ: Mapping[str, str]) -> GitLabPublisher:
         return cls(Path(environ.get("WARMBUILD_DOTENV", "build.env")))
 
     def publish(self, result: BuildResult, result_document: dict) -> None:

@@ -11,9 +11,9 @@ The renderers are pure; `ReportFilesPublisher.publish` only writes their text.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from ..buildkit.phases import is_export_step
 from ..report import BuildResult
@@ -139,7 +139,7 @@ class ReportFilesPublisher:
     dotenv_file: Path | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> "ReportFilesPublisher":
+    def from_env(cls, environ: Mapping[str, str]) -> ReportFilesPublisher:
         def path(name: str) -> Path | None:
             return Path(environ[name]) if environ.get(name) else None
 

@@ -8,8 +8,9 @@ warmbuild never opens one inside another.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Iterator, Mapping, TextIO
+from typing import TextIO
 
 from . import github, gitlab
 

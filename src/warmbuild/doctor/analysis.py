@@ -29,30 +29,117 @@ APT_MOUNTS = (
 
 _PIP = re.compile(r"^pip(3(\.\d+)?)?$")
 _PYTHON = re.compile(r"^python(3(\.\d+)?)?$")
-_PASS_FLAGS = {"--no-deps", "-U", "--upgrade", "--pre", "--no-index", "--require-hashes", "--no-build-isolation",
-               "-q", "-qq", "-qqq", "--quiet", "-v", "--verbose", "--break-system-packages"}
-_PASS_VALUES = {"-r", "--requirement", "-c", "--constraint", "-e", "--editable", "-i", "--index-url",
-                "--extra-index-url", "-f", "--find-links", "--no-binary", "--only-binary", "-t", "--target", "--prefix"}
+_PASS_FLAGS = {
+    "--no-deps",
+    "-U",
+    "--upgrade",
+    "--pre",
+    "--no-index",
+    "--require-hashes",
+    "--no-build-isolation",
+    "-q",
+    "-qq",
+    "-qqq",
+    "--quiet",
+    "-v",
+    "--verbose",
+    "--break-system-packages",
+}
+_PASS_VALUES = {
+    "-r",
+    "--requirement",
+    "-c",
+    "--constraint",
+    "-e",
+    "--editable",
+    "-i",
+    "--index-url",
+    "--extra-index-url",
+    "-f",
+    "--find-links",
+    "--no-binary",
+    "--only-binary",
+    "-t",
+    "--target",
+    "--prefix",
+}
 # pip options that change nothing about what gets installed; uv has no use for them.
-_DROP_FLAGS = {"--no-cache-dir", "--disable-pip-version-check", "--no-warn-script-location", "--no-warn-conflicts",
-               "--compile", "--no-compile", "--no-input", "--isolated"}
+_DROP_FLAGS = {
+    "--no-cache-dir",
+    "--disable-pip-version-check",
+    "--no-warn-script-location",
+    "--no-warn-conflicts",
+    "--compile",
+    "--no-compile",
+    "--no-input",
+    "--isolated",
+}
 _DROP_VALUES = {"--root-user-action", "--progress-bar", "--default-timeout", "--timeout", "--retries"}
-_OTHER_VALUES = {"--trusted-host", "--upgrade-strategy", "--platform", "--python-version", "--implementation", "--abi",
-                 "--src", "--root", "--cache-dir", "--log", "--proxy", "--cert", "--client-cert", "--exists-action",
-                 "--config-settings", "-C", "--global-option", "--report", "--python"}
+_OTHER_VALUES = {
+    "--trusted-host",
+    "--upgrade-strategy",
+    "--platform",
+    "--python-version",
+    "--implementation",
+    "--abi",
+    "--src",
+    "--root",
+    "--cache-dir",
+    "--log",
+    "--proxy",
+    "--cert",
+    "--client-cert",
+    "--exists-action",
+    "--config-settings",
+    "-C",
+    "--global-option",
+    "--report",
+    "--python",
+}
 # PIP_* settings that do not change what is resolved or where it goes.
-_HARMLESS_PIP_SETTINGS = {"PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK", "PIP_ROOT_USER_ACTION",
-                          "PIP_DEFAULT_TIMEOUT", "PIP_TIMEOUT", "PIP_RETRIES", "PIP_PROGRESS_BAR", "PIP_NO_COMPILE",
-                          "PIP_NO_WARN_SCRIPT_LOCATION", "PIP_NO_INPUT", "PIP_CACHE_DIR"}
+_HARMLESS_PIP_SETTINGS = {
+    "PIP_NO_CACHE_DIR",
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+    "PIP_ROOT_USER_ACTION",
+    "PIP_DEFAULT_TIMEOUT",
+    "PIP_TIMEOUT",
+    "PIP_RETRIES",
+    "PIP_PROGRESS_BAR",
+    "PIP_NO_COMPILE",
+    "PIP_NO_WARN_SCRIPT_LOCATION",
+    "PIP_NO_INPUT",
+    "PIP_CACHE_DIR",
+}
 _REDIRECT = re.compile(r"^(\d*(?:>>?|<|&>)&?)(.*)$")
-_NON_ROOT_BASES = ("mambaorg/micromamba", "jupyter/base-notebook", "jupyter/minimal-notebook",
-                   "jupyter/scipy-notebook", "jupyter/pytorch-notebook", "jupyter/tensorflow-notebook",
-                   "jupyter/datascience-notebook")
+_NON_ROOT_BASES = (
+    "mambaorg/micromamba",
+    "jupyter/base-notebook",
+    "jupyter/minimal-notebook",
+    "jupyter/scipy-notebook",
+    "jupyter/pytorch-notebook",
+    "jupyter/tensorflow-notebook",
+    "jupyter/datascience-notebook",
+)
 _POSIX_SHELLS = {"sh", "bash", "dash", "ash", "zsh", "ksh"}
 _WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth", ".ckpt", ".onnx", ".h5", ".gguf")
-_DEPENDENCY_FILES = ("requirements*.txt", "*requirements*.txt", "constraints*.txt", "pyproject.toml", "poetry.lock",
-                     "uv.lock", "Pipfile", "Pipfile.lock", "pdm.lock", "environment*.yml", "environment*.yaml",
-                     "conda-lock.yml", "setup.py", "setup.cfg", "README*", "LICENSE*")
+_DEPENDENCY_FILES = (
+    "requirements*.txt",
+    "*requirements*.txt",
+    "constraints*.txt",
+    "pyproject.toml",
+    "poetry.lock",
+    "uv.lock",
+    "Pipfile",
+    "Pipfile.lock",
+    "pdm.lock",
+    "environment*.yml",
+    "environment*.yaml",
+    "conda-lock.yml",
+    "setup.py",
+    "setup.cfg",
+    "README*",
+    "LICENSE*",
+)
 
 
 @dataclass(frozen=True)
@@ -119,8 +206,11 @@ class UvInstall:
         args = [w.text for w in self.command.words[1:]]
         if args[:1] == ["sync"] or args[:2] == ["pip", "sync"]:
             return True
-        return any(a in ("-r", "--requirements", "--requirement", "-c", "--constraints", "--constraint")
-                   or a.startswith(("-r", "--requirement", "-c", "--constraint")) for a in args[2:])
+        return any(
+            a in ("-r", "--requirements", "--requirement", "-c", "--constraints", "--constraint")
+            or a.startswith(("-r", "--requirement", "-c", "--constraint"))
+            for a in args[2:]
+        )
 
 
 @dataclass(frozen=True)
@@ -143,13 +233,20 @@ class RunInfo:
 
     @property
     def installs_dependencies(self) -> bool:
-        return any(p.installs_dependencies and not p.only_uv for p in self.pip) or bool(self.uv) or bool(self.other_installs)
+        return (
+            any(p.installs_dependencies and not p.only_uv for p in self.pip)
+            or bool(self.uv)
+            or bool(self.other_installs)
+        )
 
     @property
     def installs_from_dependency_files(self) -> bool:
         """Installs what requirement/lock/environment files list: the step that belongs before the code."""
-        return (any(p.requirement_files or p.constraint_files for p in self.pip) or any(u.from_files for u in self.uv)
-                or bool(self.other_installs))
+        return (
+            any(p.requirement_files or p.constraint_files for p in self.pip)
+            or any(u.from_files for u in self.uv)
+            or bool(self.other_installs)
+        )
 
 
 @dataclass(frozen=True)
@@ -190,7 +287,7 @@ def is_dependency_file(source: str) -> bool:
 def parse_mount(flag: str) -> Mount | None:
     if not flag.startswith("--mount="):
         return None
-    fields = dict(part.partition("=")[::2] for part in flag[len("--mount="):].split(","))
+    fields = dict(part.partition("=")[::2] for part in flag[len("--mount=") :].split(","))
     target = fields.get("target") or fields.get("dst") or fields.get("destination") or ""
     return Mount(type=fields.get("type", "bind"), target=target)
 
@@ -344,8 +441,10 @@ def _launcher_blocker(before: tuple[Command, ...]) -> str | None:
     for command in before:
         args = [w.text for w in command.words[1:]]
         creates = (
-            (command.program in ("apt-get", "apt", "apk", "yum", "dnf", "microdnf", "conda", "mamba", "micromamba")
-             and any("python" in a or "pip" in a for a in args))
+            (
+                command.program in ("apt-get", "apt", "apk", "yum", "dnf", "microdnf", "conda", "mamba", "micromamba")
+                and any("python" in a or "pip" in a for a in args)
+            )
             or command.program in ("virtualenv",)
             or (_PYTHON.match(command.program) and any(a in ("venv", "ensurepip", "virtualenv") for a in args))
             or any("get-pip" in a for a in args)
@@ -364,8 +463,8 @@ def _pip_install(command: Command, stage: StageState, blocker: str | None) -> Pi
     if install_at is None or rest[install_at].text != "install":
         return None  # pip download, pip list, …
     head_end = launcher + install_at + 1
-    pre_groups, _ = _option_groups(words[launcher:launcher + install_at])
-    groups, problem = _option_groups(words[launcher:launcher + install_at] + words[head_end:])
+    pre_groups, _ = _option_groups(words[launcher : launcher + install_at])
+    groups, problem = _option_groups(words[launcher : launcher + install_at] + words[head_end:])
     drop, req, con, pkgs, edit, links, flags = [], [], [], [], [], [], set()
     for group in groups:
         name = group[0].text.split("=", 1)[0] if group[0].text.startswith("--") else group[0].text[:2]
@@ -386,15 +485,21 @@ def _pip_install(command: Command, stage: StageState, blocker: str | None) -> Pi
             links.append(value)
         elif name not in _PASS_FLAGS and name not in _PASS_VALUES and group[0].text not in _PASS_FLAGS:
             problem = problem or (
-                "pip's --user has no uv equivalent (use a virtual environment)" if name == "--user"
+                "pip's --user has no uv equivalent (use a virtual environment)"
+                if name == "--user"
                 else f"pip option {group[0].text.split('=')[0]} has no exact uv equivalent"
             )
     settings = [a.text.split("=")[0] for a in command.assignments]
     bad_settings = [s for s in settings if s.startswith("PIP_") and s not in _HARMLESS_PIP_SETTINGS]
     if bad_settings or stage.pip_settings:
-        problem = problem or f"{(bad_settings or list(stage.pip_settings))[0]} is set: uv does not read PIP_* settings; set the UV_* equivalent by hand"
+        problem = (
+            problem
+            or f"{(bad_settings or list(stage.pip_settings))[0]} is set: uv does not read PIP_* settings; set the UV_* equivalent by hand"
+        )
     if stage.pip_conf:
-        problem = problem or "a pip.conf is copied in: uv does not read it; move its settings to uv.toml or UV_* by hand"
+        problem = (
+            problem or "a pip.conf is copied in: uv does not read it; move its settings to uv.toml or UV_* by hand"
+        )
     only_uv = bool(pkgs) and not (req or con or edit) and all(re.match(r"^uv([=<>~!].*)?$", p) for p in pkgs)
     return PipInstall(
         command=command,
@@ -427,11 +532,21 @@ def _option_groups(words: tuple[Word, ...]) -> tuple[list[tuple[Word, ...]], str
     while i < len(words):
         word = words[i]
         text = word.text
-        if text.startswith("--") and "=" not in text and text in _PASS_VALUES | _DROP_VALUES | _OTHER_VALUES and i + 1 < len(words):
+        if (
+            text.startswith("--")
+            and "=" not in text
+            and text in _PASS_VALUES | _DROP_VALUES | _OTHER_VALUES
+            and i + 1 < len(words)
+        ):
             groups.append((word, words[i + 1]))
             i += 2
             continue
-        if text.startswith("-") and not text.startswith("--") and text[:2] in _PASS_VALUES | _OTHER_VALUES and len(text) == 2:
+        if (
+            text.startswith("-")
+            and not text.startswith("--")
+            and text[:2] in _PASS_VALUES | _OTHER_VALUES
+            and len(text) == 2
+        ):
             if i + 1 < len(words):
                 groups.append((word, words[i + 1]))
                 i += 2
@@ -481,8 +596,11 @@ def _is_apt_cleanup(prog: str, args: list[str]) -> bool:
     if prog != "rm":
         return False
     paths = [a for a in args if not a.startswith("-")]
-    return bool(paths) and all(p.rstrip("/*").rstrip("/") in ("/var/lib/apt/lists", "/var/cache/apt", "/var/cache/apt/archives")
-                               or p.startswith("/var/cache/apt/archives/") for p in paths)
+    return bool(paths) and all(
+        p.rstrip("/*").rstrip("/") in ("/var/lib/apt/lists", "/var/cache/apt", "/var/cache/apt/archives")
+        or p.startswith("/var/cache/apt/archives/")
+        for p in paths
+    )
 
 
 def _other_install(prog: str, args: list[str]) -> bool:
@@ -492,7 +610,10 @@ def _other_install(prog: str, args: list[str]) -> bool:
     if prog in ("pipenv", "pdm"):
         return positional[:1] in (["install"], ["sync"])
     if prog in ("conda", "mamba", "micromamba"):
-        return positional[:1] in (["install"], ["create"], ["update"]) or positional[:2] in (["env", "create"], ["env", "update"])
+        return positional[:1] in (["install"], ["create"], ["update"]) or positional[:2] in (
+            ["env", "create"],
+            ["env", "update"],
+        )
     return False
 
 

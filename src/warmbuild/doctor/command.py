@@ -12,23 +12,29 @@ import contextlib
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import InputError
 
 
 def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dockerfile", nargs="?", default="Dockerfile", help="the Dockerfile to examine (default: ./Dockerfile)")
     parser.add_argument(
-        "--context", default=None,
+        "dockerfile", nargs="?", default="Dockerfile", help="the Dockerfile to examine (default: ./Dockerfile)"
+    )
+    parser.add_argument(
+        "--context",
+        default=None,
         help="build context whose .dockerignore and requirement files are checked (default: the Dockerfile's folder)",
     )
-    parser.add_argument("--no-context", action="store_true", help="examine the Dockerfile alone, without reading the context")
+    parser.add_argument(
+        "--no-context", action="store_true", help="examine the Dockerfile alone, without reading the context"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--fix", action="store_true", help="write the Dockerfile with the safe rewrites applied")
     parser.add_argument(
-        "--output", default=None,
+        "--output",
+        default=None,
         help="where --fix writes (default: DOCKERFILE.fixed next to the original; '-' for stdout, the report then goes to stderr)",
     )
 
@@ -58,7 +64,9 @@ def command_doctor(args: argparse.Namespace) -> int:
             print(f"warmbuild: wrote {output}", file=sys.stderr)
         findings = tuple(f for f in findings if not f.fixable)
     if args.json:
-        print(json.dumps(report_to_dict(str(dockerfile), diagnosis.findings, fixed=args.fix), indent=2), file=report_out)
+        print(
+            json.dumps(report_to_dict(str(dockerfile), diagnosis.findings, fixed=args.fix), indent=2), file=report_out
+        )
     else:
         report_out.write(render_text(str(dockerfile), diagnosis.findings, fixed=args.fix))
     return exit_status(findings)

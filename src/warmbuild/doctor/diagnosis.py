@@ -29,7 +29,9 @@ def read_dockerfile(path: Path) -> Dockerfile:
         with open(path, encoding="utf-8", newline="") as file:  # keep \r\n: rewrites are byte-for-byte
             text = file.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read Dockerfile '{path}' ({exc.__class__.__name__}): check the path and that it is UTF-8 text") from None
+        raise InputError(
+            f"cannot read Dockerfile '{path}' ({exc.__class__.__name__}): check the path and that it is UTF-8 text"
+        ) from None
     return parse_dockerfile(text, str(path))
 
 

@@ -77,12 +77,16 @@ def parse_dockerfile(text: str, name: str = "Dockerfile") -> Dockerfile:
     try:
         commands = dockerfile.parse_string(text)
     except dockerfile.GoParseError as exc:
-        raise InputError(f"{name}: cannot be parsed as a Dockerfile ({exc}): fix the file or pass the right path") from None
+        raise InputError(
+            f"{name}: cannot be parsed as a Dockerfile ({exc}): fix the file or pass the right path"
+        ) from None
     instructions = []
     for command in commands:
         cmd = command.cmd.upper()
         if cmd not in _KNOWN:
-            raise InputError(f"{name}:{command.start_line}: unknown instruction '{command.cmd}': BuildKit would reject this file")
+            raise InputError(
+                f"{name}:{command.start_line}: unknown instruction '{command.cmd}': BuildKit would reject this file"
+            )
         instructions.append(
             Instruction(
                 cmd=cmd,

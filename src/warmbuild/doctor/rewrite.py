@@ -11,8 +11,8 @@ Running the rewrite on its own output changes nothing.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .analysis import (
     APT_MOUNTS,
@@ -89,7 +89,9 @@ def plan_reorders(items, requirement_texts: Mapping[str, str]) -> tuple[Reorder,
         if files is None or item.instruction.flags:
             continue
         if item.whole_context and not dependency_copies:
-            if item.dest_path().rstrip("/") != item.stage.workdir.rstrip("/") or any(s not in (".", "./") for s in item.sources):
+            if item.dest_path().rstrip("/") != item.stage.workdir.rstrip("/") or any(
+                s not in (".", "./") for s in item.sources
+            ):
                 continue
             plans.append(Reorder(item, run, (), _copy_lines(files)))
         elif item.code and dependency_copies and _code_copy_is_independent(item, dependency_copies, files):
@@ -144,7 +146,9 @@ def _copy_lines(files: tuple[str, ...]) -> tuple[str, ...]:
     by_dir: dict[str, list[str]] = {}
     for name in files:
         by_dir.setdefault(posixpath.dirname(name), []).append(name)
-    return tuple(f"COPY {' '.join(names)} {directory + '/' if directory else './'}" for directory, names in by_dir.items())
+    return tuple(
+        f"COPY {' '.join(names)} {directory + '/' if directory else './'}" for directory, names in by_dir.items()
+    )
 
 
 def _code_copy_is_independent(code: CopyInfo, dependency_copies: list[CopyInfo], files: tuple[str, ...]) -> bool:
@@ -160,7 +164,9 @@ def _code_copy_is_independent(code: CopyInfo, dependency_copies: list[CopyInfo],
             if is_file:
                 if any(posixpath.basename(source) == posixpath.basename(s) for s in dep.sources):
                     return False
-            elif dep_dest.startswith(code_dest if code_dest.endswith("/") else code_dest + "/") or dep_dest == code_dest:
+            elif (
+                dep_dest.startswith(code_dest if code_dest.endswith("/") else code_dest + "/") or dep_dest == code_dest
+            ):
                 return False
     return True
 
@@ -244,7 +250,9 @@ def _edit_runs(doc: Dockerfile, *, pip: bool, apt: bool) -> str:
             rewritten = [p for p in item.pip if pip_fixable(p)]
             for command in rewritten:
                 edits += _pip_edits(command, doc.text)
-            uv_unmounted = any(u.blocker is None for u in item.uv) and not item.has_cache_mount("/root/.cache/uv", "/root/.cache")
+            uv_unmounted = any(u.blocker is None for u in item.uv) and not item.has_cache_mount(
+                "/root/.cache/uv", "/root/.cache"
+            )
             if (rewritten or uv_unmounted) and not item.has_cache_mount("/root/.cache/uv", "/root/.cache"):
                 mounts.append(UV_MOUNT)
             inherited = item.stage.parent in uv_stages
@@ -258,7 +266,13 @@ def _edit_runs(doc: Dockerfile, *, pip: bool, apt: bool) -> str:
                 offset, _ = doc.line_span(anchor.start_line, anchor.start_line)
                 indent = _indent(doc, anchor)
                 nl = doc.newline
-                edits.append((offset, offset, f"{indent}{BOOTSTRAP_COMMENT}{nl}{indent}{bootstrap_run(rewritten[0], doc.text)}{nl}"))
+                edits.append(
+                    (
+                        offset,
+                        offset,
+                        f"{indent}{BOOTSTRAP_COMMENT}{nl}{indent}{bootstrap_run(rewritten[0], doc.text)}{nl}",
+                    )
+                )
         if apt and item.apt and _apt_editable(item):
             for target, flag in zip(APT_TARGETS, APT_MOUNTS):
                 if not item.has_cache_mount(target, target + "/archives", target + "/lists"):
@@ -281,7 +295,11 @@ def apt_fixable(run: RunInfo) -> bool:
 
 
 def _apt_editable(run: RunInfo) -> bool:
-    return run.words is not None and run.stage.shell in ("sh", "bash", "dash", "ash", "zsh", "ksh") and run.stage.user in ("", "root", "0")
+    return (
+        run.words is not None
+        and run.stage.shell in ("sh", "bash", "dash", "ash", "zsh", "ksh")
+        and run.stage.user in ("", "root", "0")
+    )
 
 
 def _pip_edits(pip: PipInstall, doc_text: str) -> list[tuple[int, int, str]]:

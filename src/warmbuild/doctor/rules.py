@@ -6,8 +6,8 @@ finding is `fixable` exactly when `warmbuild doctor --fix` rewrites it (rewrite.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .analysis import APT_MOUNTS, UV_MOUNT, UV_VERSION, CopyInfo, RunInfo, walk
 from .context import IgnoreReport
@@ -109,7 +109,9 @@ def _launcher(pip, text: str) -> str:
 def _uv_findings(run: RunInfo) -> list[Finding]:
     if not run.uv or run.has_cache_mount("/root/.cache/uv", "/root/.cache"):
         return []
-    blocker = next((u.blocker for u in run.uv if u.blocker), None) or (None if run.words is not None else "the RUN is not in shell form")
+    blocker = next((u.blocker for u in run.uv if u.blocker), None) or (
+        None if run.words is not None else "the RUN is not in shell form"
+    )
     why = "without a cache mount uv downloads every package again whenever this layer rebuilds"
     fix = f"RUN {UV_MOUNT} … (and no --no-cache)" + (f" (not rewritten automatically: {blocker})" if blocker else "")
     return [_finding("uv-no-cache-mount", run.instruction.start_line, "warn", why, fix, blocker is None)]
@@ -119,8 +121,11 @@ def _apt_findings(run: RunInfo) -> list[Finding]:
     if not run.apt:
         return []
     line = run.instruction.start_line
-    missing = [flag for flag, target in zip(APT_MOUNTS, ("/var/cache/apt", "/var/lib/apt"))
-               if not run.has_cache_mount(target, target + "/archives", target + "/lists")]
+    missing = [
+        flag
+        for flag, target in zip(APT_MOUNTS, ("/var/cache/apt", "/var/lib/apt"))
+        if not run.has_cache_mount(target, target + "/archives", target + "/lists")
+    ]
     fixable = apt_fixable(run)
     manual = "" if fixable else " (not rewritten automatically: the RUN is not a shell-form RUN run as root)"
     cleanup = " and drop the `rm -rf /var/lib/apt/lists/*` / `apt-get clean` (the cache then lives in the mount, never in the image)"
@@ -137,7 +142,10 @@ def _apt_findings(run: RunInfo) -> list[Finding]:
         return [_finding("apt-no-cache-mount", line, "warn", why, fix, fixable)]
     if run.apt_cleanups:
         why = "the clean-up in this RUN deletes the mounted apt cache, so the next build downloads everything again"
-        fix = "drop `rm -rf /var/lib/apt/lists/*` / `apt-get clean` from this RUN: with the cache mounts they never reach the image" + manual
+        fix = (
+            "drop `rm -rf /var/lib/apt/lists/*` / `apt-get clean` from this RUN: with the cache mounts they never reach the image"
+            + manual
+        )
         return [_finding("apt-cache-mount-emptied", line, "warn", why, fix, fixable)]
     return []
 
@@ -227,4 +235,3 @@ def human_bytes(count: int) -> str:
 def exit_status(findings: tuple[Finding, ...]) -> int:
     """0: nothing of severity warn; 1: at least one warn finding (like a linter)."""
     return 1 if any(f.severity == "warn" for f in findings) else 0
-

@@ -45,7 +45,7 @@ def run_words(doc: Dockerfile, instruction: Instruction) -> tuple[Word, ...] | N
     words = scan_words(doc.text, start + _keyword_length(doc.text, start), end, doc.escape)
     if words is None:
         return None
-    return words[len(instruction.flags):]
+    return words[len(instruction.flags) :]
 
 
 def _keyword_length(text: str, start: int) -> int:

@@ -17,13 +17,14 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, TextIO
+from typing import TextIO
 
 from .. import cli
-from ..errors import InputError
 from ..ci.github import heredoc_entry, mask_commands, workflow_command
+from ..errors import InputError
 from .inputs import BUILD_INPUTS, build_invocation, split_list
 
 CREDENTIAL_INPUTS = ("kubeconfig", "server", "token", "certificate-authority-data", "oidc-audience")
@@ -47,11 +48,17 @@ class ClusterAccess:
 def cluster_access(inputs: Mapping[str, str]) -> ClusterAccess:
     """Which credentials the inputs give: a kubeconfig, or a server with a token or OIDC audience;
     with a scheduler, `token` is the bearer token for the scheduler instead."""
-    kubeconfig, server, token = inputs.get("kubeconfig", ""), inputs.get("server", "").strip(), inputs.get("token", "").strip()
+    kubeconfig, server, token = (
+        inputs.get("kubeconfig", ""),
+        inputs.get("server", "").strip(),
+        inputs.get("token", "").strip(),
+    )
     ca, audience = inputs.get("certificate-authority-data", "").strip(), inputs.get("oidc-audience", "").strip()
     if inputs.get("scheduler", "").strip():
         if kubeconfig.strip() or server or audience or ca:
-            raise InputError("with input 'scheduler', give only input 'token' (the scheduler checks it); no cluster credentials")
+            raise InputError(
+                "with input 'scheduler', give only input 'token' (the scheduler checks it); no cluster credentials"
+            )
         return ClusterAccess(env=(("WARMBUILD_SCHEDULER_TOKEN", token),) if token else ())
     if kubeconfig.strip():
         if server or token or audience:
@@ -186,7 +193,9 @@ def run_main(environ: Mapping[str, str] | None = None, out: TextIO | None = None
         access = cluster_access(inputs)
         invocation = build_invocation(inputs)
         private = _private_dir(environ)
-        state_file = private / f"state-{re.sub(r'[^A-Za-z0-9_.-]', '_', environ.get('GITHUB_ACTION', 'warmbuild'))}.json"
+        state_file = (
+            private / f"state-{re.sub(r'[^A-Za-z0-9_.-]', '_', environ.get('GITHUB_ACTION', 'warmbuild'))}.json"
+        )
         if environ.get("GITHUB_STATE"):
             with open(environ["GITHUB_STATE"], "a", encoding="utf-8") as f:
                 f.write(heredoc_entry(STATE_NAME, str(state_file)))
@@ -207,7 +216,9 @@ def run_main(environ: Mapping[str, str] | None = None, out: TextIO | None = None
         if kubeconfig_file is not None:
             kubeconfig_file.unlink(missing_ok=True)
     if code != 0:
-        errors = [line.removeprefix("warmbuild: error: ") for line in watched.lines if line.startswith("warmbuild: error: ")]
+        errors = [
+            line.removeprefix("warmbuild: error: ") for line in watched.lines if line.startswith("warmbuild: error: ")
+        ]
         context = Path(invocation.context)
         dockerfile = Path(inputs["file"]) if inputs["file"].strip() else context / "Dockerfile"
         workspace = Path(environ.get("GITHUB_WORKSPACE") or os.getcwd())
@@ -242,8 +253,15 @@ def run_post(environ: Mapping[str, str] | None = None, out: TextIO | None = None
         if kubeconfig_file is not None:
             kubeconfig_file.unlink(missing_ok=True)
     if code != 0:
-        print(workflow_command("warning", "warmbuild: could not release the build slot; it frees itself when its lease expires",
-                               title="warmbuild"), file=out, flush=True)
+        print(
+            workflow_command(
+                "warning",
+                "warmbuild: could not release the build slot; it frees itself when its lease expires",
+                title="warmbuild",
+            ),
+            file=out,
+            flush=True,
+        )
     return 0
 
 

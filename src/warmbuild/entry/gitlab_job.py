@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 from .. import cli
 from ..errors import InputError

@@ -12,8 +12,8 @@ commas; the others (whose items may contain commas) on newlines only.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from ..errors import InputError
 from ..pool.policy import FALLBACKS
@@ -43,7 +43,14 @@ BOOLEAN_FLAGS = {"push": "--push", "no-cache": "--no-cache"}
 SECRET_INPUTS = ("secrets", "secret-envs", "secret-files")
 # Every input build_invocation reads.
 BUILD_INPUTS = (
-    "context", *SINGLE_FLAGS, *LIST_FLAGS, *CACHE_FLAGS, *BOOLEAN_FLAGS, *SECRET_INPUTS, "max-wait", "fallback"
+    "context",
+    *SINGLE_FLAGS,
+    *LIST_FLAGS,
+    *CACHE_FLAGS,
+    *BOOLEAN_FLAGS,
+    *SECRET_INPUTS,
+    "max-wait",
+    "fallback",
 )
 SECRET_ENV_PREFIX = "WARMBUILD_SECRET_"
 

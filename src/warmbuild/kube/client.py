@@ -22,11 +22,11 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Callable, Mapping
 from urllib.parse import urlencode
 
 from .. import __version__
@@ -86,7 +86,7 @@ def verb_for(method: str, path: str) -> str:
 class KubeClient:
     """Raw JSON requests to one API server over a pooled, thread-safe urllib3 connection."""
 
-    def __init__(self, access: ClusterAccess, credentials: "Credentials | None" = None):
+    def __init__(self, access: ClusterAccess, credentials: Credentials | None = None):
         self.access = access
         self.description = access.description  # where the credentials came from, for messages
         self.credentials = credentials or Credentials(access)
@@ -105,8 +105,14 @@ class KubeClient:
         """Keep up to `count` connections to the API server alive (the scheduler's request threads)."""
         self._pool.connection_pool_kw["maxsize"] = max(count, self._pool.connection_pool_kw.get("maxsize") or 1)
 
-    def request(self, method: str, path: str, body: dict | None = None, query: Mapping[str, str] | None = None,
-                content_type: str = "application/json") -> KubeResponse:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> KubeResponse:
         from urllib3.exceptions import HTTPError
 
         for attempt in range(2):
@@ -114,7 +120,9 @@ class KubeClient:
             try:
                 response = self._open(method, path, body, query, content_type, REQUEST_TIMEOUT_SECONDS, stream=False)
             except (HTTPError, OSError) as exc:
-                raise ClusterError(f"cannot reach the Kubernetes API at {self.host} ({self.description}): {exc}") from None
+                raise ClusterError(
+                    f"cannot reach the Kubernetes API at {self.host} ({self.description}): {exc}"
+                ) from None
             # A token an exec plugin printed may be revoked before the expiry it gave: run the plugin
             # again once, as kubectl does. A 401 is an answer, not a side effect, so retrying is safe.
             if not (response.status == 401 and attempt == 0 and self.credentials.forget_exec_credential()):
@@ -135,9 +143,15 @@ class KubeClient:
             headers["Authorization"] = authorization
         url = self.host + path + (("&" if "?" in path else "?") + urlencode(query) if query else "")
         payload = None if body is None else json.dumps(body).encode()
-        return self._pool.request(method, url, body=payload, headers=headers, preload_content=not stream,
-                                  timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=read_timeout),
-                                  retries=urllib3.Retry(total=2, connect=2, read=0, status=0, redirect=0))
+        return self._pool.request(
+            method,
+            url,
+            body=payload,
+            headers=headers,
+            preload_content=not stream,
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=read_timeout),
+            retries=urllib3.Retry(total=2, connect=2, read=0, status=0, redirect=0),
+        )
 
     def watch(self, path: str, query: Mapping[str, str] | None = None, timeout_seconds: int = 60):
         """Yield (event type, object) from a watch until the server ends it after `timeout_seconds`."""
@@ -222,7 +236,9 @@ class ServerClock:
         return datetime.fromtimestamp(time.time() + offset, timezone.utc)
 
 
-def connect(kubeconfig: str | None = None, context: str | None = None, environ: Mapping[str, str] | None = None) -> KubeClient:
+def connect(
+    kubeconfig: str | None = None, context: str | None = None, environ: Mapping[str, str] | None = None
+) -> KubeClient:
     """Build an authenticated client from the first source of credentials that is configured."""
     environ = os.environ if environ is None else environ
     if kubeconfig or context:
@@ -244,9 +260,15 @@ def connect(kubeconfig: str | None = None, context: str | None = None, environ: 
 def _from_env(environ: Mapping[str, str]) -> KubeClient:
     ca_data = environ.get("WARMBUILD_K8S_CA_DATA")
     try:
-        ca_pem = base64.b64decode(ca_data, validate=True).decode() if ca_data and not environ.get("WARMBUILD_K8S_CA_FILE") else None
+        ca_pem = (
+            base64.b64decode(ca_data, validate=True).decode()
+            if ca_data and not environ.get("WARMBUILD_K8S_CA_FILE")
+            else None
+        )
     except ValueError:
-        raise ClusterError("WARMBUILD_K8S_CA_DATA is not base64 of a PEM certificate: set it to `base64 -w0 ca.crt`") from None
+        raise ClusterError(
+            "WARMBUILD_K8S_CA_DATA is not base64 of a PEM certificate: set it to `base64 -w0 ca.crt`"
+        ) from None
     access = ClusterAccess(
         server=environ["WARMBUILD_K8S_SERVER"].rstrip("/"),
         description="WARMBUILD_K8S_SERVER and token",
@@ -294,7 +316,9 @@ class Credentials:
             try:
                 return f"Bearer {Path(access.token_file).read_text().strip()}"
             except OSError as exc:
-                raise ClusterError(f"cannot read the token file {access.token_file} ({access.description}): {exc.strerror}") from None
+                raise ClusterError(
+                    f"cannot read the token file {access.token_file} ({access.description}): {exc.strerror}"
+                ) from None
         if access.exec_plugin:
             token = self._exec_credential().get("token")
             return f"Bearer {token}" if token else None
@@ -326,7 +350,8 @@ class Credentials:
     def _exec_credential(self) -> dict:
         with self._exec_lock:
             fresh = self._exec_status is not None and (
-                self._exec_expires_at is None or time.time() < self._exec_expires_at - EXEC_REFRESH_MARGIN_SECONDS)
+                self._exec_expires_at is None or time.time() < self._exec_expires_at - EXEC_REFRESH_MARGIN_SECONDS
+            )
             if not fresh:
                 self._exec_status, self._exec_expires_at = run_exec_plugin(self.access.exec_plugin, self.access)
             return self._exec_status
@@ -338,10 +363,17 @@ def run_exec_plugin(plugin: ExecPlugin, access: ClusterAccess) -> tuple[dict, fl
     env = {**os.environ, **dict(plugin.env), "KUBERNETES_EXEC_INFO": json.dumps(info)}
     what = f"the exec credential plugin {plugin.command!r} ({access.description})"
     try:
-        done = subprocess.run([plugin.command, *plugin.args], env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=EXEC_TIMEOUT_SECONDS)
+        done = subprocess.run(
+            [plugin.command, *plugin.args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=EXEC_TIMEOUT_SECONDS,
+        )
     except FileNotFoundError:
-        raise ClusterError(f"{what} is not installed" + (f": {plugin.install_hint.strip()}" if plugin.install_hint else "")) from None
+        raise ClusterError(
+            f"{what} is not installed" + (f": {plugin.install_hint.strip()}" if plugin.install_hint else "")
+        ) from None
     except subprocess.TimeoutExpired:
         raise ClusterError(f"{what} did not answer within {EXEC_TIMEOUT_SECONDS:.0f} s") from None
     if done.returncode != 0:
@@ -403,7 +435,9 @@ def _load_client_certificate(context, cert: bytes, key: bytes, access: ClusterAc
         try:
             context.load_cert_chain(cert_path, key_path)
         except ssl.SSLError as exc:
-            raise ClusterError(f"the client certificate or key is not usable ({access.description}): {exc.reason}") from None
+            raise ClusterError(
+                f"the client certificate or key is not usable ({access.description}): {exc.reason}"
+            ) from None
 
 
 def format_micro_time(moment: datetime) -> str:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from ..errors import ClusterError
 
@@ -77,7 +77,9 @@ def read_kubeconfig(paths: list[str], context: str | None = None) -> ClusterAcce
         except (OSError, yaml.YAMLError) as exc:
             raise ClusterError(f"cannot read kubeconfig {path}: {type(exc).__name__}") from None
         if not isinstance(document, dict):
-            raise ClusterError(f"kubeconfig {path} is not a kubeconfig (expected a mapping with clusters, users, contexts)")
+            raise ClusterError(
+                f"kubeconfig {path} is not a kubeconfig (expected a mapping with clusters, users, contexts)"
+            )
         base = Path(path).resolve().parent
         for section, field in _SECTIONS:
             for entry in document.get(section) or []:
@@ -90,10 +92,14 @@ def read_kubeconfig(paths: list[str], context: str | None = None) -> ClusterAcce
         raise ClusterError(f"{where} has no current-context: pass --context or run `kubectl config use-context NAME`")
     chosen = merged["contexts"].get(name)
     if chosen is None:
-        raise ClusterError(f"{where} has no context {name!r} (contexts: {', '.join(sorted(merged['contexts'])) or 'none'})")
+        raise ClusterError(
+            f"{where} has no context {name!r} (contexts: {', '.join(sorted(merged['contexts'])) or 'none'})"
+        )
     cluster = merged["clusters"].get(chosen.get("cluster") or "")
     if not cluster or not cluster.get("server"):
-        raise ClusterError(f"{where}: context {name!r} names cluster {chosen.get('cluster')!r}, which is missing or has no server")
+        raise ClusterError(
+            f"{where}: context {name!r} names cluster {chosen.get('cluster')!r}, which is missing or has no server"
+        )
     user = merged["users"].get(chosen.get("user") or "", {})
     return access_from(cluster, user, f"{where}, context {name}")
 
@@ -123,7 +129,8 @@ def access_from(cluster: Mapping, user: Mapping, description: str) -> ClusterAcc
         description=description,
         ca_file=cluster.get("certificate-authority"),
         ca_pem=_decoded(cluster.get("certificate-authority-data"), "certificate-authority-data", description).decode()
-        if cluster.get("certificate-authority-data") else None,
+        if cluster.get("certificate-authority-data")
+        else None,
         insecure_skip_tls_verify=bool(cluster.get("insecure-skip-tls-verify")),
         tls_server_name=cluster.get("tls-server-name"),
         proxy_url=cluster.get("proxy-url"),
@@ -145,8 +152,12 @@ def in_cluster_access(environ: Mapping[str, str]) -> ClusterAccess | None:
     if not host or not IN_CLUSTER_TOKEN.is_file():
         return None
     host = f"[{host}]" if ":" in host else host
-    return ClusterAccess(server=f"https://{host}:{port}", description="in-cluster service account",
-                         ca_file=str(IN_CLUSTER_CA), token_file=str(IN_CLUSTER_TOKEN))
+    return ClusterAccess(
+        server=f"https://{host}:{port}",
+        description="in-cluster service account",
+        ca_file=str(IN_CLUSTER_CA),
+        token_file=str(IN_CLUSTER_TOKEN),
+    )
 
 
 def _resolve_paths(fields: dict, base: Path) -> dict:

@@ -13,7 +13,7 @@ import base64
 import json
 import threading
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from ..errors import ClusterError
 
@@ -49,7 +49,7 @@ class GitHubOidcTokenSource:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], audience: str) -> "GitHubOidcTokenSource":
+    def from_env(cls, environ: Mapping[str, str], audience: str) -> GitHubOidcTokenSource:
         url = environ.get("ACTIONS_ID_TOKEN_REQUEST_URL")
         token = environ.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
         if not url or not token:

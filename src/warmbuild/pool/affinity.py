@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 DEFAULT_LOAD_FACTOR = 1.25
 
@@ -26,7 +26,9 @@ def preference_order(key: str, builders: Iterable[str]) -> list[str]:
     return sorted(builders, key=lambda b: (rendezvous_score(key, b), b), reverse=True)
 
 
-def load_cap(total_in_flight: int, capacities: Mapping[str, int], load_factor: float = DEFAULT_LOAD_FACTOR) -> dict[str, int]:
+def load_cap(
+    total_in_flight: int, capacities: Mapping[str, int], load_factor: float = DEFAULT_LOAD_FACTOR
+) -> dict[str, int]:
     """Per-builder cap on in-flight builds: its share of (current + this build) × load factor, at least 1."""
     total_capacity = sum(capacities.values())
     if total_capacity <= 0:

@@ -15,10 +15,12 @@ broker that read the pool's history for placement also records the finished buil
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable, Protocol
+from typing import Protocol
 
 from ..kube.client import KubeClient
+from ..report import BuildResult
 from ..signals import signals_deferred
 from .ephemeral import (
     EphemeralSettings,
@@ -28,7 +30,6 @@ from .ephemeral import (
     ephemeral_pod_manifest,
     wait_until_ready,
 )
-from ..report import BuildResult
 from .history import PoolHistory, record_of
 from .leases import LeaseKeeper, SlotLease, release_slot, renew_slot
 from .membership import Builder
@@ -47,8 +48,9 @@ class SlotBroker(Protocol):
     def acquire(self, request: PlacementRequest, log: Callable[[str], None]) -> Grant:
         """A held slot or an ephemeral grant, or NoSlotAvailable (exit 7) within the request's wait."""
 
-    def start_ephemeral(self, request: PlacementRequest, grant: Grant, settings: EphemeralSettings,
-                        on_created: Callable[[str], None]) -> Grant:
+    def start_ephemeral(
+        self, request: PlacementRequest, grant: Grant, settings: EphemeralSettings, on_created: Callable[[str], None]
+    ) -> Grant:
         """Create the ephemeral builder of an ephemeral grant and its run Lease; `on_created(pod)` runs
         as soon as the pod exists. The returned grant holds the run Lease; its builder is not ready yet."""
 
@@ -84,15 +86,18 @@ class DirectLeases:
     def acquire(self, request: PlacementRequest, log: Callable[[str], None] = lambda _line: None) -> Grant:
         return acquire_build_slot(self.client, request, log=log, history=self.history(request.namespace, request.pool))
 
-    def start_ephemeral(self, request: PlacementRequest, grant: Grant, settings: EphemeralSettings,
-                        on_created: Callable[[str], None]) -> Grant:
+    def start_ephemeral(
+        self, request: PlacementRequest, grant: Grant, settings: EphemeralSettings, on_created: Callable[[str], None]
+    ) -> Grant:
         manifest = ephemeral_pod_manifest(settings, request.namespace, request.pool, request.holder)
         with signals_deferred():  # a pod created must be known before a signal can interrupt
             name, uid = create_ephemeral_pod(self.client, manifest)
             on_created(name)
         builder = Builder(name=name, uid=uid, address="", slots=1)
         try:
-            run_lease = create_run_lease(self.client, request.namespace, name, uid, request.holder, request.lease_seconds)
+            run_lease = create_run_lease(
+                self.client, request.namespace, name, uid, request.holder, request.lease_seconds
+            )
         except BaseException:
             with signals_deferred():
                 delete_ephemeral_pod(self.client, request.namespace, name)
@@ -100,7 +105,9 @@ class DirectLeases:
         return replace(grant, lease=run_lease, builder=builder)
 
     def wait_ready(self, grant: Grant, settings: EphemeralSettings) -> Grant:
-        address = wait_until_ready(self.client, grant.lease.namespace, grant.builder.name, settings.startup_timeout_seconds)
+        address = wait_until_ready(
+            self.client, grant.lease.namespace, grant.builder.name, settings.startup_timeout_seconds
+        )
         return replace(grant, builder=replace(grant.builder, address=address))
 
     def renew(self, lease: SlotLease) -> SlotLease:

@@ -24,12 +24,12 @@ without the patch permission the drain still waits for the slots.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
 
-from ..kube.client import KubeClient, KubeNotFound
 from ..errors import ClusterError, DrainTimedOut
+from ..kube.client import KubeClient, KubeNotFound
 from ..kube.names import BUILDER_LABEL, DRAINING_ANNOTATION, leases_path, pods_path
 from ..kube.views import LeaseView, parse_lease
 
@@ -84,11 +84,15 @@ def credentials_revoked(error: ClusterError) -> bool:
     return "rejected the credentials" in error.message
 
 
-def mark_draining(client: KubeClient, namespace: str, pod: str, log: Callable[[str], None]) -> tuple[bool, str | None, bool]:
+def mark_draining(
+    client: KubeClient, namespace: str, pod: str, log: Callable[[str], None]
+) -> tuple[bool, str | None, bool]:
     """Annotate the pod as draining. Returns (marked, pod uid or None, pod exists)."""
     patch = {"metadata": {"annotations": {DRAINING_ANNOTATION: "true"}}}
     try:
-        body = client.request("PATCH", pods_path(namespace, pod), body=patch, content_type="application/merge-patch+json").body
+        body = client.request(
+            "PATCH", pods_path(namespace, pod), body=patch, content_type="application/merge-patch+json"
+        ).body
         return True, (body.get("metadata") or {}).get("uid"), True
     except KubeNotFound:
         return False, None, False
@@ -195,13 +199,27 @@ def add_drain_arguments(parser) -> None:
     env = os.environ.get
     parser.add_argument("--pod", default=env("POD_NAME"), help="the builder pod (env POD_NAME, from the downward API)")
     parser.add_argument("--namespace", default=env("POD_NAMESPACE"), help="its namespace (env POD_NAMESPACE)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
-                        help="give up after this many seconds (keep it below terminationGracePeriodSeconds)")
-    parser.add_argument("--settle", type=float, default=DEFAULT_SETTLE_SECONDS,
-                        help="wait at least this long after marking the pod draining (default 3)")
-    parser.add_argument("--poll", type=float, default=DEFAULT_POLL_SECONDS, help="seconds between looks at the slot leases")
-    parser.add_argument("--api-grace", type=float, default=DEFAULT_API_GRACE_SECONDS,
-                        help="give up when the slot leases cannot be read for this long (default 15)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        help="give up after this many seconds (keep it below terminationGracePeriodSeconds)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=DEFAULT_SETTLE_SECONDS,
+        help="wait at least this long after marking the pod draining (default 3)",
+    )
+    parser.add_argument(
+        "--poll", type=float, default=DEFAULT_POLL_SECONDS, help="seconds between looks at the slot leases"
+    )
+    parser.add_argument(
+        "--api-grace",
+        type=float,
+        default=DEFAULT_API_GRACE_SECONDS,
+        help="give up when the slot leases cannot be read for this long (default 15)",
+    )
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, in-cluster)")
     parser.add_argument("--kube-context", dest="kube_context", default=None, help="kubeconfig context")
 
@@ -209,11 +227,13 @@ def add_drain_arguments(parser) -> None:
 def command_drain(args) -> int:
     import sys
 
-    from ..kube.client import connect
     from ..errors import InputError
+    from ..kube.client import connect
 
     if not args.pod or not args.namespace:
-        raise InputError("drain needs the pod: set POD_NAME and POD_NAMESPACE (downward API) or pass --pod and --namespace")
+        raise InputError(
+            "drain needs the pod: set POD_NAME and POD_NAMESPACE (downward API) or pass --pod and --namespace"
+        )
     if args.timeout < 0 or args.settle < 0 or args.api_grace < 0 or args.poll <= 0:
         raise InputError("--timeout, --settle and --api-grace must be 0 or more seconds, --poll more than 0")
 
@@ -221,6 +241,14 @@ def command_drain(args) -> int:
         print(f"warmbuild drain: {line}", file=sys.stderr, flush=True)
 
     client = connect(args.kubeconfig, args.kube_context)
-    drain_builder(client, args.namespace, args.pod, timeout=args.timeout, settle=args.settle, poll=args.poll,
-                  api_grace=args.api_grace, log=log)
+    drain_builder(
+        client,
+        args.namespace,
+        args.pod,
+        timeout=args.timeout,
+        settle=args.settle,
+        poll=args.poll,
+        api_grace=args.api_grace,
+        log=log,
+    )
     return 0

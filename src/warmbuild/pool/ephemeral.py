@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
+from ..errors import BuilderStartFailed, ClusterError, InputError
 from ..kube.client import KubeClient, KubeConflict, KubeNotFound
 from ..kube.names import (
     EPHEMERAL_LABEL,
@@ -29,8 +31,8 @@ from ..kube.names import (
     pods_path,
 )
 from ..kube.views import parse_lease
-from ..errors import BuilderStartFailed, ClusterError, InputError
 from .leases import HolderInfo, SlotLease, new_lease_body
+
 BUILDKITD_PORT = 1234
 DEFAULT_IMAGE = "moby/buildkit:v0.34.2"
 DEFAULT_ROOTLESS_IMAGE = "moby/buildkit:v0.34.2-rootless"
@@ -164,7 +166,12 @@ def ephemeral_pod_manifest(settings: EphemeralSettings, namespace: str, pool: st
         "metadata": {
             "generateName": f"warmbuild-{pool}-ephemeral-",
             "namespace": namespace,
-            "labels": {**settings.labels, EPHEMERAL_LABEL: "true", EPHEMERAL_POOL_LABEL: pool, RUN_LABEL: run_id(holder)},
+            "labels": {
+                **settings.labels,
+                EPHEMERAL_LABEL: "true",
+                EPHEMERAL_POOL_LABEL: pool,
+                RUN_LABEL: run_id(holder),
+            },
             "annotations": {
                 **settings.annotations,
                 RUN_URL_ANNOTATION: holder.run_url,
@@ -200,10 +207,17 @@ def _pod_ready_address(pod: dict) -> str | None:
 def _pod_failed_reason(pod: dict) -> str | None:
     status = pod.get("status") or {}
     if status.get("phase") in ("Failed", "Succeeded"):
-        return f"pod ended ({status.get('phase')}: {status.get('reason') or status.get('message') or 'no reason given'})"
+        return (
+            f"pod ended ({status.get('phase')}: {status.get('reason') or status.get('message') or 'no reason given'})"
+        )
     for container in status.get("containerStatuses") or ():
         waiting = (container.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"):
+        if waiting.get("reason") in (
+            "ErrImagePull",
+            "ImagePullBackOff",
+            "InvalidImageName",
+            "CreateContainerConfigError",
+        ):
             return f"{waiting['reason']}: {waiting.get('message', '')}".strip()
     return None
 
@@ -235,9 +249,12 @@ def wait_until_ready(client: KubeClient, namespace: str, name: str, timeout: flo
 def pod_event_summary(client: KubeClient, namespace: str, name: str) -> str:
     """The pod's events, newest last, as one line: what the scheduler or kubelet said."""
     try:
-        events = client.request(
-            "GET", events_path(namespace), query={"fieldSelector": f"involvedObject.name={name}"}
-        ).body.get("items") or []
+        events = (
+            client.request(
+                "GET", events_path(namespace), query={"fieldSelector": f"involvedObject.name={name}"}
+            ).body.get("items")
+            or []
+        )
     except ClusterError as exc:
         return f"(events unavailable: {exc.message})"
     if not events:
@@ -264,7 +281,9 @@ def delete_ephemeral_pod(client: KubeClient, namespace: str, name: str) -> None:
         pass
 
 
-def create_run_lease(client: KubeClient, namespace: str, pod_name: str, pod_uid: str, holder: HolderInfo, duration: int) -> SlotLease:
+def create_run_lease(
+    client: KubeClient, namespace: str, pod_name: str, pod_uid: str, holder: HolderInfo, duration: int
+) -> SlotLease:
     """The ephemeral pod's own Lease, renewed by the CI step: its expiry marks the pod orphaned."""
     now = client.server_now()
     body = new_lease_body(namespace, pod_name, {EPHEMERAL_LABEL: "true"}, pod_name, pod_uid, holder, duration, now)

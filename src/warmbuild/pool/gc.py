@@ -37,7 +37,9 @@ def find_garbage(pods: list[dict], ephemeral_pods: list[dict], leases: list[Leas
         deadline = spec.get("activeDeadlineSeconds")
         run_lease = leases_by_name.get(name)
         if status.get("phase") in ("Failed", "Succeeded"):
-            garbage.append(Collected("pod", name, f"ended ({status.get('phase')}: {status.get('reason') or 'no reason'})"))
+            garbage.append(
+                Collected("pod", name, f"ended ({status.get('phase')}: {status.get('reason') or 'no reason'})")
+            )
         elif deadline and created and created + timedelta(seconds=int(deadline)) < server_now:
             garbage.append(Collected("pod", name, f"past its deadline of {deadline}s"))
         elif run_lease is not None and run_lease.is_free(server_now):
@@ -51,7 +53,9 @@ def find_garbage(pods: list[dict], ephemeral_pods: list[dict], leases: list[Leas
     return garbage
 
 
-def collect_garbage(client: KubeClient, namespace: str, pool: str | None = None, dry_run: bool = False) -> list[Collected]:
+def collect_garbage(
+    client: KubeClient, namespace: str, pool: str | None = None, dry_run: bool = False
+) -> list[Collected]:
     pods = client.request("GET", pods_path(namespace)).body.get("items") or []
     selector = f"{EPHEMERAL_LABEL}=true" + (f",{EPHEMERAL_POOL_LABEL}={pool}" if pool else "")
     ephemeral = client.request("GET", pods_path(namespace), query={"labelSelector": selector}).body.get("items") or []
@@ -68,7 +72,11 @@ def collect_garbage(client: KubeClient, namespace: str, pool: str | None = None,
                 client.request(
                     "DELETE",
                     leases_path(namespace, item.name),
-                    body={"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": by_name[item.name].uid}},
+                    body={
+                        "kind": "DeleteOptions",
+                        "apiVersion": "v1",
+                        "preconditions": {"uid": by_name[item.name].uid},
+                    },
                 )
             except (KubeNotFound, KubeConflict):
                 pass

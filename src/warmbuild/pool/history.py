@@ -12,9 +12,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from ..errors import WarmbuildError
 from ..kube.client import KubeClient, KubeConflict, KubeNotFound, connect
@@ -23,8 +23,6 @@ from ..report import BuildResult
 from .records import HISTORY_REFRESH_SECONDS, MAX_RECORDS, BuildRecord, parse_records, render_records
 
 DATA_KEY = "builds.jsonl"
-
-
 
 
 def read_history(client: KubeClient, namespace: str, pool: str) -> tuple[BuildRecord, ...]:
@@ -90,8 +88,14 @@ class PoolHistory:
     """One pool's history as placement sees it: read at most every `refresh` seconds, appended after
     each build. Without a readable history the policy's priors decide (said once through `log`)."""
 
-    def __init__(self, client: KubeClient, namespace: str, pool: str, refresh: float = HISTORY_REFRESH_SECONDS,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        client: KubeClient,
+        namespace: str,
+        pool: str,
+        refresh: float = HISTORY_REFRESH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.client, self.namespace, self.pool = client, namespace, pool
         self.refresh, self.clock = refresh, clock
         self._records: tuple[BuildRecord, ...] = ()
@@ -120,8 +124,12 @@ class PoolHistory:
 def add_history_commands(sub, add_cluster_arguments: Callable[[argparse.ArgumentParser], None]) -> None:
     history = sub.add_parser("history", help="the pool's recent build records")
     history_sub = history.add_subparsers(dest="history_command", required=True, parser_class=type(history))
-    export = history_sub.add_parser("export", help="write the pool's build history as JSON Lines (input for simulate/plan)")
-    export.add_argument("--pool", default=os.environ.get("WARMBUILD_POOL", "default"), help="pool name (env WARMBUILD_POOL)")
+    export = history_sub.add_parser(
+        "export", help="write the pool's build history as JSON Lines (input for simulate/plan)"
+    )
+    export.add_argument(
+        "--pool", default=os.environ.get("WARMBUILD_POOL", "default"), help="pool name (env WARMBUILD_POOL)"
+    )
     export.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
     add_cluster_arguments(export)
 
@@ -135,6 +143,9 @@ def command_history_export(args: argparse.Namespace) -> int:
     else:
         Path(args.output).write_text(text)
     where = "" if args.output == "-" else f" written to {args.output}"
-    print(f"warmbuild: {len(records)} build records of pool '{args.pool}' (namespace {args.namespace}){where}",
-          file=sys.stderr, flush=True)
+    print(
+        f"warmbuild: {len(records)} build records of pool '{args.pool}' (namespace {args.namespace}){where}",
+        file=sys.stderr,
+        flush=True,
+    )
     return 0

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
+from ..errors import ClusterError, LeaseLost, WarmbuildError
 from ..kube.client import KubeConflict, KubeNotFound, format_micro_time
 from ..kube.names import (
     BUILDER_LABEL,
@@ -34,7 +36,6 @@ from ..kube.names import (
     slot_lease_name,
 )
 from ..kube.views import DEFAULT_LEASE_SECONDS, LeaseView, parse_lease
-from ..errors import ClusterError, LeaseLost, WarmbuildError
 from .membership import Builder
 
 HOLDER_ANNOTATIONS = (RUN_URL_ANNOTATION, WORKLOAD_KEY_ANNOTATION, WORKLOAD_KEY_HASH_ANNOTATION)
@@ -48,8 +49,9 @@ class LeaseApi(Protocol):
     """All the slot functions need of the API server: KubeClient has this shape, and so does the
     in-memory fake of the unit tests (tests/unit/conftest.py)."""
 
-    def request(self, method: str, path: str, body: dict | None = None,
-                query: Mapping[str, str] | None = None) -> KubeResponseLike: ...
+    def request(
+        self, method: str, path: str, body: dict | None = None, query: Mapping[str, str] | None = None
+    ) -> KubeResponseLike: ...
 
     def server_now(self) -> datetime: ...
 
@@ -113,8 +115,16 @@ def held_spec(previous: dict, holder: HolderInfo, duration: int, now: datetime, 
     return spec
 
 
-def new_lease_body(namespace: str, name: str, labels: dict[str, str], owner_pod: str, owner_uid: str,
-                   holder: HolderInfo, duration: int, now: datetime) -> dict:
+def new_lease_body(
+    namespace: str,
+    name: str,
+    labels: dict[str, str],
+    owner_pod: str,
+    owner_uid: str,
+    holder: HolderInfo,
+    duration: int,
+    now: datetime,
+) -> dict:
     """A Lease held by `holder`, owned by a Pod (the garbage collector removes it with the pod)."""
     return {
         "apiVersion": "coordination.k8s.io/v1",
@@ -144,7 +154,9 @@ def _renewed_body(lease: LeaseView, now: datetime) -> dict:
 
 def _released_body(lease: LeaseView) -> dict:
     body = lease.body
-    spec = {k: v for k, v in (body.get("spec") or {}).items() if k not in ("holderIdentity", "acquireTime", "renewTime")}
+    spec = {
+        k: v for k, v in (body.get("spec") or {}).items() if k not in ("holderIdentity", "acquireTime", "renewTime")
+    }
     meta = dict(body.get("metadata") or {})
     meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in HOLDER_ANNOTATIONS}
     return dict(body, metadata=meta, spec=spec)
@@ -153,7 +165,9 @@ def _released_body(lease: LeaseView) -> dict:
 # ------------------------------------------------------------------------------------ the slot rules
 
 
-def _granted(namespace: str, builder: Builder, body: dict, holder: HolderInfo, duration: int, now: datetime) -> SlotLease:
+def _granted(
+    namespace: str, builder: Builder, body: dict, holder: HolderInfo, duration: int, now: datetime
+) -> SlotLease:
     view = parse_lease(body)
     return SlotLease(
         namespace=namespace,
@@ -183,8 +197,16 @@ def try_acquire_slot(
         now = client.server_now()
         try:
             if lease is None:
-                body = new_lease_body(namespace, name, {POOL_LABEL: pool, BUILDER_LABEL: builder.name},
-                                      builder.name, builder.uid, holder, duration, now)
+                body = new_lease_body(
+                    namespace,
+                    name,
+                    {POOL_LABEL: pool, BUILDER_LABEL: builder.name},
+                    builder.name,
+                    builder.uid,
+                    holder,
+                    duration,
+                    now,
+                )
                 created = client.request("POST", leases_path(namespace), body=body).body
                 return _granted(namespace, builder, created, holder, duration, now)
             if lease.owner_uid != builder.uid:
@@ -207,8 +229,11 @@ def _delete_stale(client: LeaseApi, namespace: str, lease: LeaseView) -> None:
         client.request(
             "DELETE",
             leases_path(namespace, lease.name),
-            body={"kind": "DeleteOptions", "apiVersion": "v1",
-                  "preconditions": {"uid": lease.uid, "resourceVersion": lease.resource_version}},
+            body={
+                "kind": "DeleteOptions",
+                "apiVersion": "v1",
+                "preconditions": {"uid": lease.uid, "resourceVersion": lease.resource_version},
+            },
         )
     except (KubeConflict, KubeNotFound):
         pass
@@ -224,7 +249,9 @@ def renew_slot(client: LeaseApi, held: SlotLease) -> SlotLease:
         if not lease.holder or lease.holder != held.holder or lease.transitions != held.transitions:
             raise LeaseLost(f"slot lease {held.name} is now held by {lease.holder or 'nobody'}")
         try:
-            updated = client.request("PUT", leases_path(held.namespace, held.name), body=_renewed_body(lease, client.server_now())).body
+            updated = client.request(
+                "PUT", leases_path(held.namespace, held.name), body=_renewed_body(lease, client.server_now())
+            ).body
             return replace(held, resource_version=parse_lease(updated).resource_version)
         except KubeConflict:
             continue  # changed between our read and write: read again and re-check the holder
@@ -260,8 +287,13 @@ class SlotKeeper:
     the last renewal — from then on the slot may be someone else's, and the build must stop.
     """
 
-    def __init__(self, renew: Callable[[SlotLease], SlotLease], held: SlotLease, on_lost: Callable[[str], None],
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        renew: Callable[[SlotLease], SlotLease],
+        held: SlotLease,
+        on_lost: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.renew = renew
         self.held = held
         self.on_lost = on_lost
@@ -270,7 +302,7 @@ class SlotKeeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"renew-{held.name}", daemon=True)
 
-    def start(self) -> "SlotKeeper":
+    def start(self) -> SlotKeeper:
         self._thread.start()
         return self
 

@@ -12,7 +12,17 @@ from ..kube.client import KubeClient
 from ..kube.names import POOL_LABEL, pods_path
 from ..kube.views import DEFAULT_PORT, DEFAULT_SLOTS, PORT_NAME, PodView, pod_view
 
-__all__ = ["Builder", "PodView", "pod_view", "DEFAULT_SLOTS", "DEFAULT_PORT", "PORT_NAME", "builder_from", "list_pool_pods", "discover_builders"]
+__all__ = [
+    "Builder",
+    "PodView",
+    "pod_view",
+    "DEFAULT_SLOTS",
+    "DEFAULT_PORT",
+    "PORT_NAME",
+    "builder_from",
+    "list_pool_pods",
+    "discover_builders",
+]
 
 
 @dataclass(frozen=True)

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Callable
 
 from ..errors import NoSlotAvailable
 from ..kube.client import KubeClient
 from ..kube.views import LeaseView
 from .history import PoolHistory
 from .leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, list_pool_leases, try_acquire_slot
+from .membership import Builder, discover_builders
 from .policy import POLL_SECONDS, RoundInputs, estimate_paths, estimate_slot_wait, placement_round
 from .workload import WorkloadKey
-from .membership import Builder, discover_builders
-
 
 
 @dataclass(frozen=True)
@@ -89,8 +88,14 @@ def acquire_build_slot(
     return replace(grant, requested_at=requested_at)
 
 
-def _place(client: KubeClient, request: PlacementRequest, log: Callable[[str], None], sleep: Callable[[float], None],
-           history: PoolHistory, started: float) -> Grant:
+def _place(
+    client: KubeClient,
+    request: PlacementRequest,
+    log: Callable[[str], None],
+    sleep: Callable[[float], None],
+    history: PoolHistory,
+    started: float,
+) -> Grant:
     last_action = None
     while True:
         waited = time.monotonic() - started
@@ -117,11 +122,24 @@ def _place(client: KubeClient, request: PlacementRequest, log: Callable[[str], N
             held = _take(client, request, by_name[round_.affine], leases)
             if held is not None:
                 suffix = f" after waiting {waited:.1f}s" if waited >= 0.05 else ""
-                return Grant("warm", held, by_name[round_.affine], True, round_.affine, round(waited, 3),
-                             f"affine builder {round_.affine}{suffix}")
+                return Grant(
+                    "warm",
+                    held,
+                    by_name[round_.affine],
+                    True,
+                    round_.affine,
+                    round(waited, 3),
+                    f"affine builder {round_.affine}{suffix}",
+                )
             # Lost the race for the affine slot: this round goes on as if it were busy.
-            round_ = placement_round(request.key.value, capacities, {**in_flight, round_.affine: capacities[round_.affine]},
-                                     inputs, affine_wait, affine=round_.affine)
+            round_ = placement_round(
+                request.key.value,
+                capacities,
+                {**in_flight, round_.affine: capacities[round_.affine]},
+                inputs,
+                affine_wait,
+                affine=round_.affine,
+            )
         decision = round_.decision
         if round_.action == "spill":
             for name in round_.targets:
@@ -139,12 +157,20 @@ def _place(client: KubeClient, request: PlacementRequest, log: Callable[[str], N
                 hint = "raise --max-wait, allow --fallback auto|ephemeral, or add builders"
                 if not builders:
                     hint = "check the builder StatefulSet (warmbuild pool status)"
-                raise NoSlotAvailable(f"pool '{request.pool}' in namespace {request.namespace}: {decision.reason}: {hint}")
+                raise NoSlotAvailable(
+                    f"pool '{request.pool}' in namespace {request.namespace}: {decision.reason}: {hint}"
+                )
         elif round_.action == "wait" and last_action != "wait":
-            log(f"{decision.reason.rsplit('; ', 1)[0]}; waiting up to {max(0.0, request.max_wait_seconds - waited):.0f}s for a slot")
+            log(
+                f"{decision.reason.rsplit('; ', 1)[0]}; waiting up to {max(0.0, request.max_wait_seconds - waited):.0f}s for a slot"
+            )
         last_action = round_.action
         sleep(min(POLL_SECONDS * (0.5 + random.random()), max(0.0, request.max_wait_seconds - waited) + 0.01))
 
 
-def _take(client: KubeClient, request: PlacementRequest, builder: Builder, leases: dict[str, LeaseView]) -> SlotLease | None:
-    return try_acquire_slot(client, request.namespace, request.pool, builder, request.holder, leases, request.lease_seconds)
+def _take(
+    client: KubeClient, request: PlacementRequest, builder: Builder, leases: dict[str, LeaseView]
+) -> SlotLease | None:
+    return try_acquire_slot(
+        client, request.namespace, request.pool, builder, request.holder, leases, request.lease_seconds
+    )

@@ -16,8 +16,8 @@ there is none:
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
 
 from .affinity import DEFAULT_LOAD_FACTOR, preference_order, rank_builders
 from .records import BuildRecord
@@ -130,7 +130,9 @@ class Decision:
 
 def decide(s: Situation, e: PathEstimates) -> Decision:
     if s.untrusted:
-        return Decision("ephemeral", e.ephemeral_seconds, "untrusted build: ephemeral builder, registry cache import only")
+        return Decision(
+            "ephemeral", e.ephemeral_seconds, "untrusted build: ephemeral builder, registry cache import only"
+        )
     if s.warm_builders == 0:
         if s.fallback in ("auto", "ephemeral"):
             return Decision("ephemeral", e.ephemeral_seconds, "no ready warm builders; ephemeral builder")
@@ -202,9 +204,15 @@ def placement_round(
     `in_flight`: slots held each). `affine_wait(builder)` estimates when the busy affine builder
     frees a slot; `affine` may pass the key's first choice when the caller has it cached."""
     situation = Situation(
-        affine_builder="-", affine_free=False, affine_wait_seconds=0.0, spill_free=False,
-        waited_seconds=inputs.waited_seconds, max_wait_seconds=inputs.max_wait_seconds,
-        fallback=inputs.fallback, untrusted=inputs.untrusted, warm_builders=len(capacities),
+        affine_builder="-",
+        affine_free=False,
+        affine_wait_seconds=0.0,
+        spill_free=False,
+        waited_seconds=inputs.waited_seconds,
+        max_wait_seconds=inputs.max_wait_seconds,
+        fallback=inputs.fallback,
+        untrusted=inputs.untrusted,
+        warm_builders=len(capacities),
     )
     if not capacities:
         decision = decide(situation, inputs.estimates)
@@ -217,10 +225,15 @@ def placement_round(
     if not inputs.untrusted and free(affine):
         return Round("take-affine", affine, (affine,), None)
     situation = Situation(
-        affine_builder=affine, affine_free=False, affine_wait_seconds=affine_wait(affine),
+        affine_builder=affine,
+        affine_free=False,
+        affine_wait_seconds=affine_wait(affine),
         spill_free=any(free(n) for n in capacities if n != affine),
-        waited_seconds=situation.waited_seconds, max_wait_seconds=situation.max_wait_seconds,
-        fallback=situation.fallback, untrusted=situation.untrusted, warm_builders=situation.warm_builders,
+        waited_seconds=situation.waited_seconds,
+        max_wait_seconds=situation.max_wait_seconds,
+        fallback=situation.fallback,
+        untrusted=situation.untrusted,
+        warm_builders=situation.warm_builders,
     )
     decision = decide(situation, inputs.estimates)
     targets: tuple[str, ...] = ()

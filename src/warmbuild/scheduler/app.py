@@ -11,7 +11,7 @@ import signal
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import anyio
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
@@ -57,8 +57,8 @@ class RenewBody(_Strict):
 class ReleaseBody(_Strict):
     holder: str = Field(min_length=1, max_length=512)
     pool: str = Field(default="", max_length=63)
-    path: Optional[Literal["warm", "spill", "ephemeral"]] = None
-    held_seconds: Optional[float] = Field(default=None, ge=0, le=7 * 86400)
+    path: Literal["warm", "spill", "ephemeral"] | None = None
+    held_seconds: float | None = Field(default=None, ge=0, le=7 * 86400)
 
 
 @dataclass(frozen=True)
@@ -145,13 +145,18 @@ def create_app(parts: AppParts) -> FastAPI:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             metrics.auth_failures.labels("401").inc()
-            raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer TOKEN' (a Kubernetes "
-                                     "service account token)", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "missing bearer token: send 'Authorization: Bearer TOKEN' (a Kubernetes service account token)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         try:
             return parts.reviewer.review(token.strip())
         except Unauthenticated as exc:
             metrics.auth_failures.labels("401").inc()
-            raise HTTPException(401, exc.message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+            raise HTTPException(
+                401, exc.message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            ) from None
         except WarmbuildError as exc:
             raise HTTPException(503, f"cannot review the token: {exc.message}") from None
 
@@ -187,7 +192,11 @@ def create_app(parts: AppParts) -> FastAPI:
             return _error(409, exc.message)
         except WarmbuildError as exc:
             return _error(503, exc.message)
-        return {"lease": renewed.name, "fencing_token": renewed.fencing_token, "resource_version": renewed.resource_version}
+        return {
+            "lease": renewed.name,
+            "fencing_token": renewed.fencing_token,
+            "resource_version": renewed.resource_version,
+        }
 
     @app.post(f"/{API_VERSION}/slots/{{lease}}/release")
     def release(body: ReleaseBody, lease: str = lease_param, who: Caller = Depends(caller)):
@@ -247,11 +256,10 @@ def serve(
 ) -> None:
     """Run the scheduler until SIGTERM/SIGINT; long-polls answer "wait" at once when it comes."""
     import uvicorn
+    from prometheus_client import disable_created_metrics
 
     from ..kube.client import connect
     from ..pool.status import read_pool_status
-    from prometheus_client import disable_created_metrics
-
     from .auth import load_access_config
 
     host, port = parse_listen(listen)
@@ -280,14 +288,24 @@ def serve(
     # A short graceful stop: long-polls answer at once (stop_waiting), other requests take < 1 s; an
     # idle kept-alive TLS connection would otherwise hold the stop until its close_notify times out.
     config = uvicorn.Config(
-        app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
-        log_level="warning", access_log=False, timeout_graceful_shutdown=3, lifespan="on",
+        app,
+        host=host,
+        port=port,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+        lifespan="on",
     )
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)  # uvicorn re-raises the stop signal after a clean shutdown
     server = _Server(config)
-    print(f"warmbuild scheduler: serving https://{host}:{port} for namespace {namespace}, "
-          f"pools {', '.join(access.pools)}", flush=True)
+    print(
+        f"warmbuild scheduler: serving https://{host}:{port} for namespace {namespace}, "
+        f"pools {', '.join(access.pools)}",
+        flush=True,
+    )
     server.run()
     if not server.started:
         raise InputError(f"the scheduler could not listen on {listen} (see the message above)")

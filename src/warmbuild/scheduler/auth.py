@@ -21,15 +21,15 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
+from ..errors import InputError, WarmbuildError
 from ..kube.client import KubeClient
 from ..kube.names import TOKEN_REVIEWS_PATH
-from ..errors import InputError, WarmbuildError
 
 CACHE_SECONDS = 30.0
 CACHE_ENTRIES = 1024

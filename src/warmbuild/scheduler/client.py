@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Mapping
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -25,8 +25,8 @@ import requests
 from ..errors import ClusterError, InputError, LeaseLost, NoSlotAvailable
 from ..kube.kubeconfig import IN_CLUSTER_TOKEN
 from ..pool.leases import SlotKeeper, SlotLease
-from ..pool.placement import Grant, PlacementRequest
 from ..pool.membership import Builder
+from ..pool.placement import Grant, PlacementRequest
 
 CONNECT_TIMEOUT_SECONDS = 3.0
 READ_TIMEOUT_SECONDS = 10.0
@@ -99,13 +99,18 @@ def scheduler_token(token: str | None, token_file: str | None, environ: Mapping[
     return text
 
 
-def scheduler_options(urls: str, token: str | None, token_file: str | None, ca_file: str | None,
-                      environ: Mapping[str, str] | None = None) -> SchedulerOptions:
+def scheduler_options(
+    urls: str, token: str | None, token_file: str | None, ca_file: str | None, environ: Mapping[str, str] | None = None
+) -> SchedulerOptions:
     environ = os.environ if environ is None else environ
     if ca_file and not Path(ca_file).is_file():
         raise InputError(f"--scheduler-ca {ca_file} does not exist")
-    return SchedulerOptions(urls=parse_scheduler_urls(urls), token=scheduler_token(token, token_file, environ), ca_file=ca_file,
-                            token_file=scheduler_token_file(token, token_file, environ))
+    return SchedulerOptions(
+        urls=parse_scheduler_urls(urls),
+        token=scheduler_token(token, token_file, environ),
+        ca_file=ca_file,
+        token_file=scheduler_token_file(token, token_file, environ),
+    )
 
 
 def grant_from_answer(answer: dict, waited_seconds: float) -> Grant:
@@ -123,8 +128,12 @@ def grant_from_answer(answer: dict, waited_seconds: float) -> Grant:
                 duration_seconds=int(lease["duration_seconds"]),
                 acquired_at=datetime.fromisoformat(str(lease["acquired_at"])),
             ),
-            builder=Builder(name=str(builder["name"]), uid=str(builder.get("uid", "")),
-                            address=str(builder["address"]), slots=int(builder.get("slots", 0))),
+            builder=Builder(
+                name=str(builder["name"]),
+                uid=str(builder.get("uid", "")),
+                address=str(builder["address"]),
+                slots=int(builder.get("slots", 0)),
+            ),
             affine=bool(answer["affine"]),
             affine_builder=str(answer.get("affine_builder", "")),
             path=str(answer["path"]),
@@ -132,14 +141,21 @@ def grant_from_answer(answer: dict, waited_seconds: float) -> Grant:
             reason=str(answer.get("reason", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise SchedulerError(f"the scheduler's grant is incomplete ({type(exc).__name__}: {exc}); is it a warmbuild scheduler?") from None
+        raise SchedulerError(
+            f"the scheduler's grant is incomplete ({type(exc).__name__}: {exc}); is it a warmbuild scheduler?"
+        ) from None
 
 
 class SchedulerClient:
     """Acquire, renew and release slots through the scheduler service (a `SlotBroker`)."""
 
-    def __init__(self, options: SchedulerOptions, session: requests.Session | None = None,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        options: SchedulerOptions,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.options = options
         self.session = session or requests.Session()
         self.sleep = sleep
@@ -151,10 +167,14 @@ class SchedulerClient:
 
     def acquire(self, request: PlacementRequest, log: Callable[[str], None] = lambda _line: None) -> Grant:
         if request.untrusted:
-            raise NoSlotAvailable("an untrusted build needs an ephemeral builder, which the scheduler does not start: "
-                                  "build with --pool and Kubernetes credentials instead of --scheduler")
+            raise NoSlotAvailable(
+                "an untrusted build needs an ephemeral builder, which the scheduler does not start: "
+                "build with --pool and Kubernetes credentials instead of --scheduler"
+            )
         started = self.clock()
-        give_up = started + request.max_wait_seconds + 2 * self.options.poll_seconds + 60  # a server that only says "wait"
+        give_up = (
+            started + request.max_wait_seconds + 2 * self.options.poll_seconds + 60
+        )  # a server that only says "wait"
         announced = False
         while True:
             waited = self.clock() - started
@@ -169,8 +189,12 @@ class SchedulerClient:
                 # The scheduler waits then spills, or fails at once; auto/ephemeral need a Kubernetes client.
                 "fallback": "fail" if request.fallback == "fail" else "wait",
             }
-            answer = self._call("POST", f"/v1/pools/{quote(request.pool, safe='')}/acquire", body,
-                                read_timeout=self.options.poll_seconds + self.options.read_timeout)
+            answer = self._call(
+                "POST",
+                f"/v1/pools/{quote(request.pool, safe='')}/acquire",
+                body,
+                read_timeout=self.options.poll_seconds + self.options.read_timeout,
+            )
             decision = answer.get("decision")
             if decision == "granted":
                 grant = grant_from_answer(answer, self.clock() - started)
@@ -179,19 +203,27 @@ class SchedulerClient:
             if decision == "fallback":
                 raise NoSlotAvailable(f"the scheduler found no slot: {answer.get('reason') or 'no reason given'}")
             if decision != "wait":
-                raise SchedulerError(f"the scheduler answered decision {decision!r}, which this warmbuild does not "
-                                     f"know (it knows {', '.join(KNOWN_DECISIONS)}): upgrade warmbuild")
+                raise SchedulerError(
+                    f"the scheduler answered decision {decision!r}, which this warmbuild does not "
+                    f"know (it knows {', '.join(KNOWN_DECISIONS)}): upgrade warmbuild"
+                )
             if not announced:
-                log(f"{answer.get('reason') or 'no slot yet'}; waiting through the scheduler "
-                    f"(up to {request.max_wait_seconds:.0f}s for the affine builder)")
+                log(
+                    f"{answer.get('reason') or 'no slot yet'}; waiting through the scheduler "
+                    f"(up to {request.max_wait_seconds:.0f}s for the affine builder)"
+                )
                 announced = True
             if self.clock() > give_up:
-                raise NoSlotAvailable(f"the scheduler kept answering 'wait' for {self.clock() - started:.0f}s, "
-                                      f"past --max-wait {request.max_wait_seconds:.0f}s")
+                raise NoSlotAvailable(
+                    f"the scheduler kept answering 'wait' for {self.clock() - started:.0f}s, "
+                    f"past --max-wait {request.max_wait_seconds:.0f}s"
+                )
 
     def start_ephemeral(self, request: PlacementRequest, grant: Grant, settings, on_created) -> Grant:
-        raise NoSlotAvailable("the scheduler does not start ephemeral builders: build with --pool and Kubernetes "
-                              "credentials instead of --scheduler")
+        raise NoSlotAvailable(
+            "the scheduler does not start ephemeral builders: build with --pool and Kubernetes "
+            "credentials instead of --scheduler"
+        )
 
     def wait_ready(self, grant: Grant, settings) -> Grant:
         return grant  # never an ephemeral grant (start_ephemeral refuses)
@@ -201,11 +233,15 @@ class SchedulerClient:
 
     def renew(self, lease: SlotLease) -> SlotLease:
         """Extend the hold; LeaseLost if the scheduler says another holder has the slot (fencing)."""
-        answer = self._call("POST", f"/v1/slots/{quote(lease.name, safe='')}/renew",
-                            {"holder": lease.holder, "transitions": lease.transitions}, lost_on_409=True)
+        answer = self._call(
+            "POST",
+            f"/v1/slots/{quote(lease.name, safe='')}/renew",
+            {"holder": lease.holder, "transitions": lease.transitions},
+            lost_on_409=True,
+        )
         return replace(lease, resource_version=str(answer.get("resource_version", lease.resource_version)))
 
-    def keep(self, grant: Grant, on_lost: Callable[[str], None]) -> "SchedulerKeeper":
+    def keep(self, grant: Grant, on_lost: Callable[[str], None]) -> SchedulerKeeper:
         return SchedulerKeeper(self, grant.lease, on_lost, clock=self.clock).start()
 
     def release(self, grant: Grant) -> bool:
@@ -230,8 +266,14 @@ class SchedulerClient:
 
     # -- HTTP ---------------------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, body: dict | None = None, read_timeout: float | None = None,
-              lost_on_409: bool = False) -> dict:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        read_timeout: float | None = None,
+        lost_on_409: bool = False,
+    ) -> dict:
         urls = self.options.urls
         problems: list[str] = []
         for round_index in range(self.options.rounds):
@@ -253,8 +295,10 @@ class SchedulerClient:
                     if "certificate" not in str(exc).lower():
                         problem = f"TLS with {url} broke off: {_short(exc)}"  # e.g. the replica died mid-handshake
                     else:
-                        raise SchedulerError(f"cannot verify the scheduler's certificate at {url} ({_short(exc)}): "
-                                             "pass the CA that signed it with --scheduler-ca") from None
+                        raise SchedulerError(
+                            f"cannot verify the scheduler's certificate at {url} ({_short(exc)}): "
+                            "pass the CA that signed it with --scheduler-ca"
+                        ) from None
                 except requests.exceptions.Timeout:
                     problem = f"{url} did not answer within {read_timeout or self.options.read_timeout:.0f}s"
                 except requests.exceptions.RequestException as exc:
@@ -314,6 +358,11 @@ def _short(value, limit: int = 160) -> str:
 class SchedulerKeeper(SlotKeeper):
     """A SlotKeeper that renews through the scheduler."""
 
-    def __init__(self, client: "SchedulerClient", held: SlotLease, on_lost: Callable[[str], None],
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        client: SchedulerClient,
+        held: SlotLease,
+        on_lost: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         super().__init__(client.renew, held, on_lost, clock)

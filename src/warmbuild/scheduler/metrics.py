@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -52,28 +52,44 @@ class SchedulerMetrics:
         self._waiting = {pool: 0 for pool in pools}
         self._lock = threading.Lock()
         self.acquisitions = Counter(
-            "warmbuild_scheduler_acquisitions", "Acquire requests that ended, by outcome: affine (at once), "
+            "warmbuild_scheduler_acquisitions",
+            "Acquire requests that ended, by outcome: affine (at once), "
             "wait (affine, after waiting), spill (another builder), fallback (no slot within the wait)",
-            ["pool", "outcome"], registry=self.registry,
+            ["pool", "outcome"],
+            registry=self.registry,
         )
         self.wait_seconds = Histogram(
-            "warmbuild_scheduler_wait_seconds", "Time from the first acquire request to the answer, over all "
-            "long-polls, by path (warm, spill, fallback)", ["pool", "path"], buckets=WAIT_BUCKETS, registry=self.registry,
+            "warmbuild_scheduler_wait_seconds",
+            "Time from the first acquire request to the answer, over all long-polls, by path (warm, spill, fallback)",
+            ["pool", "path"],
+            buckets=WAIT_BUCKETS,
+            registry=self.registry,
         )
         self.build_seconds = Histogram(
-            "warmbuild_build_duration_seconds", "How long a slot was held, acquire to release, as the client "
-            "reports it, by path", ["pool", "path"], buckets=BUILD_BUCKETS, registry=self.registry,
+            "warmbuild_build_duration_seconds",
+            "How long a slot was held, acquire to release, as the client reports it, by path",
+            ["pool", "path"],
+            buckets=BUILD_BUCKETS,
+            registry=self.registry,
         )
         self.request_seconds = Histogram(
-            "warmbuild_scheduler_request_duration_seconds", "Scheduler HTTP requests, by route and status code "
-            "(acquire includes its long-poll)", ["route", "code"], buckets=REQUEST_BUCKETS, registry=self.registry,
+            "warmbuild_scheduler_request_duration_seconds",
+            "Scheduler HTTP requests, by route and status code (acquire includes its long-poll)",
+            ["route", "code"],
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
         )
         self.auth_failures = Counter(
-            "warmbuild_scheduler_auth_failures", "Refused requests: 401 no or invalid token, 403 pool or slot "
-            "not allowed", ["code"], registry=self.registry,
+            "warmbuild_scheduler_auth_failures",
+            "Refused requests: 401 no or invalid token, 403 pool or slot not allowed",
+            ["code"],
+            registry=self.registry,
         )
         self.renewals = Counter(
-            "warmbuild_scheduler_renewals", "Renew requests by outcome (renewed, lost)", ["outcome"], registry=self.registry,
+            "warmbuild_scheduler_renewals",
+            "Renew requests by outcome (renewed, lost)",
+            ["outcome"],
+            registry=self.registry,
         )
         self.registry.register(_PoolCollector(self))
 
@@ -100,11 +116,19 @@ class _PoolCollector:
         return []  # names are only known at collect time; nothing to check for duplicates
 
     def collect(self):
-        up = GaugeMetricFamily("warmbuild_pool_up", "1 if the pool's pods and Leases could be read for this scrape", labels=["pool"])
+        up = GaugeMetricFamily(
+            "warmbuild_pool_up", "1 if the pool's pods and Leases could be read for this scrape", labels=["pool"]
+        )
         slots = GaugeMetricFamily("warmbuild_pool_slots", "Slots of each builder", labels=["pool", "builder"])
-        in_use = GaugeMetricFamily("warmbuild_pool_slots_in_use", "Held (unexpired) slot Leases of each builder", labels=["pool", "builder"])
-        per_builder = GaugeMetricFamily("warmbuild_pool_slots_per_builder", "Slots per ready builder (mean)", labels=["pool"])
-        waiting = GaugeMetricFamily("warmbuild_pool_waiting_acquirers", "Acquire requests waiting on this replica", labels=["pool"])
+        in_use = GaugeMetricFamily(
+            "warmbuild_pool_slots_in_use", "Held (unexpired) slot Leases of each builder", labels=["pool", "builder"]
+        )
+        per_builder = GaugeMetricFamily(
+            "warmbuild_pool_slots_per_builder", "Slots per ready builder (mean)", labels=["pool"]
+        )
+        waiting = GaugeMetricFamily(
+            "warmbuild_pool_waiting_acquirers", "Acquire requests waiting on this replica", labels=["pool"]
+        )
         desired = GaugeMetricFamily(
             "warmbuild_pool_desired_builders",
             "ceil((slots in use + waiting acquirers on this replica) / slots per builder): scale builders on this",

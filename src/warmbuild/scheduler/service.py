@@ -16,12 +16,12 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
+from ..errors import LeaseLost, NoSlotAvailable
 from ..kube.client import KubeClient
 from ..kube.names import leases_path
-from ..errors import LeaseLost, NoSlotAvailable
 from ..pool.leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, release_slot, renew_slot
 from ..pool.placement import Grant, PlacementRequest, acquire_build_slot
 from ..pool.status import PoolStatus, read_pool_status
@@ -90,8 +90,14 @@ def acquisition_outcome(grant: Grant, waited_before: float) -> str:
 
 
 class SlotService:
-    def __init__(self, client: KubeClient, namespace: str, metrics: SchedulerMetrics,
-                 max_poll_seconds: float = MAX_POLL_SECONDS, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        client: KubeClient,
+        namespace: str,
+        metrics: SchedulerMetrics,
+        max_poll_seconds: float = MAX_POLL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.client = client
         self.namespace = namespace
         self.metrics = metrics
@@ -122,8 +128,9 @@ class SlotService:
             workload_key=key.annotation,
             workload_key_hash=key.hash,
         )
-        request = PlacementRequest(self.namespace, ask.pool, key, holder, remaining, ask.lease_seconds,
-                                   fallback=ask.fallback)
+        request = PlacementRequest(
+            self.namespace, ask.pool, key, holder, remaining, ask.lease_seconds, fallback=ask.fallback
+        )
 
         def note_wait(line: str) -> None:  # placement says it waits: count this acquirer as queued demand
             if not waits:
@@ -160,7 +167,9 @@ class SlotService:
     def renew(self, caller: Caller, lease_name: str, holder: str, transitions: int) -> SlotLease:
         """Extend the caller's hold; LeaseLost if someone else has the slot now (fencing)."""
         self._check_owner(caller, holder)
-        held = SlotLease(self.namespace, lease_name, "", holder, transitions, "", DEFAULT_LEASE_SECONDS, self.client.server_now())
+        held = SlotLease(
+            self.namespace, lease_name, "", holder, transitions, "", DEFAULT_LEASE_SECONDS, self.client.server_now()
+        )
         try:
             renewed = renew_slot(self.client, held)
         except LeaseLost:
@@ -169,8 +178,15 @@ class SlotService:
         self.metrics.renewals.labels("renewed").inc()
         return renewed
 
-    def release(self, caller: Caller, lease_name: str, holder: str, pool: str = "", path: str = "",
-                held_seconds: float | None = None) -> bool:
+    def release(
+        self,
+        caller: Caller,
+        lease_name: str,
+        holder: str,
+        pool: str = "",
+        path: str = "",
+        held_seconds: float | None = None,
+    ) -> bool:
         self._check_owner(caller, holder)
         released = release_slot(self.client, self.namespace, lease_name, holder)
         if released and pool in self.metrics.pools and path and held_seconds is not None:

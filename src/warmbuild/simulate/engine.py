@@ -24,12 +24,23 @@ import bisect
 import heapq
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable, Protocol
+from typing import Protocol
 
-from ..pool.records import HISTORY_REFRESH_SECONDS, MAX_RECORDS, BuildRecord
 from ..pool.policy import RECENT
-from .model import DEFAULT_ACQUIRE_SECONDS, Arrival, BuilderUsage, BuildOutcome, FleetConfig, KeyProfile, PolicyRun, SimulationConfig, Workload
+from ..pool.records import HISTORY_REFRESH_SECONDS, MAX_RECORDS, BuildRecord
+from .model import (
+    DEFAULT_ACQUIRE_SECONDS,
+    Arrival,
+    BuilderUsage,
+    BuildOutcome,
+    FleetConfig,
+    KeyProfile,
+    PolicyRun,
+    SimulationConfig,
+    Workload,
+)
 
 _ARRIVE, _START, _FINISH, _TIMER, _SCALE, _ABORT = range(6)
 
@@ -44,8 +55,23 @@ class InvariantViolation(AssertionError):
 class Build:
     """One build attempt while it is in the simulation (mutable; becomes a BuildOutcome)."""
 
-    __slots__ = ("id", "arrival", "key", "route_key", "profile", "arrived", "state", "path", "builder",
-                 "startup", "held_since", "started", "token", "affine", "ended")
+    __slots__ = (
+        "id",
+        "arrival",
+        "key",
+        "route_key",
+        "profile",
+        "arrived",
+        "state",
+        "path",
+        "builder",
+        "startup",
+        "held_since",
+        "started",
+        "token",
+        "affine",
+        "ended",
+    )
 
     def __init__(self, build_id: int, arrival: Arrival, route_key: str, profile: KeyProfile, arrived: float):
         self.id = build_id
@@ -66,8 +92,21 @@ class Build:
 
 
 class BuilderState:
-    __slots__ = ("name", "slots", "cache_keys", "lru", "held", "running", "draining", "gone", "joined", "left",
-                 "busy_slot_seconds", "builds", "ready")
+    __slots__ = (
+        "name",
+        "slots",
+        "cache_keys",
+        "lru",
+        "held",
+        "running",
+        "draining",
+        "gone",
+        "joined",
+        "left",
+        "busy_slot_seconds",
+        "builds",
+        "ready",
+    )
 
     def __init__(self, name: str, slots: int, cache_keys: int, joined: float, warm_keys=()):
         self.name = name
@@ -102,7 +141,7 @@ class Policy(Protocol):
     uses_pool: bool  # the engine creates FleetConfig.builders builders and applies scale events
     uses_history: bool
 
-    def attach(self, sim: "Simulation") -> None: ...
+    def attach(self, sim: Simulation) -> None: ...
     def arrive(self, build: Build) -> None: ...
     def slot_freed(self, builder: BuilderState) -> None: ...
     def pool_changed(self) -> None: ...
@@ -180,8 +219,11 @@ class Simulation:
     def _new_pool_name(self) -> tuple[str, tuple[str, ...]]:
         """The lowest ordinal not in the pool, as a StatefulSet scales up; a name that was here
         before gets its volume back (PVCs are retained), so its cache is warm again."""
-        names = self.fleet.names() if self.fleet.builder_names else (
-            self.workload.builder_names + tuple(f"builders-{i}" for i in range(self.fleet.builders)))
+        names = (
+            self.fleet.names()
+            if self.fleet.builder_names
+            else (self.workload.builder_names + tuple(f"builders-{i}" for i in range(self.fleet.builders)))
+        )
         ordinal = 0
         while True:
             name = names[ordinal] if ordinal < len(names) else f"builders-{ordinal}"
@@ -290,22 +332,26 @@ class Simulation:
         )
         self.outcomes.append(outcome)
         if self.policy.uses_history and status != "failed":
-            self.records.append(BuildRecord(
-                key=build.key,
-                started=started,
-                path=build.path if build.path in ("warm", "spill", "ephemeral") else "warm",
-                builder=outcome.builder or "ephemeral",
-                queue_seconds=queue,
-                startup_seconds=build.startup,
-                build_seconds=build_seconds,
-                total_seconds=at - build.arrived,
-                cache_ratio=WARM_CACHE_RATIO if warm else COLD_CACHE_RATIO,
-                status="success" if status == "success" else "failed",
-            ))
+            self.records.append(
+                BuildRecord(
+                    key=build.key,
+                    started=started,
+                    path=build.path if build.path in ("warm", "spill", "ephemeral") else "warm",
+                    builder=outcome.builder or "ephemeral",
+                    queue_seconds=queue,
+                    startup_seconds=build.startup,
+                    build_seconds=build_seconds,
+                    total_seconds=at - build.arrived,
+                    cache_ratio=WARM_CACHE_RATIO if warm else COLD_CACHE_RATIO,
+                    status="success" if status == "success" else "failed",
+                )
+            )
 
     def _abort(self, build: Build, at_start: float) -> None:
         """Its builder crashed: the holder learns at its next renewal (fencing) and exits 8."""
-        self._end(build, self.now, started=at_start, build_seconds=max(0.0, self.now - at_start), warm=False, status="aborted")
+        self._end(
+            build, self.now, started=at_start, build_seconds=max(0.0, self.now - at_start), warm=False, status="aborted"
+        )
         if self.fleet.retry_aborted:
             self._new_build(build.arrival, self.now)
 
@@ -402,11 +448,16 @@ class Simulation:
         horizon = max([self.workload.horizon, self.now] + [o.ended for o in self.outcomes[-1:]])
         usage = []
         for builder in [*self.retired, *self.builders.values()]:
-            usage.append(BuilderUsage(
-                name=builder.name, slots=builder.slots, joined=builder.joined,
-                left=builder.left if builder.left is not None else horizon,
-                busy_slot_seconds=builder.busy_slot_seconds, builds=builder.builds,
-            ))
+            usage.append(
+                BuilderUsage(
+                    name=builder.name,
+                    slots=builder.slots,
+                    joined=builder.joined,
+                    left=builder.left if builder.left is not None else horizon,
+                    busy_slot_seconds=builder.busy_slot_seconds,
+                    builds=builder.builds,
+                )
+            )
         return PolicyRun(
             policy=self.policy.name,
             outcomes=tuple(sorted(self.outcomes, key=lambda o: o.build)),
@@ -465,7 +516,7 @@ class HistoryIndex:
             self._relevant = {}
 
     def snapshot_records(self) -> tuple[BuildRecord, ...]:
-        return tuple(self._all[self._window_start:self._cutoff])
+        return tuple(self._all[self._window_start : self._cutoff])
 
     def _newest(self, index: tuple) -> list[tuple[int, BuildRecord]]:
         cached = self._cache.get(index)

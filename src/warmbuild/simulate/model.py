@@ -83,7 +83,9 @@ class FleetConfig:
     builders: int = 10
     slots: int = 2
     cache_keys: int = 50  # workloads one builder's cache holds (LRU); its NVMe size in workloads
-    acquire_seconds: float | None = None  # placement: list pods and leases, CAS a Lease; None: measured (history) or 0.05
+    acquire_seconds: float | None = (
+        None  # placement: list pods and leases, CAS a Lease; None: measured (history) or 0.05
+    )
     lease_seconds: float = 15.0  # renewed every lease/3: a crashed builder's holders notice within that
     slot_slowdown: float = 0.0  # each other build already running on the builder slows this one by this share
     scale_events: tuple[ScaleEvent, ...] = ()

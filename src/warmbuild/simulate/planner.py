@@ -10,12 +10,12 @@ wins, then the fewer builders. Scale events are not applied: each point is a fix
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
 
-from .runs import run_policy
 from .model import PolicyMetrics, SimulationConfig, Workload
 from .report import _pyplot, policy_metrics
+from .runs import run_policy
 
 METRICS = ("total", "queue")
 
@@ -117,24 +117,30 @@ def plan_table(result: PlanResult) -> str:
         if result.best is not None and (p.builders, p.slots) == (result.best.builders, result.best.slots):
             mark = "**yes: smallest**"
         hours = f"{m.builder_hours:.0f}" + (f" + {m.ephemeral_hours:.1f}" if m.ephemeral_hours else "")
-        rows.append(f"| {p.builders} | {p.slots} | {p.total_slots} | {p.p95:.0f} s | {mark} | {m.affine_hit_rate:.1%} | "
-                    f"{m.queue_p95:.0f} s | {m.utilisation:.1%} | {hours} |")
+        rows.append(
+            f"| {p.builders} | {p.slots} | {p.total_slots} | {p.p95:.0f} s | {mark} | {m.affine_hit_rate:.1%} | "
+            f"{m.queue_p95:.0f} s | {m.utilisation:.1%} | {hours} |"
+        )
     return "\n".join(rows) + "\n"
 
 
 def plan_summary(result: PlanResult) -> str:
     what = "end-to-end build time" if result.metric == "total" else "queue wait"
     if result.best is None:
-        return (f"no pool of up to {result.max_builders} builders meets p95 {what} ≤ {result.target_seconds:g} s "
-                f"with the {result.policy} policy; raise --max-builders or relax the target")
+        return (
+            f"no pool of up to {result.max_builders} builders meets p95 {what} ≤ {result.target_seconds:g} s "
+            f"with the {result.policy} policy; raise --max-builders or relax the target"
+        )
     b = result.best
     others = "; ".join(
         f"{slots} slot(s): {p.builders} builders" if p else f"{slots} slot(s): none up to {result.max_builders}"
         for slots, p in sorted(result.by_slots.items())
     )
-    return (f"smallest pool meeting p95 {what} ≤ {result.target_seconds:g} s: {b.builders} builders × {b.slots} slots "
-            f"({b.total_slots} slots; p95 {b.p95:.0f} s, affine-hit {b.metrics.affine_hit_rate:.1%}, "
-            f"{b.metrics.builder_hours:.0f} builder-hours). Per option: {others}")
+    return (
+        f"smallest pool meeting p95 {what} ≤ {result.target_seconds:g} s: {b.builders} builders × {b.slots} slots "
+        f"({b.total_slots} slots; p95 {b.p95:.0f} s, affine-hit {b.metrics.affine_hit_rate:.1%}, "
+        f"{b.metrics.builder_hours:.0f} builder-hours). Per option: {others}"
+    )
 
 
 def plan_chart(result: PlanResult, path) -> None:
@@ -145,8 +151,15 @@ def plan_chart(result: PlanResult, path) -> None:
         ax.plot([p.builders for p in points], [p.p95 for p in points], marker="o", label=f"{slots} slot(s) per builder")
     ax.axhline(result.target_seconds, color="#b2182b", linestyle="--", label=f"target {result.target_seconds:g} s")
     if result.best is not None:
-        ax.plot([result.best.builders], [result.best.p95], marker="*", markersize=16, color="#1b7837", linestyle="none",
-                label=f"smallest: {result.best.builders} × {result.best.slots}")
+        ax.plot(
+            [result.best.builders],
+            [result.best.p95],
+            marker="*",
+            markersize=16,
+            color="#1b7837",
+            linestyle="none",
+            label=f"smallest: {result.best.builders} × {result.best.slots}",
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log" if all(p.p95 > 0 for p in result.points) else "linear")
     ax.set_xlabel("builders (log scale)")

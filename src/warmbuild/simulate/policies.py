@@ -25,6 +25,7 @@ from ..pool.policy import POLL_SECONDS, PathEstimates, RoundInputs, estimate_pat
 from .engine import Build, BuilderState, Simulation
 from .model import POLICIES, DedicatedOptions, WarmbuildOptions
 
+
 class WarmbuildPolicy:
     name = "warmbuild"
     uses_pool = True
@@ -88,13 +89,20 @@ class WarmbuildPolicy:
             holders = [(held.key, now - held.held_since) for held in affine.held.values()]
             return estimate_slot_wait(holders, sim.records.relevant([key for key, _ in holders]))
 
-        inputs = RoundInputs(self._estimate(build.key), waited, opts.max_wait_seconds, opts.fallback,
-                             load_factor=opts.load_factor)
+        inputs = RoundInputs(
+            self._estimate(build.key), waited, opts.max_wait_seconds, opts.fallback, load_factor=opts.load_factor
+        )
         capacities = {b.name: b.slots for b in builders}
         in_flight = {b.name: b.busy for b in builders}
         # The affine builder has no free slot here (taken above): the round decides what else to do.
-        round_ = placement_round(build.route_key, capacities, {**in_flight, affine.name: affine.slots} if affine else in_flight,
-                                 inputs, affine_wait, affine=affine.name if affine else None)
+        round_ = placement_round(
+            build.route_key,
+            capacities,
+            {**in_flight, affine.name: affine.slots} if affine else in_flight,
+            inputs,
+            affine_wait,
+            affine=affine.name if affine else None,
+        )
         self.decisions += 1
         action = round_.action
         if action == "spill":
@@ -339,7 +347,9 @@ class DedicatedPolicy:
         pass
 
 
-def make_policy(name: str, warmbuild: WarmbuildOptions = WarmbuildOptions(), dedicated: DedicatedOptions = DedicatedOptions()):
+def make_policy(
+    name: str, warmbuild: WarmbuildOptions = WarmbuildOptions(), dedicated: DedicatedOptions = DedicatedOptions()
+):
     if name == "warmbuild":
         return WarmbuildPolicy(warmbuild)
     if name == "sticky":

@@ -7,9 +7,9 @@ drawn, with the Agg backend, so the simulator itself runs without it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ..errors import ToolMissing
 from .model import PolicyMetrics, PolicyRun
@@ -110,6 +110,7 @@ def write_outcomes(run: PolicyRun, path: Path) -> None:
 
 # --- charts -----------------------------------------------------------------------------------
 
+
 def _pyplot():
     try:
         import matplotlib
@@ -124,7 +125,9 @@ def _pyplot():
 COLOURS = {"warmbuild": "#1b7837", "sticky": "#2166ac", "random": "#b2182b", "dedicated": "#e08214"}
 
 
-def comparison_charts(runs: Sequence[PolicyRun], metrics: Sequence[PolicyMetrics], directory: Path, prefix: str = "simulate") -> list[Path]:
+def comparison_charts(
+    runs: Sequence[PolicyRun], metrics: Sequence[PolicyMetrics], directory: Path, prefix: str = "simulate"
+) -> list[Path]:
     """Three PNGs: percentiles per policy, the distribution of build times, and the day's course."""
     plt = _pyplot()
     directory.mkdir(parents=True, exist_ok=True)
@@ -203,7 +206,14 @@ def comparison_charts(runs: Sequence[PolicyRun], metrics: Sequence[PolicyMetrics
             seen.add(o.arrival)
             arrivals[min(buckets - 1, int(o.arrived // bucket))] += 1
     twin = ax.twinx()
-    twin.bar([i * bucket / 3600 for i in range(buckets)], arrivals, width=bucket / 3600 * 0.9, color="#999999", alpha=0.25, align="edge")
+    twin.bar(
+        [i * bucket / 3600 for i in range(buckets)],
+        arrivals,
+        width=bucket / 3600 * 0.9,
+        color="#999999",
+        alpha=0.25,
+        align="edge",
+    )
     twin.set_ylabel(f"builds arriving per {bucket / 60:.0f} min (grey)")
     ax.set_zorder(twin.get_zorder() + 1)
     ax.patch.set_visible(False)

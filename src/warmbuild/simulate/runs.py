@@ -15,4 +15,3 @@ def run_policy(workload: Workload, policy: str, config: SimulationConfig = Simul
 def compare(workload: Workload, policies=POLICIES, config: SimulationConfig = SimulationConfig()) -> list[PolicyRun]:
     """The same arrivals under each policy."""
     return [run_policy(workload, name, config) for name in policies]
-

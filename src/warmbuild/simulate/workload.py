@@ -25,8 +25,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..pool.records import BuildRecord, parse_records
 from ..pool.policy import PRIOR_EPHEMERAL_STARTUP_SECONDS, PRIOR_WARM_SECONDS
+from ..pool.records import BuildRecord, parse_records
 from .model import Arrival, KeyProfile, Workload
 
 DAY = 86400.0
@@ -53,10 +53,12 @@ class SyntheticSpec:
     seed: int = 1
 
     def describe(self) -> str:
-        return (f"synthetic: {self.keys} keys, Zipf s={self.zipf:g}, {self.builds_per_day:g} builds/day for {self.days:g} "
-                f"day(s), peak {self.peak_to_mean:g}x mean at {self.peak_hour:g}:00, {self.deps_share:.0%} dependency "
-                f"changes, medians warm {self.warm_seconds:g}s / spill {self.spill_seconds:g}s / ephemeral "
-                f"{self.ephemeral_startup_seconds:g}+{self.ephemeral_seconds:g}s / +{self.deps_extra_seconds:g}s for deps, seed {self.seed}")
+        return (
+            f"synthetic: {self.keys} keys, Zipf s={self.zipf:g}, {self.builds_per_day:g} builds/day for {self.days:g} "
+            f"day(s), peak {self.peak_to_mean:g}x mean at {self.peak_hour:g}:00, {self.deps_share:.0%} dependency "
+            f"changes, medians warm {self.warm_seconds:g}s / spill {self.spill_seconds:g}s / ephemeral "
+            f"{self.ephemeral_startup_seconds:g}+{self.ephemeral_seconds:g}s / +{self.deps_extra_seconds:g}s for deps, seed {self.seed}"
+        )
 
 
 def daily_shape(t: float, spec: SyntheticSpec) -> float:
@@ -171,7 +173,11 @@ def learn_profiles(records: tuple[BuildRecord, ...] | list[BuildRecord]) -> dict
     for k in keys:
         w, c, e = _median(warm[k]), _median(cold[k]), _median(eph[k])
         if w is None:
-            w = c / cold_factor if c is not None else (e / eph_factor if e is not None else (pool_warm or PRIOR_WARM_SECONDS))
+            w = (
+                c / cold_factor
+                if c is not None
+                else (e / eph_factor if e is not None else (pool_warm or PRIOR_WARM_SECONDS))
+            )
         profiles[k] = KeyProfile(
             key=k,
             warm_seconds=w,
@@ -213,7 +219,9 @@ def workload_from_history(
     warm_builders = tuple(sorted({r.builder for r in records if r.path in ("warm", "spill") and r.builder}))
     queues = [r.queue_seconds for r in records if r.path == "warm"]
     acquire = _quantile(queues, 0.25) if queues else None
-    description = f"history: {len(records)} builds of {len(profiles)} workload keys over {(max(starts) - origin) / 3600:.1f} h"
+    description = (
+        f"history: {len(records)} builds of {len(profiles)} workload keys over {(max(starts) - origin) / 3600:.1f} h"
+    )
     return Workload(
         arrivals=tuple(arrivals),
         profiles=profiles,
