@@ -83,12 +83,25 @@ def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
         default=env("WARMBUILD_RESULT_FILE", "build-result.json"),
         help="where to write the result JSON",
     )
+    _add_builder_arguments(parser)
+    _add_pool_arguments(parser)
+    _add_cluster_arguments(parser)
+    _add_scheduler_arguments(parser)
+
+
+def _add_builder_arguments(parser: argparse.ArgumentParser) -> None:
+    """--builder and its TLS files: a direct build, or the client side of a pool build's mTLS."""
+    env = os.environ.get
     parser.add_argument("--builder", help="buildkitd address, tcp://HOST:PORT (env WARMBUILD_BUILDER)")
     parser.add_argument("--tls-ca", type=Path, default=env("WARMBUILD_TLS_CA"), help="CA certificate for the builder")
     parser.add_argument("--tls-cert", type=Path, default=env("WARMBUILD_TLS_CERT"), help="client certificate")
     parser.add_argument("--tls-key", type=Path, default=env("WARMBUILD_TLS_KEY"), help="client key")
     parser.add_argument("--tls-server-name", default=env("WARMBUILD_TLS_SERVER_NAME"), help="server name to verify")
     parser.add_argument("--buildctl", default=None, help="path to buildctl (env WARMBUILD_BUILDCTL, else PATH)")
+
+
+def _add_pool_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
     pool = parser.add_argument_group("pool (instead of --builder)")
     pool.add_argument("--pool", help="builder pool name (env WARMBUILD_POOL; WARMBUILD_BUILDER wins if both are set)")
     pool.add_argument(
@@ -159,8 +172,6 @@ def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds an ephemeral builder may take to become ready (default 120)",
     )
-    _add_cluster_arguments(parser)
-    _add_scheduler_arguments(parser)
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:

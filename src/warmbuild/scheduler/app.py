@@ -120,7 +120,7 @@ class _RequestTimer:
 
 
 def create_app(parts: AppParts) -> FastAPI:
-    service, metrics = parts.service, parts.metrics
+    metrics = parts.metrics
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -130,6 +130,15 @@ def create_app(parts: AppParts) -> FastAPI:
     # The contract is the hand-written docs/scheduler-openapi.yaml; FastAPI's generated one is off.
     app = FastAPI(title="warmbuild scheduler", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.add_middleware(_RequestTimer, metrics=metrics)
+    _error_handlers(app)
+    caller, allowed = _authorization(parts)
+    _slot_routes(app, parts, caller, allowed)
+    _probe_routes(app, parts)
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error is one JSON document with one line (`_error`), 400 naming the invalid field."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request, exc: StarletteHTTPException):
@@ -140,6 +149,11 @@ def create_app(parts: AppParts) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
         return _error(400, f"invalid request: {where}: {first.get('msg', 'invalid')}")
+
+
+def _authorization(parts: AppParts):
+    """The two checks every slot route makes: who calls (TokenReview) and whether they may use the pool."""
+    metrics = parts.metrics
 
     def caller(request: Request) -> Caller:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -166,6 +180,11 @@ def create_app(parts: AppParts) -> FastAPI:
             pools = ", ".join(sorted(parts.access.allowed_pools(who))) or "none"
             raise HTTPException(403, f"{who.username} may not use pool '{pool}' (allowed: {pools})")
 
+    return caller, allowed
+
+
+def _slot_routes(app: FastAPI, parts: AppParts, caller, allowed) -> None:
+    service = parts.service
     pool_param = Path(pattern=POOL_PATTERN, max_length=63)
     lease_param = Path(pattern=LEASE_PATTERN, max_length=253)
 
@@ -216,6 +235,10 @@ def create_app(parts: AppParts) -> FastAPI:
         except WarmbuildError as exc:
             return _error(503, exc.message)
 
+
+def _probe_routes(app: FastAPI, parts: AppParts) -> None:
+    service, metrics = parts.service, parts.metrics
+
     @app.get("/healthz")
     def healthz():
         return {"status": "ok"}
@@ -232,8 +255,6 @@ def create_app(parts: AppParts) -> FastAPI:
     @app.get("/metrics")
     def prometheus_metrics():
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    return app
 
 
 def parse_listen(text: str) -> tuple[str, int]:

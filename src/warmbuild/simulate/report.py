@@ -131,10 +131,24 @@ def comparison_charts(
     """Three PNGs: percentiles per policy, the distribution of build times, and the day's course."""
     plt = _pyplot()
     directory.mkdir(parents=True, exist_ok=True)
+    colours = [COLOURS.get(m.policy, "#555555") for m in metrics]
+    charts = (
+        ("policies", _policies_chart(plt, metrics, colours)),
+        ("cdf", _cdf_chart(plt, runs, colours)),
+        ("over-time", _over_time_chart(plt, runs, colours)),
+    )
     written = []
-    names = [m.policy for m in metrics]
-    colours = [COLOURS.get(n, "#555555") for n in names]
+    for name, fig in charts:
+        fig.tight_layout()
+        path = directory / f"{prefix}-{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
 
+
+def _policies_chart(plt, metrics: Sequence[PolicyMetrics], colours: list[str]):
+    names = [m.policy for m in metrics]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     bars = [
         ("queue wait (s)", [(m.queue_p50, m.queue_p95) for m in metrics]),
@@ -161,12 +175,10 @@ def comparison_charts(
     ax.set_ylim(0, 110)
     ax.set_title("affine-hit rate (%), builder-hours on top", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = directory / f"{prefix}-policies.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    return fig
 
+
+def _cdf_chart(plt, runs: Sequence[PolicyRun], colours: list[str]):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run, colour in zip(runs, colours):
         totals = sorted(o.total_seconds for o in run.outcomes if o.status == "success")
@@ -179,12 +191,10 @@ def comparison_charts(
     ax.set_title("distribution of end-to-end build time")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = directory / f"{prefix}-cdf.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    return fig
 
+
+def _over_time_chart(plt, runs: Sequence[PolicyRun], colours: list[str]):
     fig, ax = plt.subplots(figsize=(9, 4.5))
     horizon = max((o.arrived for run in runs for o in run.outcomes), default=0.0) or 1.0  # by arrival time
     bucket = 3600.0 if horizon > 6 * 3600 else max(60.0, horizon / 24)
@@ -226,9 +236,4 @@ def comparison_charts(
     ax.set_title("p95 build time over the day, by policy")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    path = directory / f"{prefix}-over-time.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
-    return written
+    return fig
