@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -137,6 +138,18 @@ def test_with_every_warm_slot_held_builds_go_ephemeral_and_share_a_registry_cach
     assert any(s["name"].startswith("importing cache manifest") for s in second["steps"])
 
 
+def follow(stream) -> list[str]:
+    """The lines of `stream`, collected by a thread as they come (the list grows while the process runs)."""
+    lines: list[str] = []
+
+    def read():
+        for line in stream:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
 def seed_history(ci, key: str, path: str, seconds: float, count: int = 3):
     for _ in range(count):
         append_record(
@@ -167,7 +180,6 @@ def test_policy_waits_when_history_says_the_affine_slot_frees_soon(
     seed_history(ci, theirs, "warm", 4)
     affine = preference_order(ours, [b.name for b in discover_builders(ci, NAMESPACE, POOL)])[0]
     with all_slots_held(ci, holder_key=theirs) as grants:
-        releaser = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2.5)"])
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -190,16 +202,20 @@ def test_policy_waits_when_history_says_the_affine_slot_frees_soon(
             stderr=subprocess.PIPE,
             text=True,
         )
-        releaser.wait()
+        stderr_lines = follow(process.stderr)
+        # Free the affine slot 2 s after the build says it waits: its queue time is at least that.
+        wait_for(lambda: any("waiting up to" in line for line in stderr_lines), 60, what="the build to wait")
+        time.sleep(2.0)
         for grant in grants:
             if grant.builder == affine:
                 release_slot(ci, NAMESPACE, grant.name, grant.holder)
-        _, stderr = process.communicate(timeout=120)
+        process.wait(timeout=120)
+        stderr = "".join(stderr_lines)
     assert process.returncode == 0, stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["placement"]["path"] == "warm" and result["placement"]["builder_name"] == affine
     assert result["placement"]["reason"].startswith(f"affine builder {affine}")
-    assert result["timings"]["queue_seconds"] >= 1.5
+    assert result["timings"]["queue_seconds"] >= 2.0
     assert f"affine builder {affine} busy for" in stderr and "waiting up to" in stderr
 
 
