@@ -138,16 +138,18 @@ def test_with_every_warm_slot_held_builds_go_ephemeral_and_share_a_registry_cach
     assert any(s["name"].startswith("importing cache manifest") for s in second["steps"])
 
 
-def follow(stream) -> list[str]:
-    """The lines of `stream`, collected by a thread as they come (the list grows while the process runs)."""
+def follow(stream) -> tuple[list[str], threading.Thread]:
+    """The lines of `stream`, collected by a thread as they come (the list grows while the process
+    runs), and that thread (joined, it has read to the end)."""
     lines: list[str] = []
 
     def read():
         for line in stream:
             lines.append(line)
 
-    threading.Thread(target=read, daemon=True).start()
-    return lines
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return lines, reader
 
 
 def seed_history(ci, key: str, path: str, seconds: float, count: int = 3):
@@ -202,7 +204,7 @@ def test_policy_waits_when_history_says_the_affine_slot_frees_soon(
             stderr=subprocess.PIPE,
             text=True,
         )
-        stderr_lines = follow(process.stderr)
+        stderr_lines, reader = follow(process.stderr)
         # Free the affine slot 2 s after the build says it waits: its queue time is at least that.
         wait_for(lambda: any("waiting up to" in line for line in stderr_lines), 60, what="the build to wait")
         time.sleep(2.0)
@@ -210,6 +212,7 @@ def test_policy_waits_when_history_says_the_affine_slot_frees_soon(
             if grant.builder == affine:
                 release_slot(ci, NAMESPACE, grant.name, grant.holder)
         process.wait(timeout=120)
+        reader.join(timeout=10)
         stderr = "".join(stderr_lines)
     assert process.returncode == 0, stderr
     result = json.loads((tmp_path / "r.json").read_text())
