@@ -382,13 +382,18 @@ def test_a_second_signal_during_the_release_does_not_cut_it_short(tmp_path, admi
         with pytest.raises(Cancelled) as err:
             pipeline.run_pool_build(
                 request,
-                connect(os.environ["WARMBUILD_CI_KUBECONFIG"]),
-                PlacementRequest(
-                    NAMESPACE, POOL, explicit_key(f"test-{uuid.uuid4().hex}"), HolderInfo(holder), max_wait_seconds=30
+                pipeline.PoolBuild(
+                    placement=PlacementRequest(
+                        NAMESPACE,
+                        POOL,
+                        explicit_key(f"test-{uuid.uuid4().hex}"),
+                        HolderInfo(holder),
+                        max_wait_seconds=30,
+                    ),
+                    release_state=ReleaseState(namespace=NAMESPACE, lease="", holder=""),
+                    state_file=tmp_path / "state.json",
                 ),
-                tls=None,
-                state=ReleaseState(namespace=NAMESPACE, lease="", holder=""),
-                state_file=tmp_path / "state.json",
+                broker.DirectLeases(connect(os.environ["WARMBUILD_CI_KUBECONFIG"])),
                 log=io.StringIO(),
             )
     finally:

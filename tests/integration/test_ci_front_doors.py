@@ -175,7 +175,7 @@ def test_step_image_builds_from_the_local_registry_non_root_with_exec_form_entry
         == hashlib.sha256(Path(buildctl).read_bytes()).digest()
     )
     site = next(rootfs.glob("opt/warmbuild/lib/python3*/site-packages"))
-    assert (site / "warmbuild" / "ci" / "github_action.py").is_file()
+    assert (site / "warmbuild" / "entry" / "github_action.py").is_file()
     assert not (rootfs / "src").exists() and not (site / "tests").exists() and not (site / "testbed").exists()
     assert os.geteuid() == 0, "chroot needs root (CI and the testbed run as root)"
 
