@@ -4,8 +4,9 @@ Warm builders keep their cache on local disk; the registry cache is what an ephe
 a warm builder that is not the workload's affine one (spill), starts from. Warm builds refresh it
 per `--cache-export`: `auto` exports when the build pushes — the layers are then already in the
 same repository, so the export costs a manifest and little else (measured in docs/architecture.md).
-Untrusted builds import only: they never write a cache others read. The options are `CacheSpec`s;
-`buildkit/command.py` writes them in buildctl's syntax.
+Untrusted builds import only: they never write a cache others read — neither warmbuild's registry
+cache nor one the user names with `--cache-to` (`exports_allowed` drops those, and the pipeline
+says so). The options are `CacheSpec`s; `buildkit/command.py` writes them in buildctl's syntax.
 """
 
 from __future__ import annotations
@@ -57,3 +58,13 @@ def cache_options(
     if export_policy == "always" or (export_policy == "auto" and push):
         return CacheOptions((), registry_export)
     return CacheOptions((), ())
+
+
+def exports_allowed(
+    requested: tuple[CacheSpec, ...], untrusted: bool
+) -> tuple[tuple[CacheSpec, ...], tuple[CacheSpec, ...]]:
+    """(kept, dropped) of the user's `--cache-to` exports. An untrusted build keeps none, whatever
+    the backend: a cache it wrote would be imported by trusted builds, layers and all."""
+    if untrusted:
+        return (), tuple(requested)
+    return tuple(requested), ()

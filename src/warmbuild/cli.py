@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .cache import CACHE_EXPORT_POLICIES
-from .config import COMPRESSION_LEVELS, PoolFlags, TlsFiles, build_request, check_pool_flags, parse_builder
+from .config import COMPRESSION_LEVELS, PoolFlags, TlsFiles, build_request, check_pool_flags
 from .doctor.command import add_doctor_arguments, command_doctor, uv_dockerfile
 from .errors import InputError, ToolMissing, WarmbuildError
 from .kube.client import connect
-from .pipeline import plan_pool_build, run_build, run_pool_build
+from .pipeline import plan_direct_build, plan_pool_build, run_build, run_pool_build
 from .pool.broker import DirectLeases
 from .pool.drain import add_drain_arguments, command_drain
 from .pool.ephemeral import delete_ephemeral_pod
@@ -279,7 +279,9 @@ def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
 def command_build(args: argparse.Namespace) -> int:
     if args.builder and args.pool:
         raise InputError("give --builder or --pool, not both")
+    builder_source = "--builder"
     if not args.builder and not args.pool:
+        builder_source = "WARMBUILD_BUILDER"
         args.builder = os.environ.get("WARMBUILD_BUILDER") or None
         args.pool = None if args.builder else os.environ.get("WARMBUILD_POOL") or None
     if not args.builder and not args.pool:
@@ -294,7 +296,7 @@ def command_build(args: argparse.Namespace) -> int:
             broker = _scheduler_client(args) or DirectLeases(connect(args.kubeconfig, args.kube_context))
             run_pool_build(request, options, broker)
             return 0
-        builder = parse_builder(args.builder, _tls_files(args))
+        builder = plan_direct_build(args.builder, _tls_files(args), args.untrusted, builder_source)
         run_build(request, builder, Placement(builder=builder.address, path="direct"), buildctl=args.buildctl)
         return 0
 

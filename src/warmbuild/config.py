@@ -422,27 +422,3 @@ def ci_run_url(environ: dict[str, str]) -> str:
         server = environ.get("GITHUB_SERVER_URL", "https://github.com")
         return f"{server}/{environ['GITHUB_REPOSITORY']}/actions/runs/{environ['GITHUB_RUN_ID']}"
     return environ.get("CI_JOB_URL") or environ.get("BUILD_URL") or ""
-
-
-def is_untrusted_change(environ: dict[str, str]) -> bool:
-    """True for a pull/merge request from a fork, as the CI platform reports it.
-
-    Such a build may carry anyone's code: it must not write to a cache that other builds read.
-    """
-    if environ.get("GITHUB_EVENT_NAME") in ("pull_request", "pull_request_target") and environ.get("GITHUB_EVENT_PATH"):
-        try:
-            import json
-
-            with open(environ["GITHUB_EVENT_PATH"], encoding="utf-8") as f:
-                event = json.load(f)
-            pull = event.get("pull_request") or {}
-            head = (pull.get("head") or {}).get("repo") or {}
-            base = (pull.get("base") or {}).get("repo") or {}
-            return bool(head.get("fork")) or head.get("full_name") != base.get("full_name")
-        except (OSError, ValueError, AttributeError):
-            return True  # cannot tell: the safe answer
-    source = environ.get("CI_MERGE_REQUEST_SOURCE_PROJECT_ID")
-    target = environ.get("CI_MERGE_REQUEST_PROJECT_ID")
-    if source and target:
-        return source != target
-    return False

@@ -22,7 +22,7 @@ from typing import TextIO
 
 from . import __version__
 from .buildkit import CacheStats, SolveAbort, check_buildkit_answers, check_reachable, find_buildctl, run_solve
-from .cache import cache_options, default_cache_ref
+from .cache import cache_options, default_cache_ref, exports_allowed
 from .ci import publishers_from_env
 from .ci.report_files import ReportFilesPublisher
 from .ci.sections import log_section
@@ -32,7 +32,7 @@ from .config import (
     PoolFlags,
     TlsFiles,
     ci_run_url,
-    is_untrusted_change,
+    parse_builder,
     repository_identity,
     validate_image_reference,
 )
@@ -45,6 +45,7 @@ from .pool.state import ReleaseState, remove_state, state_file_path, write_state
 from .pool.workload import WorkloadKey, derive_workload_key
 from .report import BuildResult, Placement, Timings, render_table, result_to_dict, write_result_file
 from .signals import signals_deferred
+from .trust import Trust, check_direct_builder, decide_trust
 
 
 def run_build(
@@ -59,8 +60,10 @@ def run_build(
     environ: Mapping[str, str] | None = None,
     abort: SolveAbort | None = None,
     on_result: Callable[[BuildResult], None] | None = None,
+    warnings: tuple[str, ...] = (),
 ) -> BuildResult:
-    """Run the solve and report it. Raises the build's WarmbuildError after the result is written."""
+    """Run the solve and report it. Raises the build's WarmbuildError after the result is written.
+    `warnings` are the caller's (e.g. a dropped --cache-to), reported ahead of BuildKit's."""
     environ = os.environ if environ is None else environ
     log = sys.stderr if log is None else log
     started_at = datetime.now(timezone.utc)
@@ -106,7 +109,7 @@ def run_build(
             finished_at=finished_at,
             error=failure.message if failure else None,
             exit_code=failure.exit_code if failure else 0,
-            warnings=outcome.warnings if outcome else (),
+            warnings=warnings + (outcome.warnings if outcome else ()),
         )
         if on_result is not None:
             on_result(result)
@@ -131,6 +134,7 @@ class PoolBuild:
     placement: PlacementRequest  # namespace, pool, workload key, holder, wait, lease, fallback, trust
     release_state: ReleaseState  # what `warmbuild release` needs to reach the cluster again
     state_file: Path
+    trust: Trust = Trust(False, "")
     tls: TlsFiles | None = None
     cache_ref: str | None = None
     cache_export: str = "auto"
@@ -161,7 +165,7 @@ def plan_pool_build(request: BuildRequest, flags: PoolFlags, environ: Mapping[st
         workload_key=key.annotation,
         workload_key_hash=key.hash,
     )
-    untrusted = flags.untrusted if flags.untrusted is not None else is_untrusted_change(dict(environ))
+    trust = decide_trust(flags.untrusted, environ)
     cache_ref = flags.cache_ref or default_cache_ref(request.tags)
     if cache_ref is not None:
         validate_image_reference(cache_ref)
@@ -176,20 +180,34 @@ def plan_pool_build(request: BuildRequest, flags: PoolFlags, environ: Mapping[st
         max_wait_seconds=flags.max_wait_seconds,
         lease_seconds=flags.lease_seconds,
         fallback=flags.fallback,
-        untrusted=untrusted,
+        untrusted=trust.untrusted,
     )
     return PoolBuild(
         placement=placement,
         release_state=ReleaseState(
             namespace=flags.namespace, lease="", holder="", kubeconfig=flags.kubeconfig, context=flags.kube_context
         ),
-        state_file=state_file_path(flags.state_file),
+        state_file=state_file_path(flags.state_file, environ),
+        trust=trust,
         tls=flags.tls,
         cache_ref=cache_ref,
         cache_export=flags.cache_export,
         ephemeral=ephemeral,
         buildctl=flags.buildctl,
     )
+
+
+def plan_direct_build(
+    address: str,
+    tls: TlsFiles | None,
+    untrusted: bool | None,
+    source: str = "--builder",
+    environ: Mapping[str, str] | None = None,
+) -> BuilderEndpoint:
+    """A direct build's builder, refused for an untrusted change (`source` names where the address
+    came from, --builder or WARMBUILD_BUILDER, for the message)."""
+    check_direct_builder(decide_trust(untrusted, os.environ if environ is None else environ), source)
+    return parse_builder(address, tls)
 
 
 def run_pool_build(
@@ -256,6 +274,14 @@ def _place_and_build(
             replace(options.release_state, lease=pod, holder=placement.holder.identity, ephemeral_pod=pod),
         )
 
+    warnings: tuple[str, ...] = ()
+    if placement.untrusted:
+        say(f"untrusted build ({options.trust.reason}): an ephemeral builder, registry cache import only")
+        kept, dropped = exports_allowed(request.cache_exports, untrusted=True)
+        if dropped:
+            warnings = (f"--cache-to dropped ({len(dropped)} export(s)): an untrusted build never writes a cache",)
+            say(f"warning: {warnings[0]}")
+            request = replace(request, cache_exports=kept)
     title = f"Placement: a slot in pool '{placement.pool}' (namespace {placement.namespace})"
     grant: Grant | None = None
     keeper = None
@@ -310,6 +336,7 @@ def _place_and_build(
             log=log,
             abort=abort,
             on_result=on_result,
+            warnings=warnings,
         )
     finally:
         # Cancellation cleanup: runs to its end even if another signal arrives (signals_deferred).

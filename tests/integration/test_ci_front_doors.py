@@ -210,6 +210,8 @@ class GitHubRunner:
         self.root, self.workspace = root, workspace
         self.home = root / "home"
         self.home.mkdir(parents=True)
+        self.temp = root / "_temp"  # RUNNER_TEMP, mounted into a container action as /github/runner_temp
+        self.temp.mkdir()
         self.files = {name: root / name for name in ("output", "state", "summary")}
         for path in self.files.values():
             path.touch()
@@ -219,6 +221,7 @@ class GitHubRunner:
             GITHUB_ACTIONS="true",
             CI="true",
             HOME=str(self.home),
+            RUNNER_TEMP=str(self.temp),
             GITHUB_WORKSPACE=str(self.workspace),
             GITHUB_OUTPUT=str(self.files["output"]),
             GITHUB_STATE=str(self.files["state"]),
@@ -281,9 +284,10 @@ def test_github_action_builds_through_the_pool_with_a_kubeconfig_input(tmp_path,
     assert "warmbuild: success" in summary and "| phase | time |" in summary and "| placement |" in summary
 
     state_file = Path(heredoc_values(runner.files["state"].read_text())["state-file"])
-    assert state_file.parent == runner.home / ".warmbuild"
+    assert state_file.parent == runner.temp / "warmbuild"  # not in the workspace, the build context
     assert not state_file.exists(), "main released the slot itself"
-    assert not list((runner.home / ".warmbuild").glob("kubeconfig-*")), "the kubeconfig input is not left on disk"
+    assert not list((runner.temp / "warmbuild").glob("kubeconfig-*")), "the kubeconfig input is not left on disk"
+    assert not list(workspace.rglob("*state*.json"))
     post = runner.run("post", runner.env(inputs, **{"STATE_state-file": str(state_file)}))
     assert post.returncode == 0 and "no slot to release" in post.stdout
 
@@ -425,6 +429,7 @@ def test_gitlab_component_job_builds_and_reports(tmp_path, workspace, registry):
         CI="true",
         GITLAB_CI="true",
         CI_JOB_URL="http://127.0.0.1:9/acme/app/-/jobs/7",
+        CI_JOB_ID=f"7{uuid.uuid4().int % 10**8}",
         CI_PROJECT_DIR=str(workspace),
         CI_PROJECT_PATH="acme/app",
         CI_COMMIT_SHORT_SHA="abc123",
@@ -435,6 +440,8 @@ def test_gitlab_component_job_builds_and_reports(tmp_path, workspace, registry):
     assert script.returncode == 0, script.stderr[-3000:]
     after = run_gitlab_lines(job["after_script"], env, workspace)
     assert after.returncode == 0 and "nothing to release" in after.stderr
+    assert f"state-gitlab-{env['CI_JOB_ID']}.json holds no slot" in after.stderr  # the file the build used
+    assert not list(workspace.rglob("*state*.json"))  # nothing in the project directory, the build context
 
     log = script.stderr
     for section in ("warmbuild_placement", "warmbuild_build"):
@@ -500,6 +507,13 @@ def jenkins_pipeline() -> tuple[dict[str, str], list[str], list[str]]:
     return environment, sh(stages), sh(post)
 
 
+def _workspace_tmp(workspace: Path) -> Path:
+    """Jenkins' `WORKSPACE@tmp` beside the workspace (its durable-task scripts live there)."""
+    path = workspace.with_name(workspace.name + "@tmp")
+    path.mkdir(exist_ok=True)
+    return path
+
+
 def jenkins_env(workspace: Path, image: str, **extra: str) -> dict:
     environment, _, _ = jenkins_pipeline()
     env = clean_env(
@@ -507,6 +521,9 @@ def jenkins_env(workspace: Path, image: str, **extra: str) -> dict:
         BUILD_URL="http://127.0.0.1:9/job/app/12/",
         JOB_NAME="app",
         BUILD_NUMBER="12",
+        BUILD_TAG=f"jenkins-app-12-{uuid.uuid4().hex[:6]}",
+        EXECUTOR_NUMBER="0",
+        WORKSPACE_TMP=str(_workspace_tmp(workspace)),
         JENKINS_URL="http://127.0.0.1:9/",
         GIT_COMMIT=uuid.uuid4().hex + "0" * 8,
         GIT_URL="http://127.0.0.1:9/acme/app.git",
@@ -549,7 +566,9 @@ def test_jenkins_pipeline_from_the_docs_runs_as_written(tmp_path, workspace, reg
     assert dotenv["IMAGE_DIGEST"] == result["image"]["digest"]
     (suite,) = list(JUnitXml.fromfile(str(app / environment["WARMBUILD_JUNIT"])))
     assert [case.name for case in suite] == ["queue", "startup", "context", "build", "export", "push"]
-    assert not (app / environment["WARMBUILD_STATE_FILE"]).exists()
+    assert "WARMBUILD_STATE_FILE" not in environment
+    assert not list(app.rglob("*state*.json"))  # not in the workspace, the build context
+    assert list((Path(env["WORKSPACE_TMP"]) / "warmbuild").iterdir()) == []  # released, cleaned up
 
 
 def test_jenkins_abort_reaches_warmbuild_through_exec(tmp_path, workspace, registry):

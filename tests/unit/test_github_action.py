@@ -36,7 +36,9 @@ from warmbuild.entry.github_action import (
     cluster_access,
     dockerfile_location,
     kubeconfig_secrets,
+    private_dir,
     read_inputs,
+    remove_stale_copies,
     secrets_to_mask,
 )
 from warmbuild.entry.inputs import build_invocation, split_list
@@ -272,6 +274,49 @@ def test_kubeconfig_secrets_are_found_for_masking():
     assert kubeconfig_secrets("not: [valid") == ["not: [valid"]
     masked = secrets_to_mask({"token": "t0ken", "kubeconfig": KUBECONFIG, "secrets": "a=1st\nb=2nd"})
     assert {"t0ken", "tok-123456", "1st", "2nd"} <= set(masked)
+
+
+EXEC_KUBECONFIG = """
+clusters: [{name: c, cluster: {server: https://127.0.0.1:6443}}]
+users:
+- name: eks
+  user:
+    exec:
+      apiVersion: client.authentication.k8s.io/v1beta1
+      command: aws
+      args: [eks, get-token, --cluster-name, prod]
+      env:
+      - {name: AWS_ACCESS_KEY_ID, value: AKIAEXAMPLE123}
+      - {name: AWS_SECRET_ACCESS_KEY, value: "wJalr/EXAMPLEKEY+secret"}
+      - {name: AWS_PROFILE}
+contexts: [{name: x, context: {cluster: c, user: eks}}]
+"""
+
+
+def test_exec_plugin_env_values_are_masked_like_tokens():
+    assert sorted(kubeconfig_secrets(EXEC_KUBECONFIG)) == ["AKIAEXAMPLE123", "wJalr/EXAMPLEKEY+secret"]
+    assert {"AKIAEXAMPLE123", "wJalr/EXAMPLEKEY+secret"} <= set(secrets_to_mask({"kubeconfig": EXEC_KUBECONFIG}))
+
+
+def test_the_kubeconfig_copy_lives_under_runner_temp_and_stale_copies_go(tmp_path):
+    runner_temp = tmp_path / "_temp"
+    runner_temp.mkdir()
+    private = private_dir({"RUNNER_TEMP": str(runner_temp), "HOME": str(tmp_path / "home")})
+    assert private == runner_temp / "warmbuild" and oct(private.stat().st_mode & 0o777) == "0o700"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (private / f"kubeconfig-{dead.pid}").write_text("left by a SIGKILLed main step")
+    (private / f"kubeconfig-{os.getpid()}").write_text("a live run's copy")
+    (private / "state-build.json").write_text("{}")
+    assert remove_stale_copies(private) == [private / f"kubeconfig-{dead.pid}"]
+    assert sorted(p.name for p in private.iterdir()) == [f"kubeconfig-{os.getpid()}", "state-build.json"]
+    (private / f"kubeconfig-{dead.pid}").write_text("again")
+    private_dir({"RUNNER_TEMP": str(runner_temp)})  # every run cleans up on its way in
+    assert not (private / f"kubeconfig-{dead.pid}").exists()
+    # Without RUNNER_TEMP, or with one that is not mounted here: $HOME/.warmbuild, as before.
+    assert private_dir({"HOME": str(tmp_path / "home")}) == tmp_path / "home" / ".warmbuild"
+    unmounted = {"RUNNER_TEMP": str(tmp_path / "host" / "_temp"), "HOME": str(tmp_path / "home")}
+    assert private_dir(unmounted) == tmp_path / "home" / ".warmbuild"
 
 
 def test_cluster_access_from_inputs():

@@ -98,6 +98,50 @@ def test_a_kubeconfig_that_cannot_work_is_one_line_naming_what_to_fix(tmp_path, 
     assert message in err.value.message and "\n" not in err.value.message
 
 
+@pytest.mark.parametrize("value", ["false", "true", "no", "0", 0, 1, "", ["x"]])
+def test_insecure_skip_tls_verify_must_be_a_yaml_boolean(tmp_path, value):
+    # The quoted "false" used to turn verification OFF (a non-empty string is truthy).
+    path = write_config(
+        tmp_path / "config",
+        clusters=[("c", {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": value})],
+        users=[("u", {"token": "t"})],
+        contexts=[("x", "c", "u")],
+        current="x",
+    )
+    with pytest.raises(ClusterError) as err:
+        read_kubeconfig([path])
+    message = err.value.message
+    assert "insecure-skip-tls-verify must be true or false (unquoted)" in message and "\n" not in message
+    assert "context x" in message
+
+
+def test_insecure_skip_tls_verify_as_a_boolean_is_read_as_written(tmp_path):
+    for value in (True, False):
+        path = write_config(
+            tmp_path / "config",
+            clusters=[("c", {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": value})],
+            users=[("u", {"token": "t"})],
+            contexts=[("x", "c", "u")],
+            current="x",
+        )
+        assert read_kubeconfig([path]).insecure_skip_tls_verify is value
+    assert access_from({"server": "https://127.0.0.1:1"}, {}, "d").insecure_skip_tls_verify is False
+
+
+@pytest.mark.parametrize(
+    "ca", [{"certificate-authority": "/etc/ca.crt"}, {"certificate-authority-data": base64.b64encode(b"PEM").decode()}]
+)
+def test_a_ca_together_with_the_insecure_flag_is_refused_as_kubectl_refuses_it(ca):
+    with pytest.raises(ClusterError) as err:
+        access_from({"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True, **ca}, {}, "kubeconfig k")
+    assert "specifying a root certificates file with the insecure flag is not allowed" in err.value.message
+    assert err.value.message.startswith("kubeconfig k: ") and "\n" not in err.value.message
+    # With the flag false, the CA is used.
+    assert not access_from(
+        {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": False, **ca}, {}, "k"
+    ).insecure_skip_tls_verify
+
+
 def test_no_file_at_all_is_named(tmp_path):
     with pytest.raises(ClusterError, match="does not exist"):
         read_kubeconfig([str(tmp_path / "none")])

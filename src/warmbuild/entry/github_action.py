@@ -31,6 +31,8 @@ CREDENTIAL_INPUTS = ("kubeconfig", "server", "token", "certificate-authority-dat
 ACTION_INPUTS = (*BUILD_INPUTS, *CREDENTIAL_INPUTS)
 STATE_NAME = "state-file"
 KUBECONFIG_SECRET_KEYS = ("token", "client-key-data", "password", "id-token", "refresh-token", "client-secret")
+# An exec plugin's `env` entries ({name, value}) often carry credentials (AWS keys, a client secret).
+KUBECONFIG_SECRET_LISTS = ("env",)
 _LOCATION = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+)$")
 
 
@@ -83,7 +85,8 @@ def cluster_access(inputs: Mapping[str, str]) -> ClusterAccess:
 
 
 def kubeconfig_secrets(text: str) -> list[str]:
-    """The secret values in a kubeconfig (tokens, keys, passwords); every line if it is not YAML."""
+    """The secret values in a kubeconfig (tokens, keys, passwords, exec plugin `env` values); every
+    line if it is not YAML."""
     import yaml
 
     try:
@@ -97,6 +100,10 @@ def kubeconfig_secrets(text: str) -> list[str]:
             for key, value in node.items():
                 if key in KUBECONFIG_SECRET_KEYS and isinstance(value, str):
                     found.append(value)
+                elif key in KUBECONFIG_SECRET_LISTS and isinstance(value, list):
+                    found.extend(
+                        str(item["value"]) for item in value if isinstance(item, dict) and item.get("value") is not None
+                    )
                 else:
                     walk(value)
         elif isinstance(node, list):
@@ -160,12 +167,41 @@ class _WatchedStream:
         return getattr(self.target, name)
 
 
-def _private_dir(environ: Mapping[str, str]) -> Path:
-    """Under $HOME (/github/home in the action's container, kept between main and post)."""
-    home = Path(environ.get("HOME") or tempfile.gettempdir())
-    path = home / ".warmbuild"
+def private_dir(environ: Mapping[str, str]) -> Path:
+    """$RUNNER_TEMP/warmbuild (/github/runner_temp in the action's container: kept between main and
+    post, emptied by the runner after the job, so a copy a SIGKILL left behind does not outlive the
+    job), else $HOME/.warmbuild (/github/home, which lives in the runner's temp directory too).
+    RUNNER_TEMP counts only if it is there: older runners pass the host's path without mounting it.
+    Kubeconfig copies of runs that are gone are removed here."""
+    base = environ.get("RUNNER_TEMP")
+    if base and Path(base).is_dir():
+        path = Path(base) / "warmbuild"
+    else:
+        path = Path(environ.get("HOME") or tempfile.gettempdir()) / ".warmbuild"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    remove_stale_copies(path)
     return path
+
+
+def remove_stale_copies(directory: Path) -> list[Path]:
+    """Delete `kubeconfig-<pid>` files whose process is gone (a main step killed with SIGKILL)."""
+    removed = []
+    for copy in directory.glob("kubeconfig-*"):
+        pid = copy.name.removeprefix("kubeconfig-")
+        if pid.isdigit() and not _process_alive(int(pid)):
+            copy.unlink(missing_ok=True)
+            removed.append(copy)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
 
 
 def _write_private(path: Path, text: str) -> Path:
@@ -192,7 +228,7 @@ def run_main(environ: Mapping[str, str] | None = None, out: TextIO | None = None
         inputs = _masked_inputs(environ, out)
         access = cluster_access(inputs)
         invocation = build_invocation(inputs)
-        private = _private_dir(environ)
+        private = private_dir(environ)
         state_file = (
             private / f"state-{re.sub(r'[^A-Za-z0-9_.-]', '_', environ.get('GITHUB_ACTION', 'warmbuild'))}.json"
         )
@@ -243,7 +279,7 @@ def run_post(environ: Mapping[str, str] | None = None, out: TextIO | None = None
         if inputs["scheduler"].strip():
             flags.append(f"--scheduler={inputs['scheduler'].strip()}")  # the slot came from the scheduler
         if access.kubeconfig is not None:
-            kubeconfig_file = _write_private(_private_dir(environ) / f"kubeconfig-{os.getpid()}", access.kubeconfig)
+            kubeconfig_file = _write_private(private_dir(environ) / f"kubeconfig-{os.getpid()}", access.kubeconfig)
             flags.append(f"--kubeconfig={kubeconfig_file}")
         os.environ.update(dict(access.env))
         code = cli.main(["release", *flags])

@@ -5,6 +5,10 @@ read here too: several files in $KUBECONFIG merged (the first file to name a clu
 context wins, as kubectl merges them), paths relative to the file that names them, inline *-data,
 bearer tokens and token files, basic auth, exec credential plugins, proxy-url, tls-server-name and
 insecure-skip-tls-verify. The legacy auth-provider entries are refused with the fix to apply.
+
+Read strictly where a lenient reading would weaken TLS: insecure-skip-tls-verify must be a YAML
+boolean (the string "false" is truthy in Python and would turn verification off), and a CA together
+with the insecure flag is refused, as kubectl refuses it, rather than one of them silently ignored.
 """
 
 from __future__ import annotations
@@ -112,6 +116,12 @@ def access_from(cluster: Mapping, user: Mapping, description: str) -> ClusterAcc
             f"{description}: the user authenticates with auth-provider {provider!r}, which kubectl no longer "
             "supports either; switch it to an exec credential plugin (e.g. gke-gcloud-auth-plugin, kubelogin)"
         )
+    insecure = _boolean(cluster, "insecure-skip-tls-verify", description)
+    if insecure and (cluster.get("certificate-authority") or cluster.get("certificate-authority-data")):
+        raise ClusterError(
+            f"{description}: the cluster sets both a certificate authority and insecure-skip-tls-verify: true; "
+            "specifying a root certificates file with the insecure flag is not allowed: remove one of them"
+        )
     exec_plugin = None
     if user.get("exec"):
         spec = user["exec"]
@@ -131,7 +141,7 @@ def access_from(cluster: Mapping, user: Mapping, description: str) -> ClusterAcc
         ca_pem=_decoded(cluster.get("certificate-authority-data"), "certificate-authority-data", description).decode()
         if cluster.get("certificate-authority-data")
         else None,
-        insecure_skip_tls_verify=bool(cluster.get("insecure-skip-tls-verify")),
+        insecure_skip_tls_verify=insecure,
         tls_server_name=cluster.get("tls-server-name"),
         proxy_url=cluster.get("proxy-url"),
         client_cert_file=user.get("client-certificate"),
@@ -168,6 +178,18 @@ def _resolve_paths(fields: dict, base: Path) -> dict:
     if isinstance(spec, dict) and spec.get("command") and os.sep in spec["command"]:
         fields["exec"] = {**spec, "command": str(base / os.path.expanduser(spec["command"]))}
     return fields
+
+
+def _boolean(entry: Mapping, field: str, description: str) -> bool:
+    """A YAML boolean, or absent (False). Anything else — "false" in quotes, 0, "yes" — is an error."""
+    value = entry.get(field)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ClusterError(
+            f"{description}: {field} must be true or false (unquoted), not {type(value).__name__} {value!r}"
+        )
+    return value
 
 
 def _decoded(value: str | None, field: str, description: str) -> bytes | None:

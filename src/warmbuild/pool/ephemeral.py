@@ -192,8 +192,20 @@ class EphemeralBuilder:
 
 def create_ephemeral_pod(client: KubeClient, manifest: dict) -> tuple[str, str]:
     namespace = manifest["metadata"]["namespace"]
-    created = client.request("POST", pods_path(namespace), body=manifest).body
+    try:
+        created = client.request("POST", pods_path(namespace), body=manifest).body
+    except KubeNotFound:
+        raise missing_namespace(namespace) from None
     return created["metadata"]["name"], created["metadata"]["uid"]
+
+
+def missing_namespace(namespace: str) -> ClusterError:
+    """A create in a namespace answered 404: the API server's NamespaceLifecycle admission says the
+    namespace is not there. (Listing in a missing namespace is not an error: it is empty.)"""
+    return ClusterError(
+        f"namespace {namespace} does not exist (or this identity cannot see it): "
+        "check --namespace / WARMBUILD_NAMESPACE, the namespace the pool was installed in"
+    )
 
 
 def _pod_ready_address(pod: dict) -> str | None:
@@ -291,6 +303,8 @@ def create_run_lease(
         created = client.request("POST", leases_path(namespace), body=body).body
     except KubeConflict:
         raise ClusterError(f"a lease named {pod_name} already exists; run 'warmbuild gc'") from None
+    except KubeNotFound:
+        raise missing_namespace(namespace) from None
     return SlotLease(
         namespace=namespace,
         name=pod_name,

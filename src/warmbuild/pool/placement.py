@@ -156,7 +156,10 @@ def _place(
             else:
                 hint = "raise --max-wait, allow --fallback auto|ephemeral, or add builders"
                 if not builders:
-                    hint = "check the builder StatefulSet (warmbuild pool status)"
+                    hint = (
+                        f"check that namespace {request.namespace} exists and the builder StatefulSet "
+                        "runs there (warmbuild pool status)"
+                    )
                 raise NoSlotAvailable(
                     f"pool '{request.pool}' in namespace {request.namespace}: {decision.reason}: {hint}"
                 )
