@@ -47,7 +47,15 @@ tb_start() {
     tb_log "$name already running (pid $(tb_recorded_pid "$name"))"
     return 0
   fi
-  setsid "$@" </dev/null >>"$WARMBUILD_TESTBED_DIR/logs/$name.log" 2>&1 &
+  # A daemon keeps only stdin/stdout/stderr: an inherited descriptor (a lock held by the caller,
+  # `flock FILE testbed/up`) would otherwise stay held for as long as the daemon runs.
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd="${fd##*/}"
+      ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null
+    done
+    exec setsid "$@"
+  ) </dev/null >>"$WARMBUILD_TESTBED_DIR/logs/$name.log" 2>&1 &
   echo "$! $(tb_proc_start $!)" >"$(tb_pidfile "$name")"
   tb_log "started $name (pid $!)"
 }
