@@ -111,6 +111,7 @@ def test_a_full_build_after_its_deps_target(keyed, builders, tmp_path, registry,
         "full builder": full["placement"]["builder_name"],
         "full cache": f"{full['cache']['cached_steps']}/{full['cache']['total_steps']}",
         "deps stage cached in the full build": deps_step(full, nonce)["cached"],
+        "full build seconds": full["timings"]["build_seconds"],
     }
     print(f"targets keyed {keyed}: {summary}")
     assert deps["placement"]["affine"] and full["placement"]["affine"], summary
