@@ -746,6 +746,13 @@ class PodWorker(threading.Thread):
         self.emulator.stop_buildkitd(self.buildkitd)
         return False
 
+    def last_log_line(self) -> str:
+        try:
+            lines = (self.pod_dir / "buildkitd.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return lines[-1][:300] if lines else "(empty log)"
+
     # ---- TLS: the buildkitd container's certificate args, mapped to host copies of its volumes
 
     def tls_args(self, pod: dict) -> list[str]:
@@ -818,12 +825,13 @@ class PodWorker(threading.Thread):
         policy = pod["spec"].get("restartPolicy", "Always")
         restarts = policy == "Always" or (policy == "OnFailure" and exit_code != 0)
         log.info(
-            "%s: buildkitd pid %d exited with %d after %.0fs%s",
+            "%s: buildkitd pid %d exited with %d after %.0fs%s%s",
             self.key,
             buildkitd.pid,
             exit_code,
             ran_for,
             "; restarting it" if restarts else "",
+            f"; its last line: {self.last_log_line()}" if exit_code else "",
         )
         if restarts:
             self.restart_count += 1

@@ -1,7 +1,7 @@
 """Every builder proves who it is: the chart's default (mTLS, one certificate per builder) on the
 real control plane, with real buildkitd serving TLS from the pods' Secret volumes.
 
-The chart is installed (release "warmbuild", namespace warmbuild-chart, pool "chart-tls") on a node
+The chart is installed (release "warmbuild", namespace warmbuild-chart, pool "tls") on a node
 of this module's own (tls_node.py: this checkout's node emulator, which honours the pods' TLS
 volumes and args), and removed afterwards. Attacks tried:
 
@@ -42,7 +42,7 @@ if not os.environ.get("KUBECONFIG") or not os.environ.get("WARMBUILD_POOL"):
 
 NAMESPACE = "warmbuild-chart"
 RELEASE = "warmbuild"
-POOL = "chart-tls"
+POOL = "tls"  # short: the emulator's per-pod unix socket paths must fit 108 bytes
 REPLICAS = 2
 BUILDERS = [f"{RELEASE}-builder-{i}" for i in range(REPLICAS)]
 NODE = "warmbuild-node-tls"
@@ -76,7 +76,7 @@ def remove_release(core) -> None:
 
 @pytest.fixture(scope="module")
 def release(core, tmp_path_factory):
-    state = Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "node-tls"
+    state = Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "ntls"
     with private_node(core, NODE, FIRST_IP, state):
         remove_release(core)
         done = helm(

@@ -267,7 +267,7 @@ def local_volumes(core, storage, run_id: str, count: int) -> list[str]:
 
 
 def node_state_dir() -> Path:
-    return Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "node-tls"
+    return Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "ntls"
 
 
 def remove_leftovers(core, storage) -> None:
