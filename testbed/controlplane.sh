@@ -166,7 +166,8 @@ tb_cp_ci_objects() {
       {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
       {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
       {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]},
-      {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create", "update", "patch"]}
+      {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create", "update", "patch"]},
+      {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
     ]}'
   tb_cp_apply "/apis/rbac.authorization.k8s.io/v1/namespaces/$ns/rolebindings/$sa" '{
     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",

@@ -15,13 +15,18 @@ There is no kubelet or container runtime here. This program plays the kubelet's 
   frees the address and finalizes the pod (delete with grace 0 and a uid precondition).
 
 Every container of a pod is represented by that pod's one buildkitd: image, command and probes are
-not run, only read. Image and container IDs in the status are synthesized.
+not run, only read. Image and container IDs in the status are synthesized. One exception, so that
+TLS is real: the buildkitd container's `--tlscert/--tlskey/--tlscacert` args are passed to the host
+buildkitd, each mapped through the container's volumeMounts (subPath and subPathExpr with $(VAR)
+from the container's env) to a host copy of the Secret or projected-Secret volume behind it
+(`items` honoured), written under the pod's directory at each container start. A Secret that does
+not exist yet keeps the container waiting (ContainerCreating), as the kubelet does.
 
 On SIGTERM/SIGINT it stops its buildkitd processes (by PID) and exits, leaving the pods as they are
 (as a stopped kubelet would). Started again, it adopts the pods already bound to the node: each gets
 a fresh buildkitd (restartCount + 1), on its previous address when that is free.
 
-Usage: node_emulator.py --kubeconfig ADMIN --node NAME --state-dir DIR --first-ip 127.0.0.10
+Usage: node_emulator.py --kubeconfig ADMIN --node NAME --state-dir DIR --first-ip 127.0.0.10 [--taint K=V:EFFECT]
 One line per event goes to stderr.
 """
 
@@ -103,6 +108,40 @@ def pod_dir_name(pod: dict) -> str:
 
 def is_owned_by_statefulset(pod: dict) -> bool:
     return any(ref.get("kind") == "StatefulSet" for ref in pod["metadata"].get("ownerReferences") or [])
+
+
+class SecretMissing(Exception):
+    """A Secret a volume needs is not there (yet): the container waits, as with a real kubelet."""
+
+
+TLS_FLAGS = ("--tlscert", "--tlskey", "--tlscacert")
+
+
+def buildkitd_container(pod: dict) -> dict | None:
+    containers = pod["spec"].get("containers") or []
+    return next((c for c in containers if c.get("name") == "buildkitd"), containers[0] if containers else None)
+
+
+def tls_flags(args: list[str]) -> list[tuple[str, str]]:
+    """(flag, path) for each TLS flag, written `--flag=PATH` or `--flag PATH`."""
+    found = []
+    for index, arg in enumerate(args):
+        flag, _, value = arg.partition("=")
+        if flag in TLS_FLAGS:
+            if not value and index + 1 < len(args):
+                value = args[index + 1]
+            found.append((flag, value))
+    return found
+
+
+def mount_for(container: dict, path: str) -> tuple[dict | None, str]:
+    """The volumeMount with the longest mountPath that holds `path`, and the rest of the path below it."""
+    best, rest = None, ""
+    for mount in container.get("volumeMounts") or []:
+        root = mount["mountPath"].rstrip("/")
+        if path.startswith(root + "/") and (best is None or len(root) > len(best["mountPath"].rstrip("/"))):
+            best, rest = mount, path[len(root) + 1 :]
+    return best, rest
 
 
 def grace_period_seconds(pod: dict) -> int:
@@ -238,7 +277,10 @@ def kill_leftover_buildkitd(pid_file: Path) -> None:
 
 
 class NodeEmulator:
-    def __init__(self, api_client: client.ApiClient, node: str, state_dir: Path, first_ip: str):
+    def __init__(
+        self, api_client: client.ApiClient, node: str, state_dir: Path, first_ip: str, taints: list[dict] = ()
+    ):
+        self.taints = list(taints)
         self.api_client = api_client
         self.core = client.CoreV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
@@ -270,6 +312,7 @@ class NodeEmulator:
                     "warmbuild.dev/node-emulator": "true",
                 },
             },
+            "spec": {"taints": self.taints} if self.taints else {},
         }
         try:
             self.node_uid = self.core.create_node(node).metadata.uid
@@ -453,7 +496,7 @@ class NodeEmulator:
 
     # ---- processes
 
-    def start_buildkitd(self, pod: dict, ip: str) -> Buildkitd:
+    def start_buildkitd(self, pod: dict, ip: str, extra_args: list[str] = ()) -> Buildkitd:
         pod_dir = self.state_dir / "pods" / pod_dir_name(pod)
         pod_dir.mkdir(parents=True, exist_ok=True)
         pid_file = pod_dir / "buildkitd.pid"
@@ -463,7 +506,7 @@ class NodeEmulator:
                 raise Shutdown("stopping")
             with open(pod_dir / "buildkitd.log", "ab") as log_file:
                 process = subprocess.Popen(
-                    [str(RUN_BUILDKITD), ip, str(pod_dir)],
+                    [str(RUN_BUILDKITD), ip, str(pod_dir), *extra_args],
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
@@ -667,7 +710,13 @@ class PodWorker(threading.Thread):
                 preferred=previous_ip, avoid=self.emulator.addresses_of_other_pods(self.uid)
             )
         self.emulator.write_pod_status(pod, self.pod_status(pod, waiting_reason="ContainerCreating"))
-        self.buildkitd = self.emulator.start_buildkitd(pod, self.ip)
+        try:
+            extra_args = self.tls_args(pod)
+        except SecretMissing as missing:
+            log.info("%s: waiting for Secret %s (a volume's source)", self.key, missing)
+            self.not_before = time.monotonic() + 1
+            return
+        self.buildkitd = self.emulator.start_buildkitd(pod, self.ip, extra_args)
         log.info("%s: started buildkitd pid %d on %s:%d", self.key, self.buildkitd.pid, self.ip, BUILDKITD_PORT)
         if not self.wait_until_listening():
             return
@@ -697,6 +746,74 @@ class PodWorker(threading.Thread):
         self.emulator.stop_buildkitd(self.buildkitd)
         return False
 
+    def last_log_line(self) -> str:
+        try:
+            lines = (self.pod_dir / "buildkitd.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return lines[-1][:300] if lines else "(empty log)"
+
+    # ---- TLS: the buildkitd container's certificate args, mapped to host copies of its volumes
+
+    def tls_args(self, pod: dict) -> list[str]:
+        """`--tlscert/--tlskey/--tlscacert` of the buildkitd container with host paths; [] without TLS."""
+        container = buildkitd_container(pod)
+        if container is None:
+            return []
+        env = self.container_env(pod, container)
+        args, wanted = [], tls_flags(container.get("args") or [])
+        volumes_dir = self.pod_dir / "volumes"
+        written: set[str] = set()
+        for flag, path in wanted:
+            mount, rest = mount_for(container, expand_env_references(path, env))
+            if mount is None:
+                raise RuntimeError(f"{flag} {path}: no volumeMount covers it")
+            volume = next(v for v in pod["spec"].get("volumes") or [] if v["name"] == mount["name"])
+            if volume["name"] not in written:
+                self.write_secret_volume(pod, volume, volumes_dir / volume["name"])
+                written.add(volume["name"])
+            sub = expand_env_references(mount.get("subPathExpr") or mount.get("subPath") or "", env)
+            host = volumes_dir / volume["name"] / sub / rest
+            if not host.is_file():
+                raise RuntimeError(f"{flag} {path}: {host} is not in the volume")
+            args.append(f"{flag}={host}")
+        return args
+
+    def write_secret_volume(self, pod: dict, volume: dict, directory: Path) -> None:
+        """A host copy of a secret (or projected secrets) volume, as the kubelet lays it out."""
+        if "secret" in volume:
+            sources = [(volume["secret"].get("secretName"), volume["secret"].get("items"))]
+        elif "projected" in volume:
+            sources = [
+                (source["secret"].get("name"), source["secret"].get("items"))
+                for source in volume["projected"].get("sources") or []
+                if "secret" in source
+            ]
+        else:
+            raise RuntimeError(f"volume {volume['name']}: only secret and projected-secret volumes are emulated")
+        files: dict[str, bytes] = {}
+        for name, items in sources:
+            try:
+                secret = self.emulator.core.read_namespaced_secret(name, pod["metadata"]["namespace"])
+            except ApiException as error:
+                if error.status == 404:
+                    raise SecretMissing(name) from None
+                raise
+            data = {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+            if items:
+                for item in items:
+                    if item["key"] not in data:
+                        raise SecretMissing(f"{name} (key {item['key']})")
+                    files[item["path"]] = data[item["key"]]
+            else:
+                files.update(data)
+        shutil.rmtree(directory, ignore_errors=True)
+        for relative, content in files.items():
+            target = directory / relative
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            target.write_bytes(content)
+            target.chmod(0o600)
+
     # ---- a process that ended by itself
 
     def container_exited(self, pod: dict, exit_code: int) -> None:
@@ -708,12 +825,13 @@ class PodWorker(threading.Thread):
         policy = pod["spec"].get("restartPolicy", "Always")
         restarts = policy == "Always" or (policy == "OnFailure" and exit_code != 0)
         log.info(
-            "%s: buildkitd pid %d exited with %d after %.0fs%s",
+            "%s: buildkitd pid %d exited with %d after %.0fs%s%s",
             self.key,
             buildkitd.pid,
             exit_code,
             ran_for,
             "; restarting it" if restarts else "",
+            f"; its last line: {self.last_log_line()}" if exit_code else "",
         )
         if restarts:
             self.restart_count += 1
@@ -846,6 +964,7 @@ class PodWorker(threading.Thread):
     def cleanup(self, keep_cache: bool = False) -> None:
         """A StatefulSet pod keeps its buildkitd root (its "volume") for the next pod of that name."""
         (self.pod_dir / "kubeconfig").unlink(missing_ok=True)
+        shutil.rmtree(self.pod_dir / "volumes", ignore_errors=True)  # Secrets never outlive the pod
         if not keep_cache:
             shutil.rmtree(self.pod_dir, ignore_errors=True)
 
@@ -960,7 +1079,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--node", required=True, help="the Node's name")
     parser.add_argument("--state-dir", required=True, type=Path, help="pods/<namespace>_<name>/ go here")
     parser.add_argument("--first-ip", default="127.0.0.10", help="pods get 127.0.0.N from this one upward")
+    parser.add_argument(
+        "--taint", action="append", default=[], help="KEY=VALUE:EFFECT on the Node (a node only some pods tolerate)"
+    )
     return parser.parse_args(argv)
+
+
+def parse_taint(text: str) -> dict:
+    key_value, _, effect = text.rpartition(":")
+    key, _, value = key_value.partition("=")
+    if not key or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+        raise SystemExit(f"--taint {text}: write KEY=VALUE:EFFECT")
+    return {"key": key, "value": value, "effect": effect}
 
 
 def request_shutdown(signum, _frame) -> None:
@@ -983,7 +1113,13 @@ def main(argv: list[str]) -> int:
     (args.state_dir / "pods").mkdir(parents=True, exist_ok=True)
     emulator = None
     try:
-        emulator = NodeEmulator(make_api_client(args.kubeconfig), args.node, args.state_dir, args.first_ip)
+        emulator = NodeEmulator(
+            make_api_client(args.kubeconfig),
+            args.node,
+            args.state_dir,
+            args.first_ip,
+            [parse_taint(taint) for taint in args.taint],
+        )
         emulator.register_node()
         threading.Thread(target=emulator.keep_node_ready, name="heartbeat", daemon=True).start()
         log.info("node %s Ready; pods get addresses from %s", args.node, args.first_ip)

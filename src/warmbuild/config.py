@@ -150,6 +150,11 @@ def check_pool_flags(flags: PoolFlags) -> PoolFlags:
     if flags.lease_seconds < 3:
         raise InputError("--lease-seconds must be at least 3")
     if flags.tls is not None:
+        if flags.tls.server_name:
+            raise InputError(
+                "--tls-server-name (WARMBUILD_TLS_SERVER_NAME) applies to --builder only: a pool build verifies "
+                "the name of the builder it leased (<pod>.<service>.<namespace>.svc)"
+            )
         parse_builder("tcp://tls-check:1234", flags.tls)  # the same file checks as for --builder
     return flags
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,11 +38,12 @@ from .config import (
     repository_identity,
     validate_image_reference,
 )
-from .errors import BuildFailed, Cancelled, WarmbuildError
+from .errors import BuilderUnreachable, BuildFailed, Cancelled, WarmbuildError
 from .pool.broker import SlotBroker
 from .pool.ephemeral import EphemeralSettings, load_ephemeral_settings
 from .pool.leases import HolderInfo
 from .pool.placement import Grant, PlacementRequest
+from .pool.run_certs import RunTls
 from .pool.state import ReleaseState, remove_state, state_file_path, write_state
 from .pool.workload import WorkloadKey, derive_workload_key
 from .report import BuildResult, Placement, Timings, render_table, result_to_dict, write_result_file
@@ -320,24 +323,25 @@ def _place_and_build(
             reported.append(result)
             broker.record(placement, built, result)
 
-        return run_build(
-            request,
-            BuilderEndpoint(address=grant.builder.address, tls=options.tls),
-            Placement(
-                builder=grant.builder.address,
-                path=grant.path,
-                builder_name=grant.builder.name,
-                affine=grant.affine,
-                reason=grant.reason,
-            ),
-            queue_seconds=queue_seconds,
-            startup_seconds=startup_seconds,
-            buildctl=options.buildctl,
-            log=log,
-            abort=abort,
-            on_result=on_result,
-            warnings=warnings,
-        )
+        with builder_endpoint(grant, options.tls) as endpoint:
+            return run_build(
+                request,
+                endpoint,
+                Placement(
+                    builder=grant.builder.address,
+                    path=grant.path,
+                    builder_name=grant.builder.name,
+                    affine=grant.affine,
+                    reason=grant.reason,
+                ),
+                queue_seconds=queue_seconds,
+                startup_seconds=startup_seconds,
+                buildctl=options.buildctl,
+                log=log,
+                abort=abort,
+                on_result=on_result,
+                warnings=warnings,
+            )
     finally:
         # Cancellation cleanup: runs to its end even if another signal arrives (signals_deferred).
         with signals_deferred():
@@ -345,6 +349,43 @@ def _place_and_build(
                 keeper.stop()
             if grant is not None and grant.lease is not None:
                 _give_back(broker, grant, options.state_file, log)
+
+
+@contextmanager
+def builder_endpoint(grant: Grant, tls: TlsFiles | None) -> Iterator[BuilderEndpoint]:
+    """How buildctl reaches the granted builder, and what it verifies there.
+
+    An ephemeral builder: always mTLS with the run's own certificates (files in a private temporary
+    directory for the build's duration). A warm or spill builder with TLS files configured: the
+    leased builder's own stable DNS name is the server name buildctl verifies, so another pod's
+    certificate is refused, and a builder without such a name is refused outright (never a
+    plaintext fallback). Without TLS files: plaintext, for a pool that opted out of mTLS."""
+    address = grant.builder.address
+    if grant.run_tls is not None:
+        with tempfile.TemporaryDirectory(prefix="warmbuild-run-tls-") as directory:
+            yield BuilderEndpoint(address=address, tls=write_run_tls(Path(directory), grant.run_tls))
+        return
+    if tls is None:
+        yield BuilderEndpoint(address=address)
+        return
+    if not grant.builder.server_name:
+        raise BuilderUnreachable(
+            f"builder {grant.builder.name} has no stable DNS name (spec.hostname and spec.subdomain), so its "
+            "certificate cannot be checked: it is not a TLS-capable pool builder (pools are StatefulSets with a headless Service)"
+        )
+    yield BuilderEndpoint(address=address, tls=replace(tls, server_name=grant.builder.server_name))
+
+
+def write_run_tls(directory: Path, run_tls: RunTls) -> TlsFiles:
+    """The run's CA and client pair as files buildctl reads (owner-only)."""
+    paths = {}
+    for name, data in (("ca.crt", run_tls.ca_pem), ("tls.crt", run_tls.cert_pem), ("tls.key", run_tls.key_pem)):
+        path = directory / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        paths[name] = path
+    return TlsFiles(ca=paths["ca.crt"], cert=paths["tls.crt"], key=paths["tls.key"], server_name=run_tls.server_name)
 
 
 def _give_back(broker: SlotBroker, grant: Grant, state_file: Path, log: TextIO) -> None:

@@ -9,8 +9,13 @@ node; the real kube-scheduler and PV controller bind them. The node emulator mou
 pod's buildkitd has its own state directory), so the volume is real in the API and nowhere else.
 The builders' preStop runs on the host (the node emulator does that), so `drain.command` points at
 this virtualenv's `warmbuild` instead of the one inside the builder image.
+
+mTLS, the chart's default, is real: the install runs on a node of its own (tls_node.py: this
+checkout's node emulator, which serves each builder's own certificate from its Secret volume), and
+CI steps build with the client certificate from `<release>-client-tls`, read as admin.
 """
 
+import base64
 import json
 import os
 import re
@@ -35,6 +40,7 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from helm_render import CHART, VARIANTS, helm, template_command  # noqa: E402
 from poolkit import wait_for  # noqa: E402
+from tls_node import node_selector, private_node, service_account_kubeconfig, toleration  # noqa: E402
 
 from warmbuild.pool.affinity import preference_order  # noqa: E402
 
@@ -49,7 +55,8 @@ POOL = "chart"
 REPLICAS = 3
 BUILDERS = [f"{RELEASE}-builder-{i}" for i in range(REPLICAS)]
 STORAGE_CLASS = "warmbuild-chart-local"
-NODE = "warmbuild-node-0"
+NODE = "warmbuild-node-tls"  # this module's own (tls_node.py)
+FIRST_IP = "127.0.2.10"
 GRACE_SECONDS = 120  # the drain then waits at most 90 s
 FIELD_MANAGER = "warmbuild-chart-test"
 # Kinds whose CRDs the testbed does not have: checked by `helm template`/lint and the unit tests only.
@@ -259,6 +266,10 @@ def local_volumes(core, storage, run_id: str, count: int) -> list[str]:
     return names
 
 
+def node_state_dir() -> Path:
+    return Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "ntls"
+
+
 def remove_leftovers(core, storage) -> None:
     """What an interrupted earlier run may have left: the release, its namespace, the test PVs."""
     if helm("status", RELEASE, "--namespace", NAMESPACE).returncode == 0:
@@ -269,12 +280,18 @@ def remove_leftovers(core, storage) -> None:
     ignore_missing(storage.delete_storage_class, STORAGE_CLASS)
     shutil.rmtree(Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "local-pv", ignore_errors=True)
     # The node emulator keeps a StatefulSet pod's buildkitd root (its stand-in for the volume).
-    for pod_dir in (Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "node" / "pods").glob(f"{NAMESPACE}_*"):
+    for pod_dir in (node_state_dir() / "pods").glob(f"{NAMESPACE}_*"):
         shutil.rmtree(pod_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def release(api, core):
+def tls_node(core):
+    with private_node(core, NODE, FIRST_IP, node_state_dir()) as node:
+        yield node
+
+
+@pytest.fixture(scope="module")
+def release(api, core, tls_node, tmp_path_factory):
     """The chart installed in its own namespace on local PVs; everything removed afterwards."""
     storage = client.StorageV1Api(api)
     remove_leftovers(core, storage)
@@ -304,12 +321,21 @@ def release(api, core):
         f"builder.terminationGracePeriodSeconds={GRACE_SECONDS}",
         "--set-json",
         f"drain.command={json.dumps([str(warmbuild)])}",
+        "--set-json",
+        f"builder.nodeSelector={json.dumps(node_selector(NODE))}",
+        "--set-json",
+        f"builder.tolerations={json.dumps([toleration(NODE)])}",
         timeout=240,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     print(f"helm install --wait: {time.monotonic() - started:.1f}s")
     try:
-        yield {"pvs": pvs}
+        secret = core.read_namespaced_secret(f"{RELEASE}-client-tls", NAMESPACE)  # as admin: CI cannot
+        tls = {}
+        for key in ("ca.crt", "tls.crt", "tls.key"):
+            tls[key] = tmp_path_factory.mktemp("client-tls") / key
+            tls[key].write_bytes(base64.b64decode(secret.data[key]))
+        yield {"pvs": pvs, "tls": tls}
     finally:
         remove_leftovers(core, storage)
 
@@ -339,13 +365,23 @@ def test_install_runs_ready_builders_on_bound_local_volumes(release, core, api):
         assert pod.spec.node_name == NODE
         assert pod.metadata.annotations["warmbuild.dev/slots"] == "2"
         assert pod.spec.service_account_name == f"{RELEASE}-builder"
-        done = subprocess.run(
-            [os.environ["WARMBUILD_BUILDCTL"], "--addr", f"tcp://{pod.status.pod_ip}:1234", "debug", "workers"],
+        address, tls = f"tcp://{pod.status.pod_ip}:1234", release["tls"]
+        plaintext = subprocess.run(
+            [os.environ["WARMBUILD_BUILDCTL"], "--addr", address, "--timeout", "5", "debug", "workers"],
             capture_output=True,
             text=True,
             timeout=30,
         )
-        assert done.returncode == 0, done.stderr  # a real buildkitd answers for every builder
+        assert plaintext.returncode != 0  # mTLS is the default: no plaintext client gets in
+        done = subprocess.run(
+            [os.environ["WARMBUILD_BUILDCTL"], "--addr", address]
+            + ["--tlscacert", str(tls["ca.crt"]), "--tlscert", str(tls["tls.crt"]), "--tlskey", str(tls["tls.key"])]
+            + ["--tlsservername", f"{pod.metadata.name}.{RELEASE}-builder.{NAMESPACE}.svc", "debug", "workers"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr  # a real buildkitd answers for every builder, as itself
     claims = {c.metadata.name: c for c in core.list_namespaced_persistent_volume_claim(NAMESPACE).items}
     assert sorted(claims) == [f"state-{name}" for name in BUILDERS]
     for claim in claims.values():
@@ -359,25 +395,7 @@ def test_install_runs_ready_builders_on_bound_local_volumes(release, core, api):
 
 def ci_kubeconfig(core, tmp_path: Path) -> Path:
     """A kubeconfig for the chart's CI ServiceAccount, its token minted with TokenRequest as admin."""
-    answer = core.create_namespaced_service_account_token(
-        f"{RELEASE}-ci",
-        NAMESPACE,
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
-    )
-    admin = yaml.safe_load(Path(os.environ["KUBECONFIG"]).read_text())
-    cluster = admin["clusters"][0]
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": "ci", "user": {"token": answer.status.token}}],
-        "contexts": [{"name": "ci", "context": {"cluster": cluster["name"], "user": "ci", "namespace": NAMESPACE}}],
-        "current-context": "ci",
-    }
-    path = tmp_path / "ci-kubeconfig.yaml"
-    path.write_text(yaml.safe_dump(kubeconfig))
-    path.chmod(0o600)
-    return path
+    return service_account_kubeconfig(core, f"{RELEASE}-ci", NAMESPACE, tmp_path / "ci-kubeconfig.yaml")
 
 
 def can(
@@ -411,7 +429,7 @@ def sleep_app(tmp_path: Path, seconds: int) -> Path:
     return app
 
 
-def start_build(app: Path, kubeconfig: Path, cache_key: str, result: Path) -> subprocess.Popen:
+def start_build(app: Path, kubeconfig: Path, cache_key: str, result: Path, tls: dict) -> subprocess.Popen:
     env = dict(os.environ, KUBECONFIG=str(kubeconfig))
     for name in ("WARMBUILD_BUILDER", "WARMBUILD_POOL", "WARMBUILD_NAMESPACE"):
         env.pop(name, None)
@@ -430,6 +448,7 @@ def start_build(app: Path, kubeconfig: Path, cache_key: str, result: Path) -> su
             cache_key,
             "--result-file",
             str(result),
+            *("--tls-ca", str(tls["ca.crt"]), "--tls-cert", str(tls["tls.crt"]), "--tls-key", str(tls["tls.key"])),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -459,7 +478,7 @@ def test_ci_service_account_from_the_chart_builds_through_the_pool(release, core
 
     key = key_first_on(BUILDERS[0])
     result = tmp_path / "result.json"
-    build = start_build(sleep_app(tmp_path, 1), kubeconfig, key, result)
+    build = start_build(sleep_app(tmp_path, 1), kubeconfig, key, result, release["tls"])
     output, _ = build.communicate(timeout=300)
     assert build.returncode == 0, output
     report = json.loads(result.read_text())
@@ -503,7 +522,7 @@ def test_scale_down_waits_for_the_build_holding_a_slot_on_the_highest_ordinal(re
     )
     leases = Recorder(coordination.list_namespaced_lease, NAMESPACE, label_selector=f"warmbuild.dev/builder={victim}")
     result = tmp_path / "result.json"
-    build = start_build(sleep_app(tmp_path, 20), kubeconfig, key_first_on(victim), result)
+    build = start_build(sleep_app(tmp_path, 20), kubeconfig, key_first_on(victim), result, release["tls"])
     try:
         held = wait_for(
             lambda: next(
@@ -548,9 +567,7 @@ def test_scale_down_waits_for_the_build_holding_a_slot_on_the_highest_ordinal(re
     assert deleting_at < released_at and draining_at < released_at
     assert released_at < gone_at
     assert gone_at - released_at < 10  # and promptly after that (poll 1 s)
-    log = (
-        Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "node" / "pods" / f"{NAMESPACE}_{victim}" / "prestop.log"
-    ).read_text()
+    log = (node_state_dir() / "pods" / f"{NAMESPACE}_{victim}" / "prestop.log").read_text()
     assert f"waiting for 1 slot(s) to be released: {slot}" in log
     assert "all slots released after" in log
     # whenScaled: Retain — the volume (and with it the cache) waits for the builder to come back.
@@ -561,6 +578,7 @@ def test_scale_down_waits_for_the_build_holding_a_slot_on_the_highest_ordinal(re
 
 CHART_KINDS = [
     ("v1", "ServiceAccount"),
+    ("v1", "Secret"),
     ("v1", "ConfigMap"),
     ("v1", "Service"),
     ("apps/v1", "StatefulSet"),

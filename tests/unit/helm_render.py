@@ -18,12 +18,15 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "warmbuild"
 MANIFESTS = REPO / "deploy" / "manifests" / "warmbuild.yaml"
 RENDER_MANIFESTS = REPO / "deploy" / "render-manifests"
+# The plain manifests are the default rendering with the TLS Secrets left out (each install makes its own).
+MANIFEST_SETS = ("tls.existingSecret=warmbuild-builder-tls",)
 
 # The documented variants (docs/deploy.md): name -> values file under the chart's ci/ directory.
 VARIANTS = {
     "default": None,
     "rootless": "rootless-values.yaml",
     "mtls": "mtls-values.yaml",
+    "plaintext": "plaintext-values.yaml",
     "mtls-cert-manager": "mtls-cert-manager-values.yaml",
     "scheduler": "scheduler-values.yaml",
     "autoscaling-hpa": "autoscaling-hpa-values.yaml",

@@ -61,7 +61,7 @@ def test_no_cache_ref_means_no_registry_cache():
 
 def test_ephemeral_pod_is_not_a_warm_builder_and_carries_its_run():
     holder = HolderInfo(identity="h", run_url="https://ci.example/run/1", workload_key="repo|Dockerfile|")
-    pod = ephemeral_pod_manifest(EphemeralSettings(), "ns", "default", holder)
+    pod = ephemeral_pod_manifest(EphemeralSettings(), "ns", "default", holder, "warmbuild-default-ephemeral-0a1b2c3d")
     labels = pod["metadata"]["labels"]
     assert POOL_LABEL not in labels and labels[EPHEMERAL_POOL_LABEL] == "default"
     assert pod["metadata"]["annotations"]["warmbuild.dev/run-url"] == "https://ci.example/run/1"
@@ -81,7 +81,7 @@ def test_ephemeral_settings_reach_the_pod(tmp_path):
         "activeDeadlineSeconds: 900\n"
     )
     settings = load_ephemeral_settings(str(config), {"image": None})
-    pod = ephemeral_pod_manifest(settings, "ns", "p", HolderInfo(identity="h"))
+    pod = ephemeral_pod_manifest(settings, "ns", "p", HolderInfo(identity="h"), "warmbuild-p-ephemeral-0a1b2c3d")
     spec, container = pod["spec"], pod["spec"]["containers"][0]
     assert container["image"].endswith("-rootless") and container["securityContext"]["runAsUser"] == 1000
     assert container["resources"]["requests"]["memory"] == "4Gi"

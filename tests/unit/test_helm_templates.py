@@ -4,10 +4,13 @@ The API server's verdict on the same renderings, and the chart running on the te
 tests/integration/test_helm_chart.py.
 """
 
+import base64
 import shlex
 
 import pytest
 from helm_render import CHART, VARIANTS, helm, of_kind, one, render, render_error, variant_args
+
+x509 = pytest.importorskip("cryptography.x509")
 
 tomllib = pytest.importorskip("tomllib")
 
@@ -30,6 +33,9 @@ def test_default_values_render_the_pool_and_least_privilege_access_only():
         ("Role", "warmbuild-ci"),
         ("RoleBinding", "warmbuild-builder"),
         ("RoleBinding", "warmbuild-ci"),
+        ("Secret", "warmbuild-builder-tls"),
+        ("Secret", "warmbuild-client-tls"),
+        ("Secret", "warmbuild-tls-ca"),
         ("Service", "warmbuild-builder"),
         ("ServiceAccount", "warmbuild-builder"),
         ("ServiceAccount", "warmbuild-ci"),
@@ -91,7 +97,7 @@ def test_statefulset_is_a_pool_the_cli_discovers_with_a_volume_per_builder_and_a
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Delete", "whenScaled": "Retain"}
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    assert mounts == {"config": "/etc/buildkit", "state": "/var/lib/buildkit"}
+    assert mounts == {"config": "/etc/buildkit", "state": "/var/lib/buildkit", "certs": "/certs"}
     probe = container["readinessProbe"]["exec"]["command"]
     assert probe == ["buildctl", "--addr", "unix:///run/buildkit/buildkitd.sock", "debug", "workers"]
 
@@ -175,7 +181,99 @@ def test_rootless_variant_runs_as_uid_1000_without_a_privileged_container():
     assert "unix:///run/user/1000/buildkit/buildkitd.sock" in container["livenessProbe"]["exec"]["command"]
 
 
-def test_mtls_variant_serves_tls_from_the_secret_and_keeps_the_probe_socket_local():
+def pem_certificate(secret: dict, key: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(base64.b64decode(secret["data"][key]))
+
+
+def dns_names(certificate: x509.Certificate) -> list[str]:
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return names.get_values_for_type(x509.DNSName)
+
+
+def test_default_is_mtls_with_one_certificate_per_builder_for_its_stable_dns_name():
+    docs = render(sets=("builder.replicas=2",), namespace="ci-pool")
+    statefulset, container = builder_container(docs)
+    assert {"--tlscacert=/certs/ca.crt", "--tlscert=/certs/tls.crt", "--tlskey=/certs/tls.key"} <= set(
+        container["args"]
+    )
+    secrets = {doc["metadata"]["name"]: doc for doc in of_kind(docs, "Secret")}
+    assert set(secrets) == {"warmbuild-tls-ca", "warmbuild-builder-tls", "warmbuild-client-tls"}
+    server = secrets["warmbuild-builder-tls"]
+    assert sorted(server["data"]) == [
+        "ca.crt",
+        "warmbuild-builder-0.crt",
+        "warmbuild-builder-0.key",
+        "warmbuild-builder-1.crt",
+        "warmbuild-builder-1.key",
+    ]
+    ca = pem_certificate(secrets["warmbuild-tls-ca"], "tls.crt")
+    assert pem_certificate(server, "ca.crt") == ca
+    for ordinal in (0, 1):
+        certificate = pem_certificate(server, f"warmbuild-builder-{ordinal}.crt")
+        name = f"warmbuild-builder-{ordinal}.warmbuild-builder.ci-pool.svc"
+        # Its own name only: no wildcard, no Service-wide name another builder could also present.
+        assert dns_names(certificate) == [name, f"{name}.cluster.local"]
+        assert certificate.issuer == ca.subject
+        certificate.verify_directly_issued_by(ca)
+    client = pem_certificate(secrets["warmbuild-client-tls"], "tls.crt")
+    client.verify_directly_issued_by(ca)
+    usages = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH in usages
+    assert not dns_names(client)  # it can never pass as a builder
+    assert secrets["warmbuild-client-tls"]["type"] == "kubernetes.io/tls"
+    assert sorted(secrets["warmbuild-client-tls"]["data"]) == ["ca.crt", "tls.crt", "tls.key"]
+    # Each builder sees only its own directory of the Secret: subPathExpr with the pod's name.
+    assert {
+        "name": "certs",
+        "mountPath": "/certs",
+        "subPathExpr": "$(POD_NAME)",
+        "readOnly": True,
+    } in container["volumeMounts"]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["certs"]["secret"]["secretName"] == "warmbuild-builder-tls"
+    assert volumes["certs"]["secret"]["items"] == [
+        {"key": f"warmbuild-builder-{n}.{ext}", "path": f"warmbuild-builder-{n}/tls.{ext}"}
+        if ext
+        else {"key": "ca.crt", "path": f"warmbuild-builder-{n}/ca.crt"}
+        for n in (0, 1)
+        for ext in ("crt", "key", "")
+    ]
+    # No pod mounts the CA's key.
+    assert all(
+        volume.get("secret", {}).get("secretName") != "warmbuild-tls-ca"
+        for doc in docs
+        if doc["kind"] in ("StatefulSet", "Deployment")
+        for volume in doc["spec"]["template"]["spec"].get("volumes", ())
+    )
+
+
+def test_every_ordinal_the_pool_can_reach_gets_a_certificate():
+    docs = render(
+        sets=("scheduler.enabled=true", "scheduler.tls.existingSecret=s", "autoscaling.enabled=true"),
+        extra=("--set", "autoscaling.maxReplicas=5", "--set", "builder.replicas=2"),
+    )
+    server = one(docs, "Secret", "warmbuild-builder-tls")
+    assert sorted(k for k in server["data"] if k.endswith(".crt") and k != "ca.crt") == [
+        f"warmbuild-builder-{n}.crt" for n in range(5)
+    ]
+
+
+def test_plaintext_only_when_opted_out():
+    docs = render(variant="plaintext")
+    statefulset, container = builder_container(docs)
+    assert not [arg for arg in container["args"] if arg.startswith("--tls")]
+    assert not of_kind(docs, "Secret")
+    assert "certs" not in {v["name"] for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+    for variant in ("default", "mtls", "mtls-cert-manager", "rootless"):
+        _, container = builder_container(render(variant=variant))
+        assert "--tlscert=/certs/tls.crt" in container["args"], variant
+
+
+def test_mtls_variant_serves_each_builder_its_own_pair_from_the_existing_secret():
     docs = render(variant="mtls")
     statefulset, container = builder_container(docs)
     assert {"--tlscacert=/certs/ca.crt", "--tlscert=/certs/tls.crt", "--tlskey=/certs/tls.key"} <= set(
@@ -183,31 +281,53 @@ def test_mtls_variant_serves_tls_from_the_secret_and_keeps_the_probe_socket_loca
     )
     volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
     assert volumes["certs"]["secret"]["secretName"] == "warmbuild-builder-tls"
-    assert {"name": "certs", "mountPath": "/certs", "readOnly": True} in container["volumeMounts"]
+    assert {"key": "warmbuild-builder-2.key", "path": "warmbuild-builder-2/tls.key"} in volumes["certs"]["secret"][
+        "items"
+    ]
+    assert {"name": "certs", "mountPath": "/certs", "subPathExpr": "$(POD_NAME)", "readOnly": True} in container[
+        "volumeMounts"
+    ]
     assert not of_kind(docs, "Certificate")  # certificates come from the Secret, not cert-manager
+    assert not of_kind(docs, "Secret")  # nor from the chart
 
 
-def test_cert_manager_variant_issues_server_and_client_certificates_from_its_own_ca():
+def test_cert_manager_variant_issues_one_certificate_per_builder_and_a_client_certificate():
     docs = render(variant="mtls-cert-manager")
     certificates = {doc["metadata"]["name"]: doc["spec"] for doc in of_kind(docs, "Certificate")}
-    assert set(certificates) == {"warmbuild-ca", "warmbuild-builder-tls", "warmbuild-client-tls"}
+    assert set(certificates) == {
+        "warmbuild-ca",
+        "warmbuild-builder-0-tls",
+        "warmbuild-builder-1-tls",
+        "warmbuild-builder-2-tls",
+        "warmbuild-client-tls",
+    }
     assert certificates["warmbuild-ca"]["isCA"] is True
-    server = certificates["warmbuild-builder-tls"]
-    assert server["usages"] == ["server auth"]
-    assert server["dnsNames"] == [
-        "warmbuild-builder.warmbuild.svc",
-        "warmbuild-builder.warmbuild.svc",
-        "*.warmbuild-builder.warmbuild.svc",
-    ]
-    assert server["issuerRef"] == {"name": "warmbuild-ca", "kind": "Issuer", "group": "cert-manager.io"}
+    for ordinal in range(3):
+        server = certificates[f"warmbuild-builder-{ordinal}-tls"]
+        assert server["secretName"] == f"warmbuild-builder-{ordinal}-tls"
+        assert server["usages"] == ["server auth"]
+        name = f"warmbuild-builder-{ordinal}.warmbuild-builder.warmbuild.svc"
+        assert server["dnsNames"] == [name, f"{name}.cluster.local"]
+        assert server["issuerRef"] == {"name": "warmbuild-ca", "kind": "Issuer", "group": "cert-manager.io"}
+    assert not [n for spec in certificates.values() for n in spec.get("dnsNames", ()) if "*" in n]
     assert certificates["warmbuild-client-tls"]["usages"] == ["client auth"]
     assert sorted(doc["metadata"]["name"] for doc in of_kind(docs, "Issuer")) == [
         "warmbuild-ca",
         "warmbuild-selfsigned",
     ]
-    statefulset, _ = builder_container(docs)
+    assert not of_kind(docs, "Secret")
+    statefulset, container = builder_container(docs)
     volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["certs"]["secret"]["secretName"] == "warmbuild-builder-tls"
+    sources = volumes["certs"]["projected"]["sources"]
+    assert [source["secret"]["name"] for source in sources] == [f"warmbuild-builder-{n}-tls" for n in range(3)]
+    assert sources[1]["secret"]["items"] == [
+        {"key": "tls.crt", "path": "warmbuild-builder-1/tls.crt"},
+        {"key": "tls.key", "path": "warmbuild-builder-1/tls.key"},
+        {"key": "ca.crt", "path": "warmbuild-builder-1/ca.crt"},
+    ]
+    assert {"name": "certs", "mountPath": "/certs", "subPathExpr": "$(POD_NAME)", "readOnly": True} in container[
+        "volumeMounts"
+    ]
     # An issuer of the user's own replaces the bootstrap CA.
     own = render(
         variant="mtls-cert-manager",
@@ -402,7 +522,6 @@ def test_keda_variant_scales_on_the_same_metric_from_prometheus():
             ("builder.terminationGracePeriodSeconds=600", "drain.timeoutSeconds=600"),
             "drain.timeoutSeconds (600) must be below builder.terminationGracePeriodSeconds (600)",
         ),
-        (("tls.enabled=true",), "tls.existingSecret: name the Secret"),
         (("autoscaling.enabled=true",), "autoscaling.enabled needs scheduler.enabled"),
         (("scheduler.enabled=true",), "scheduler.tls.existingSecret: the scheduler serves HTTPS only"),
         (

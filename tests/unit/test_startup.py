@@ -14,6 +14,7 @@ NOT_ON_THE_BUILD_PATH = (
     "warmbuild.scheduler.client",  # --scheduler only
     "fastapi",
     "matplotlib",
+    "cryptography",  # ephemeral builders' per-run certificates only
 )
 
 

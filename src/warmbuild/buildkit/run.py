@@ -120,6 +120,9 @@ def check_buildkit_answers(buildctl: str, builder: BuilderEndpoint, timeout: flo
         ) from None
     if done.returncode != 0:
         detail = _last_line(done.stderr) or f"exit status {done.returncode}"
+        if builder.tls is not None and ("x509:" in detail or "tls:" in detail):
+            name = builder.tls.server_name or builder.address
+            raise BuilderUnreachable(f"builder {builder.address} failed the TLS check as {name}: {detail}")
         raise BuilderUnreachable(f"builder {builder.address} did not answer as buildkitd: {detail}")
 
 

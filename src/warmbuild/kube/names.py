@@ -41,6 +41,16 @@ def slot_lease_name(builder_name: str, slot: int) -> str:
     return f"{builder_name}-slot-{slot}"
 
 
+def ephemeral_pod_name(pool: str, suffix: str) -> str:
+    """An ephemeral builder's pod name, chosen by the CI step (its certificate names it before the pod exists)."""
+    return f"warmbuild-{pool}-ephemeral-{suffix}"
+
+
+def ephemeral_tls_secret_name(pod_name: str) -> str:
+    """The Secret with an ephemeral builder's per-run certificate: the only Secret its pod mounts."""
+    return f"{pod_name}-tls"
+
+
 # ------------------------------------------------------------------------------------------ API paths
 
 TOKEN_REVIEWS_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
@@ -60,6 +70,10 @@ def events_path(namespace: str) -> str:
 
 def configmaps_path(namespace: str, name: str | None = None) -> str:
     return _collection(f"/api/v1/namespaces/{namespace}/configmaps", name)
+
+
+def secrets_path(namespace: str, name: str | None = None) -> str:
+    return _collection(f"/api/v1/namespaces/{namespace}/secrets", name)
 
 
 def leases_path(namespace: str, name: str | None = None) -> str:

@@ -43,15 +43,27 @@ class PodView:
     ready: bool
     terminating: bool
     draining: bool
+    namespace: str = ""
+    hostname: str = ""  # spec.hostname: a StatefulSet sets the pod's name
+    subdomain: str = ""  # spec.subdomain: the StatefulSet's headless Service
 
     @property
     def usable(self) -> bool:
         return self.ready and not self.terminating and not self.draining and bool(self.ip)
 
+    @property
+    def stable_dns_name(self) -> str | None:
+        """`<hostname>.<subdomain>.<namespace>.svc`, the name on the builder's own certificate that a
+        TLS client verifies; None for a pod without a stable name (not a TLS-capable builder)."""
+        if not (self.hostname and self.subdomain and self.namespace):
+            return None
+        return f"{self.hostname}.{self.subdomain}.{self.namespace}.svc"
+
 
 def pod_view(pod: dict) -> PodView:
     meta = pod.get("metadata", {})
     annotations = meta.get("annotations") or {}
+    spec = pod.get("spec") or {}
     status = pod.get("status", {})
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or ()}
     try:
@@ -67,6 +79,9 @@ def pod_view(pod: dict) -> PodView:
         ready=status.get("phase") == "Running" and conditions.get("Ready") == "True",
         terminating=bool(meta.get("deletionTimestamp")),
         draining=annotations.get(DRAINING_ANNOTATION, "").lower() == "true",
+        namespace=meta.get("namespace", ""),
+        hostname=spec.get("hostname") or "",
+        subdomain=spec.get("subdomain") or "",
     )
 
 

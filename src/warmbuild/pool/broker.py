@@ -7,7 +7,8 @@ not. Every path is a `Grant` with one life cycle — acquire, (for an ephemeral 
 then wait until it is ready), keep, release — so the pipeline has one code path:
 
 - warm and spill grants hold a slot Lease; `release` gives it back if it is still theirs;
-- an ephemeral grant holds the pod's run Lease; `release` deletes the pod (its Lease goes with it).
+- an ephemeral grant holds the pod's run Lease and the run's client certificate (`Grant.run_tls`);
+  `release` deletes the pod (its Lease and its certificate Secret go with it).
 
 `keep` renews the grant's Lease every duration/3 and calls `on_lost` once when it is fenced. The
 broker that read the pool's history for placement also records the finished build in it (`record`).
@@ -26,14 +27,19 @@ from .ephemeral import (
     EphemeralSettings,
     create_ephemeral_pod,
     create_run_lease,
+    create_tls_secret,
     delete_ephemeral_pod,
     ephemeral_pod_manifest,
+    new_pod_name,
+    run_labels,
+    tls_secret_manifest,
     wait_until_ready,
 )
 from .history import PoolHistory, record_of
 from .leases import LeaseKeeper, SlotLease, release_slot, renew_slot
 from .membership import Builder
 from .placement import Grant, PlacementRequest, acquire_build_slot
+from .run_certs import make_run_certificates
 
 
 class Keeper(Protocol):
@@ -89,12 +95,17 @@ class DirectLeases:
     def start_ephemeral(
         self, request: PlacementRequest, grant: Grant, settings: EphemeralSettings, on_created: Callable[[str], None]
     ) -> Grant:
-        manifest = ephemeral_pod_manifest(settings, request.namespace, request.pool, request.holder)
+        name = new_pod_name(request.pool)
+        # Made before the pod, so that a failure here leaves nothing behind; valid as long as the pod may run.
+        certificates = make_run_certificates(name, settings.active_deadline_seconds + 600)
+        manifest = ephemeral_pod_manifest(settings, request.namespace, request.pool, request.holder, name)
         with signals_deferred():  # a pod created must be known before a signal can interrupt
             name, uid = create_ephemeral_pod(self.client, manifest)
             on_created(name)
-        builder = Builder(name=name, uid=uid, address="", slots=1)
+        builder = Builder(name=name, uid=uid, address="", slots=1, server_name=certificates.server_name)
         try:
+            labels = run_labels(request.pool, request.holder)
+            create_tls_secret(self.client, tls_secret_manifest(request.namespace, name, uid, certificates, labels))
             run_lease = create_run_lease(
                 self.client, request.namespace, name, uid, request.holder, request.lease_seconds
             )
@@ -102,7 +113,7 @@ class DirectLeases:
             with signals_deferred():
                 delete_ephemeral_pod(self.client, request.namespace, name)
             raise
-        return replace(grant, lease=run_lease, builder=builder)
+        return replace(grant, lease=run_lease, builder=builder, run_tls=certificates.client)
 
     def wait_ready(self, grant: Grant, settings: EphemeralSettings) -> Grant:
         address = wait_until_ready(

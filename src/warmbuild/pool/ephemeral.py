@@ -4,11 +4,20 @@ create → wait until Ready (a watch; on timeout, one line quoting the pod's eve
 delete, always. The pod carries a Lease of its own (same name, owned by the pod) that the CI step
 renews while it runs: `warmbuild gc` deletes pods whose Lease expired, i.e. whose CI job died.
 `activeDeadlineSeconds` is the last safety net.
+
+mTLS always: the CI step names the pod itself (`warmbuild-<pool>-ephemeral-<random>`), makes the
+run's certificates for that name (`run_certs`), creates the pod, then the Secret `<pod>-tls` with
+an ownerReference to the pod, so the garbage collector deletes it with the pod and the CI identity
+needs `secrets create` only (never get, list, update or delete). The pod waits for the Secret like
+any pod waits for a volume. A Secret of that name that exists already (someone raced to plant
+their own key) is an error: the build does not use that builder.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,14 +35,19 @@ from ..kube.names import (
     RUN_URL_ANNOTATION,
     WORKLOAD_KEY_ANNOTATION,
     WORKLOAD_KEY_ANNOTATION_MAX,
+    ephemeral_pod_name,
+    ephemeral_tls_secret_name,
     events_path,
     leases_path,
     pods_path,
+    secrets_path,
 )
 from ..kube.views import parse_lease
 from .leases import HolderInfo, SlotLease, new_lease_body
+from .run_certs import RunCertificates
 
 BUILDKITD_PORT = 1234
+TLS_DIR = "/etc/buildkit/tls"  # where the ephemeral builder's Secret is mounted
 DEFAULT_IMAGE = "moby/buildkit:v0.34.2"
 DEFAULT_ROOTLESS_IMAGE = "moby/buildkit:v0.34.2-rootless"
 
@@ -122,14 +136,29 @@ def run_id(holder: HolderInfo) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
-def ephemeral_pod_manifest(settings: EphemeralSettings, namespace: str, pool: str, holder: HolderInfo) -> dict:
-    """The pod for one ephemeral builder (pure)."""
+def new_pod_name(pool: str) -> str:
+    return ephemeral_pod_name(pool, secrets.token_hex(4))
+
+
+def ephemeral_pod_manifest(
+    settings: EphemeralSettings, namespace: str, pool: str, holder: HolderInfo, name: str
+) -> dict:
+    """The pod for one ephemeral builder (pure): mTLS with the run's certificate from Secret `<name>-tls`."""
     container: dict[str, Any] = {
         "name": "buildkitd",
         "image": settings.effective_image,
-        "args": ["--addr", f"tcp://0.0.0.0:{BUILDKITD_PORT}", "--addr", "unix:///run/buildkit/buildkitd.sock"],
+        "args": [
+            "--addr",
+            f"tcp://0.0.0.0:{BUILDKITD_PORT}",
+            "--addr",
+            "unix:///run/buildkit/buildkitd.sock",
+            f"--tlscert={TLS_DIR}/tls.crt",
+            f"--tlskey={TLS_DIR}/tls.key",
+            f"--tlscacert={TLS_DIR}/ca.crt",
+        ],
         "ports": [{"name": "buildkitd", "containerPort": BUILDKITD_PORT}],
         "readinessProbe": {"exec": {"command": ["buildctl", "debug", "workers"]}, "periodSeconds": 2},
+        "volumeMounts": [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}],
     }
     if settings.rootless:
         container["args"].append("--oci-worker-no-process-sandbox")
@@ -149,6 +178,7 @@ def ephemeral_pod_manifest(settings: EphemeralSettings, namespace: str, pool: st
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 5,
         "containers": [container],
+        "volumes": [{"name": "tls", "secret": {"secretName": ephemeral_tls_secret_name(name), "defaultMode": 0o440}}],
     }
     if settings.service_account:
         spec["serviceAccountName"] = settings.service_account
@@ -164,14 +194,9 @@ def ephemeral_pod_manifest(settings: EphemeralSettings, namespace: str, pool: st
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "generateName": f"warmbuild-{pool}-ephemeral-",
+            "name": name,
             "namespace": namespace,
-            "labels": {
-                **settings.labels,
-                EPHEMERAL_LABEL: "true",
-                EPHEMERAL_POOL_LABEL: pool,
-                RUN_LABEL: run_id(holder),
-            },
+            "labels": {**settings.labels, **run_labels(pool, holder)},
             "annotations": {
                 **settings.annotations,
                 RUN_URL_ANNOTATION: holder.run_url,
@@ -180,6 +205,45 @@ def ephemeral_pod_manifest(settings: EphemeralSettings, namespace: str, pool: st
         },
         "spec": spec,
     }
+
+
+def run_labels(pool: str, holder: HolderInfo) -> dict[str, str]:
+    return {EPHEMERAL_LABEL: "true", EPHEMERAL_POOL_LABEL: pool, RUN_LABEL: run_id(holder)}
+
+
+def tls_secret_manifest(
+    namespace: str, pod_name: str, pod_uid: str, certificates: RunCertificates, labels: Mapping[str, str]
+) -> dict:
+    """The ephemeral builder's Secret (pure): its server pair and the CA that verifies the CI step,
+    owned by the pod so that it goes when the pod goes."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {
+            "name": ephemeral_tls_secret_name(pod_name),
+            "namespace": namespace,
+            "labels": dict(labels),
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod_uid}],
+        },
+        "data": {
+            "tls.crt": base64.b64encode(certificates.server_cert_pem).decode(),
+            "tls.key": base64.b64encode(certificates.server_key_pem).decode(),
+            "ca.crt": base64.b64encode(certificates.ca_pem).decode(),
+        },
+    }
+
+
+def create_tls_secret(client: KubeClient, manifest: dict) -> None:
+    """Create the run's Secret; one that exists already was not made by this run: refuse it."""
+    meta = manifest["metadata"]
+    try:
+        client.request("POST", secrets_path(meta["namespace"]), body=manifest)
+    except KubeConflict:
+        raise ClusterError(
+            f"Secret {meta['name']} already exists, made by someone else before this run: "
+            f"not using ephemeral builder {meta['ownerReferences'][0]['name']}"
+        ) from None
 
 
 @dataclass(frozen=True)

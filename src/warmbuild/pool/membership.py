@@ -31,10 +31,17 @@ class Builder:
     uid: str
     address: str  # tcp://POD_IP:PORT
     slots: int
+    server_name: str | None = None  # the name its certificate must carry (PodView.stable_dns_name)
 
 
 def builder_from(view: PodView) -> Builder:
-    return Builder(name=view.name, uid=view.uid, address=f"tcp://{view.ip}:{view.port}", slots=view.slots)
+    return Builder(
+        name=view.name,
+        uid=view.uid,
+        address=f"tcp://{view.ip}:{view.port}",
+        slots=view.slots,
+        server_name=view.stable_dns_name,
+    )
 
 
 def list_pool_pods(client: KubeClient, namespace: str, pool: str) -> list[PodView]:

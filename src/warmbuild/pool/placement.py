@@ -23,6 +23,7 @@ from .history import PoolHistory
 from .leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, list_pool_leases, try_acquire_slot
 from .membership import Builder, discover_builders
 from .policy import POLL_SECONDS, RoundInputs, estimate_paths, estimate_slot_wait, placement_round
+from .run_certs import RunTls
 from .workload import WorkloadKey
 
 
@@ -51,6 +52,7 @@ class Grant:
     waited_seconds: float
     reason: str
     requested_at: datetime | None = None  # API-server time placement began (for the history record)
+    run_tls: RunTls | None = None  # an ephemeral builder's per-run CA, client pair and server name
 
 
 def in_flight_by_builder(leases: dict[str, LeaseView], builders: tuple[Builder, ...], server_now) -> dict[str, int]:

@@ -133,6 +133,7 @@ def grant_from_answer(answer: dict, waited_seconds: float) -> Grant:
                 uid=str(builder.get("uid", "")),
                 address=str(builder["address"]),
                 slots=int(builder.get("slots", 0)),
+                server_name=str(builder["server_name"]) if builder.get("server_name") else None,
             ),
             affine=bool(answer["affine"]),
             affine_builder=str(answer.get("affine_builder", "")),
