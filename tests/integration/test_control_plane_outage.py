@@ -136,7 +136,13 @@ def test_a_20s_api_server_outage_during_a_warm_build_does_not_fail_it(tmp_path, 
         watchdog.kill()
         watchdog.wait()
     resumed_at = time.time()
-    assert still_running, "the build was aborted during the outage"
+    if not still_running:
+        builder.join(120)
+        run = done.get("run")
+        pytest.fail(
+            "the build was aborted during the outage: "
+            + (f"exit {run.returncode}\n{run.stdout}{run.stderr}" if run else "it is still running")
+        )
     assert resumed_at - stopped_at < OUTAGE_SECONDS + 1
 
     # From the recovery until the build ends: the slot names this build, with the same fencing token.
@@ -175,3 +181,6 @@ def test_a_20s_api_server_outage_during_a_warm_build_does_not_fail_it(tmp_path, 
     assert (final.holder, final.transitions) == ("", slot.transitions), "released by this build, never taken over"
     assert poolkit.held_slots(admin) == {}, "every slot is free afterwards"
     assert not (tmp_path / "state.json").exists()
+    first_renewal = min(renewed for holder, _, renewed in readable if renewed and renewed > resumed_at - 1)
+    print(f"outage {resumed_at - stopped_at:.1f}s; renewed {first_renewal - resumed_at:+.1f}s after SIGCONT")
+    print("\n".join(line for line in output.splitlines() if "renew" in line))
