@@ -307,7 +307,7 @@ def _place_and_build(
                 say(f"starting an ephemeral builder: {grant.reason}")
                 begun = time.monotonic()
                 grant = broker.start_ephemeral(placement, grant, options.ephemeral, on_created)
-                keeper = broker.keep(grant, on_lost=abort.trigger)
+                keeper = broker.keep(grant, on_lost=abort.trigger, log=say)
                 grant = broker.wait_ready(grant, options.ephemeral)
                 startup_seconds = time.monotonic() - begun
             say(f"ephemeral builder {grant.builder.name} ready at {grant.builder.address} after {startup_seconds:.1f}s")
@@ -316,7 +316,7 @@ def _place_and_build(
                 options.state_file, replace(options.release_state, lease=grant.lease.name, holder=grant.lease.holder)
             )
             say(f"slot {grant.lease.name} on {grant.builder.name} ({grant.builder.address}); {grant.reason}")
-            keeper = broker.keep(grant, on_lost=abort.trigger)
+            keeper = broker.keep(grant, on_lost=abort.trigger, log=say)
         built = grant
 
         def on_result(result: BuildResult) -> None:

@@ -39,6 +39,7 @@ class FakeLeaseApi:
         self.now = now
         self.objects: dict[tuple[str, str], dict] = {}
         self.requests: list[tuple[str, str]] = []
+        self.timeouts: list[float | None] = []  # the `timeout` of each request, in order
         self._versions = itertools.count(1)
         self._uids = itertools.count(1)
 
@@ -51,8 +52,11 @@ class FakeLeaseApi:
     def get(self, namespace: str, name: str) -> dict:
         return copy.deepcopy(self.objects[(namespace, name)])
 
-    def request(self, method, path, body=None, query=None, content_type="application/json") -> KubeResponse:
+    def request(
+        self, method, path, body=None, query=None, content_type="application/json", timeout=None
+    ) -> KubeResponse:
         self.requests.append((method, path))
+        self.timeouts.append(timeout)
         match = _LEASE_PATH.match(path.split("?")[0])
         assert match, f"the fake serves Leases only, not {path}"
         namespace, name = match.groups()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 
 import pytest
 import requests
@@ -17,8 +19,10 @@ from warmbuild.pool.workload import explicit_key
 from warmbuild.scheduler.client import (
     SchedulerClient,
     SchedulerError,
+    SchedulerKeeper,
     SchedulerOptions,
     SchedulerUnavailable,
+    grant_from_answer,
     parse_scheduler_urls,
     scheduler_options,
     scheduler_token,
@@ -279,6 +283,84 @@ def test_the_keeper_stops_the_build_once_when_the_slot_is_lost():
     assert lost.wait(5)
     keeper.stop()
     assert reasons == ["slot lease builders-1-slot-0 is now held by x"] and keeper.lost_reason == reasons[0]
+
+
+def scheduler_down_between(fake: FakeTime, start: float, end: float, after: tuple[int, dict]):
+    """The renew endpoint of both replicas: renews until `start`, is unreachable until `end`, then answers `after`."""
+    calls = {"refused": 0}
+
+    def answer(_request):
+        if start <= fake.now < end:
+            calls["refused"] += 1
+            raise requests.exceptions.ConnectionError("connection refused")
+        status, document = after if fake.now >= end else (200, {"resource_version": "50"})
+        return status, {}, json.dumps(document)
+
+    for base in (A, B):
+        responses.add_callback(responses.POST, f"{base}/v1/slots/builders-1-slot-0/renew", callback=answer)
+    return calls
+
+
+def fake_keeper(client: SchedulerClient, fake: FakeTime, lease, until: float):
+    """The scheduler client's keeper on fake time (moved by its waits), run in this thread."""
+    reasons: list[str] = []
+    lines: list[str] = []
+
+    def wait(seconds: float) -> bool:
+        fake.now += seconds
+        return fake.now >= until
+
+    keeper = SchedulerKeeper(client, lease, reasons.append, clock=fake.clock, log=lines.append, wait=wait)
+    return keeper, reasons, lines
+
+
+@responses.activate
+def test_a_scheduler_unreachable_for_20s_does_not_abort_the_build():
+    fake = FakeTime()
+    client = make_client(A, B, fake=fake)
+    responses.post(acquire_url(A), json=dict(GRANTED, lease=dict(GRANTED["lease"], duration_seconds=6)))
+    grant = client.acquire(request())
+    start = fake.now
+    calls = scheduler_down_between(fake, start + 3, start + 23, (200, {"resource_version": "99"}))
+    keeper, reasons, lines = fake_keeper(client, fake, grant.lease, until=start + 40)
+    keeper.run()
+    assert reasons == [] and keeper.lost_reason is None
+    assert calls["refused"] >= 10 and keeper.held.resource_version == "99"
+    assert len(lines) == 2 and "no scheduler replica answered" in lines[0] and "the build goes on" in lines[0]
+    assert lines[1].startswith("renewed slot lease builders-1-slot-0 again after")
+
+
+@responses.activate
+def test_a_409_after_a_scheduler_outage_aborts_the_build_once():
+    fake = FakeTime()
+    client = make_client(A, B, fake=fake)
+    responses.post(acquire_url(A), json=dict(GRANTED, lease=dict(GRANTED["lease"], duration_seconds=6)))
+    grant = client.acquire(request())
+    start = fake.now
+    scheduler_down_between(
+        fake, start + 3, start + 23, (409, {"error": "slot lease builders-1-slot-0 is now held by usurper"})
+    )
+    keeper, reasons, lines = fake_keeper(client, fake, grant.lease, until=start + 60)
+    keeper.run()
+    assert reasons == ["slot lease builders-1-slot-0 is now held by usurper"]
+    assert fake.now < start + 23 + 2 + 1, "noticed at the first renewal after the scheduler answered again"
+    assert len(lines) == 1
+
+
+def test_a_renew_through_a_hung_scheduler_ends_within_its_budget():
+    silent = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]  # accept, never answer
+    try:
+        urls = tuple(f"http://127.0.0.1:{server.getsockname()[1]}" for server in silent)
+        client = SchedulerClient(SchedulerOptions(urls=urls, token="tok"))  # real sleep between rounds
+        lease = grant_from_answer(GRANTED, 0).lease
+        started = time.monotonic()
+        with pytest.raises(SchedulerUnavailable, match="no scheduler replica answered within 1.5s"):
+            client.renew(lease, timeout=1.5)
+        elapsed = time.monotonic() - started
+    finally:
+        for server in silent:
+            server.close()
+    assert elapsed < 1.5 + 0.2, f"a renew with a 1.5 s budget took {elapsed:.2f}s"
 
 
 def test_urls_must_be_https_and_may_list_replicas():

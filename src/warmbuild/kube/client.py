@@ -112,13 +112,21 @@ class KubeClient:
         body: dict | None = None,
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        timeout: float | None = None,
     ) -> KubeResponse:
+        """One request. Without `timeout`: connect within 5 s (a refused connection is tried twice more),
+        read within 15 s. With `timeout`: the whole request — connect, send, read — ends within that many
+        seconds, tried once (the caller retries on its own schedule, as the slot keeper does)."""
         from urllib3.exceptions import HTTPError
 
+        deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in range(2):
             sent = time.time()
             try:
-                response = self._open(method, path, body, query, content_type, REQUEST_TIMEOUT_SECONDS, stream=False)
+                if deadline is None:
+                    response = self._open(method, path, body, query, content_type, REQUEST_TIMEOUT_SECONDS, False)
+                else:
+                    response = self._open_within(method, path, body, query, content_type, deadline - time.monotonic())
             except (HTTPError, OSError) as exc:
                 raise ClusterError(
                     f"cannot reach the Kubernetes API at {self.host} ({self.description}): {exc}"
@@ -137,6 +145,20 @@ class KubeClient:
         """The urllib3 response; with `stream` its body is not read yet (a watch reads it as it comes)."""
         import urllib3
 
+        timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=read_timeout)
+        retries = urllib3.Retry(total=2, connect=2, read=0, status=0, redirect=0)
+        return self._send(method, path, body, query, content_type, timeout, retries, stream)
+
+    def _open_within(self, method: str, path: str, body, query, content_type: str, seconds: float):
+        """The urllib3 response, read whole, within `seconds` in all (TimeoutError when none are left)."""
+        import urllib3
+
+        if seconds <= 0:
+            raise TimeoutError("no time left for the request")
+        timeout = urllib3.Timeout(total=seconds, connect=min(CONNECT_TIMEOUT_SECONDS, seconds), read=seconds)
+        return self._send(method, path, body, query, content_type, timeout, urllib3.Retry(False), False)
+
+    def _send(self, method: str, path: str, body, query, content_type: str, timeout, retries, stream: bool):
         headers = {"Accept": "application/json", "Content-Type": content_type, "User-Agent": USER_AGENT}
         authorization = self.credentials.authorization()
         if authorization:
@@ -149,8 +171,8 @@ class KubeClient:
             body=payload,
             headers=headers,
             preload_content=not stream,
-            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=read_timeout),
-            retries=urllib3.Retry(total=2, connect=2, read=0, status=0, redirect=0),
+            timeout=timeout,
+            retries=retries,
         )
 
     def watch(self, path: str, query: Mapping[str, str] | None = None, timeout_seconds: int = 60):

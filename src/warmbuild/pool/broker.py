@@ -10,8 +10,10 @@ then wait until it is ready), keep, release — so the pipeline has one code pat
 - an ephemeral grant holds the pod's run Lease and the run's client certificate (`Grant.run_tls`);
   `release` deletes the pod (its Lease and its certificate Secret go with it).
 
-`keep` renews the grant's Lease every duration/3 and calls `on_lost` once when it is fenced. The
-broker that read the pool's history for placement also records the finished build in it (`record`).
+`keep` renews the grant's Lease every duration/3 and calls `on_lost` once when it is actually lost
+(taken over, released by someone else, deleted); an unreachable API server or scheduler is retried
+through, with one line to the log (the rule and its bounds: `pool.leases`). The broker that read the
+pool's history for placement also records the finished build in it (`record`).
 """
 
 from __future__ import annotations
@@ -63,11 +65,12 @@ class SlotBroker(Protocol):
     def wait_ready(self, grant: Grant, settings: EphemeralSettings) -> Grant:
         """The grant with its ephemeral builder's address, once the pod is Ready (BuilderStartFailed)."""
 
-    def renew(self, lease: SlotLease) -> SlotLease:
-        """Extend the hold; LeaseLost (exit 8) when another holder has the slot now."""
+    def renew(self, lease: SlotLease, timeout: float | None = None) -> SlotLease:
+        """Extend the hold within `timeout` seconds; LeaseLost (exit 8) when another holder has the slot now."""
 
-    def keep(self, grant: Grant, on_lost: Callable[[str], None]) -> Keeper:
-        """Start renewing every lease-duration/3; `on_lost(reason)` once if the Lease is lost."""
+    def keep(self, grant: Grant, on_lost: Callable[[str], None], log: Callable[[str], None]) -> Keeper:
+        """Start renewing every lease-duration/3; `on_lost(reason)` once if the Lease is lost; `log` hears
+        when renewals start failing and when they work again."""
 
     def release(self, grant: Grant) -> bool:
         """Give the slot back if it is still ours, or delete the ephemeral builder; True if this call did."""
@@ -121,11 +124,13 @@ class DirectLeases:
         )
         return replace(grant, builder=replace(grant.builder, address=address))
 
-    def renew(self, lease: SlotLease) -> SlotLease:
-        return renew_slot(self.client, lease)
+    def renew(self, lease: SlotLease, timeout: float | None = None) -> SlotLease:
+        return renew_slot(self.client, lease, timeout)
 
-    def keep(self, grant: Grant, on_lost: Callable[[str], None]) -> Keeper:
-        return LeaseKeeper(self.client, grant.lease, on_lost=on_lost).start()
+    def keep(
+        self, grant: Grant, on_lost: Callable[[str], None], log: Callable[[str], None] = lambda _l: None
+    ) -> Keeper:
+        return LeaseKeeper(self.client, grant.lease, on_lost=on_lost, log=log).start()
 
     def release(self, grant: Grant) -> bool:
         if grant.path == "ephemeral":

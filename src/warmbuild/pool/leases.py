@@ -12,6 +12,37 @@ Leases are read only through `kube.views.parse_lease`; the bodies written (held,
 are built here, and `ephemeral` builds its run Lease with the same helpers. A held Lease names its
 holder's run URL, the workload key's text (capped) and the hash of the whole key: readers compare
 the stored hash, since a hash of capped text would not match a long key's.
+
+Renewal (`SlotKeeper`): every duration/3 the keeper re-reads the Lease and writes a new renewTime by
+compare-and-swap. The build is aborted only when its slot is actually lost — `renew_slot` raises
+LeaseLost when the Lease names another holder, another transition count or no holder, or is gone
+(its builder left). Anything else (API server unreachable, 5xx, a timeout, 401/403) is an outage:
+one warning, retries every min(1 s, duration/3), the build goes on. A Lease that expired by the
+server's clock while the server was down but still names us with the same transition count is
+simply renewed when the server answers again: nobody could write it meanwhile, and whoever takes
+it after the recovery bumps the transition count, which the next renewal sees. Each renew call,
+all its requests together, ends within `renew_timeout` (duration/4, at most 10 s), so a hung
+request cannot hold back the next renewal: while the server answers, renewals are at most
+duration/3 + duration/4 apart, well inside the duration.
+
+What fencing still guarantees, read as a racing or cut-off holder would use it:
+- One holder per slot in the API server: every grant and renewal is a CAS on resourceVersion and
+  a takeover bumps leaseTransitions, so a stale holder can never renew over a new one, and release
+  clears only its own hold.
+- A holder that lost its slot stops its solve when its keeper next reaches the server (LeaseLost →
+  the solve is interrupted). Right after an outage a waiting job may take an expired-while-down
+  Lease before our next retry; the overlap on the builder is then at most one retry (1 s) plus one
+  renew timeout plus buildctl's cancel grace. (Judging expiry by when a reader last saw the Lease
+  change, as client-go's leader election does, would close that window; that is placement's, and
+  left to the issue on placement during an API-server restart.)
+- A holder cut off from the API server while others still reach it (a partition, a revoked
+  identity) cannot learn that it lost the slot. Its keeper gives up after `outage_limit` — 120 s,
+  or two lease durations if longer — without one answered renewal, and aborts the build. So a
+  holder that lost its slot keeps a solve running on the builder for at most outage_limit -
+  duration + one retry + one renew timeout after the slot became free to take (110 s with the
+  default 15 s lease), plus buildctl's cancel grace; before, that was up to a renew interval plus a
+  renew stuck in its 15 s timeout, and every build on the pool died with a 15 s outage. The overlap is one extra solve on a builder of the same pool
+  (a pool is one trust domain: the build could have run there anyway), never another job's data.
 """
 
 from __future__ import annotations
@@ -39,6 +70,9 @@ from ..kube.views import DEFAULT_LEASE_SECONDS, LeaseView, parse_lease
 from .membership import Builder
 
 HOLDER_ANNOTATIONS = (RUN_URL_ANNOTATION, WORKLOAD_KEY_ANNOTATION, WORKLOAD_KEY_HASH_ANNOTATION)
+RENEW_RETRY_SECONDS = 1.0  # after a failed renewal: soon, so a recovered API server is noticed early
+RENEW_TIMEOUT_MAX_SECONDS = 10.0
+RENEW_OUTAGE_LIMIT_SECONDS = 120.0  # without one answered renewal for this long, give the slot up
 
 
 class KubeResponseLike(Protocol):
@@ -50,7 +84,13 @@ class LeaseApi(Protocol):
     in-memory fake of the unit tests (tests/unit/conftest.py)."""
 
     def request(
-        self, method: str, path: str, body: dict | None = None, query: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        query: Mapping[str, str] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> KubeResponseLike: ...
 
     def server_now(self) -> datetime: ...
@@ -239,19 +279,43 @@ def _delete_stale(client: LeaseApi, namespace: str, lease: LeaseView) -> None:
         pass
 
 
-def renew_slot(client: LeaseApi, held: SlotLease) -> SlotLease:
-    """Extend the lease; raise LeaseLost if another holder has it (fencing)."""
+def renew_interval(duration: float) -> float:
+    """Seconds between renewals of a lease of `duration` seconds."""
+    return max(0.5, duration / 3)
+
+
+def renew_timeout(duration: float) -> float:
+    """Seconds one renew call may take in all: under a third of the duration, so it cannot delay the
+    next renewal past the expiry."""
+    return min(RENEW_TIMEOUT_MAX_SECONDS, max(0.25, duration / 4))
+
+
+def outage_limit(duration: float) -> float:
+    """Seconds without one answered renewal after which a keeper gives the slot up (see the module docstring)."""
+    return max(RENEW_OUTAGE_LIMIT_SECONDS, 2 * duration)
+
+
+def renew_slot(client: LeaseApi, held: SlotLease, timeout: float | None = None) -> SlotLease:
+    """Extend the lease; raise LeaseLost if another holder has it (fencing), or ClusterError.
+
+    With `timeout`, all the requests of this call end within that many seconds together.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def left() -> float | None:
+        return None if deadline is None else deadline - time.monotonic()
+
+    path = leases_path(held.namespace, held.name)
     for _ in range(5):
         try:
-            lease = parse_lease(client.request("GET", leases_path(held.namespace, held.name)).body)
+            lease = parse_lease(client.request("GET", path, timeout=left()).body)
         except KubeNotFound:
             raise LeaseLost(f"slot lease {held.name} was deleted (its builder left the pool)") from None
         if not lease.holder or lease.holder != held.holder or lease.transitions != held.transitions:
             raise LeaseLost(f"slot lease {held.name} is now held by {lease.holder or 'nobody'}")
         try:
-            updated = client.request(
-                "PUT", leases_path(held.namespace, held.name), body=_renewed_body(lease, client.server_now())
-            ).body
+            body = _renewed_body(lease, client.server_now())
+            updated = client.request("PUT", path, body=body, timeout=left()).body
             return replace(held, resource_version=parse_lease(updated).resource_version)
         except KubeConflict:
             continue  # changed between our read and write: read again and re-check the holder
@@ -280,58 +344,95 @@ def release_slot(client: LeaseApi, namespace: str, name: str, holder: str) -> bo
 
 
 class SlotKeeper:
-    """Renews a held slot every duration/3 in a background thread; calls `on_lost` once if fenced.
+    """Renews a held slot in a background thread; calls `on_lost` once when the slot is lost.
 
-    `renew` returns the renewed slot or raises: LeaseLost when another holder has it; any other
-    WarmbuildError is retried at the next interval until a whole lease duration has passed since
-    the last renewal — from then on the slot may be someone else's, and the build must stop.
+    `renew(slot, timeout)` returns the renewed slot or raises: LeaseLost when the slot is lost (then
+    `on_lost` runs and the keeper ends); any other WarmbuildError is an outage, retried until
+    `outage_limit` has passed without one answered renewal (see the module docstring). `log` gets
+    one line when renewals start failing and one when they succeed again, never one per retry.
     """
 
     def __init__(
         self,
-        renew: Callable[[SlotLease], SlotLease],
+        renew: Callable[[SlotLease, float], SlotLease],
         held: SlotLease,
         on_lost: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
+        log: Callable[[str], None] = lambda _line: None,
+        wait: Callable[[float], bool] | None = None,
     ):
         self.renew = renew
         self.held = held
         self.on_lost = on_lost
         self.clock = clock
+        self.log = log
         self.lost_reason: str | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"renew-{held.name}", daemon=True)
+        self._wait = wait or self._stop.wait  # True once stopped; the unit tests move fake time in it
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self.run, name=f"renew-{held.name}", daemon=True)
 
     def start(self) -> SlotKeeper:
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        with self._lock:  # after this, `on_lost` is never called: the build is over, its slot given back
+            self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
 
-    def _run(self) -> None:
-        interval = max(0.5, self.held.duration_seconds / 3)
+    def run(self) -> None:
+        """Renew until stopped or lost (the thread's body)."""
+        duration = self.held.duration_seconds
+        interval, timeout, limit = renew_interval(duration), renew_timeout(duration), outage_limit(duration)
         renewed_at = self.clock()
-        while not self._stop.wait(interval):
+        failing = False
+        pause = interval
+        while not self._wait(pause):
+            attempted = self.clock()
             try:
-                self.held = self.renew(self.held)
-                renewed_at = self.clock()
+                self.held = self.renew(self.held, timeout)
             except LeaseLost as exc:
                 self._lose(exc.message)
                 return
             except WarmbuildError as exc:
-                if self.clock() - renewed_at >= self.held.duration_seconds:
-                    self._lose(f"could not renew slot lease {self.held.name} before it expired: {exc.message}")
+                silent = self.clock() - renewed_at
+                if silent >= limit:
+                    self._lose(
+                        f"could not renew slot lease {self.held.name} for {silent:.0f}s, so it may be "
+                        f"another build's now: {exc.message}"
+                    )
                     return
+                if not failing:
+                    self.log(
+                        f"could not renew slot lease {self.held.name} ({exc.message}); retrying every "
+                        f"{min(interval, RENEW_RETRY_SECONDS):g}s for up to {limit:.0f}s, the build goes on"
+                    )
+                    failing = True
+                pause = min(interval, RENEW_RETRY_SECONDS)
+                continue
+            if failing:
+                self.log(f"renewed slot lease {self.held.name} again after {attempted - renewed_at:.0f}s")
+                failing = False
+            renewed_at, pause = attempted, interval
 
     def _lose(self, reason: str) -> None:
-        self.lost_reason = reason
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self.lost_reason = reason
         self.on_lost(reason)
 
 
 class LeaseKeeper(SlotKeeper):
     """A SlotKeeper that renews the Lease directly on the API server."""
 
-    def __init__(self, client: LeaseApi, held: SlotLease, on_lost: Callable[[str], None]):
-        super().__init__(lambda slot: renew_slot(client, slot), held, on_lost)
+    def __init__(
+        self,
+        client: LeaseApi,
+        held: SlotLease,
+        on_lost: Callable[[str], None],
+        log: Callable[[str], None] = lambda _line: None,
+    ):
+        super().__init__(lambda slot, timeout: renew_slot(client, slot, timeout), held, on_lost, log=log)

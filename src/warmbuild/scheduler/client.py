@@ -3,7 +3,10 @@
 Needs only `requests`. Several scheduler URLs (replicas) may be given; a request that cannot be
 answered (connection refused, timeout, 5xx, malformed JSON) goes to the next replica, with a short
 backoff after each round, for a bounded number of rounds: a dead scheduler is a clear error
-within seconds. 401/403 and other 4xx answers are not retried.
+within seconds. 401/403 and other 4xx answers are not retried. A renewal has a budget instead
+(under a third of the lease duration, `pool.leases.renew_timeout`): its attempts, timeouts and
+backoffs all end within it, and the keeper (`SchedulerKeeper`, the rule of `pool.leases.SlotKeeper`)
+retries an unreachable scheduler through an outage; only 409 (LeaseLost) aborts the build.
 
 Acquire is a long-poll loop: each request waits at most `poll_seconds` on the server; a "wait"
 answer means poll again, reporting how long we have waited, until "granted" or "fallback".
@@ -232,18 +235,22 @@ class SchedulerClient:
     def record(self, request: PlacementRequest, grant: Grant, result) -> None:
         """Nothing: this runner has no access to the pool's history; the scheduler's placement reads it."""
 
-    def renew(self, lease: SlotLease) -> SlotLease:
-        """Extend the hold; LeaseLost if the scheduler says another holder has the slot (fencing)."""
+    def renew(self, lease: SlotLease, timeout: float | None = None) -> SlotLease:
+        """Extend the hold, within `timeout` seconds if given; LeaseLost if the scheduler says another
+        holder has the slot (fencing), SchedulerUnavailable if no replica answered in time."""
         answer = self._call(
             "POST",
             f"/v1/slots/{quote(lease.name, safe='')}/renew",
             {"holder": lease.holder, "transitions": lease.transitions},
             lost_on_409=True,
+            budget=timeout,
         )
         return replace(lease, resource_version=str(answer.get("resource_version", lease.resource_version)))
 
-    def keep(self, grant: Grant, on_lost: Callable[[str], None]) -> SchedulerKeeper:
-        return SchedulerKeeper(self, grant.lease, on_lost, clock=self.clock).start()
+    def keep(
+        self, grant: Grant, on_lost: Callable[[str], None], log: Callable[[str], None] = lambda _line: None
+    ) -> SchedulerKeeper:
+        return SchedulerKeeper(self, grant.lease, on_lost, clock=self.clock, log=log).start()
 
     def release(self, grant: Grant) -> bool:
         return self.release_lease(grant.lease.name, grant.lease.holder, path=grant.path)
@@ -274,14 +281,29 @@ class SchedulerClient:
         body: dict | None = None,
         read_timeout: float | None = None,
         lost_on_409: bool = False,
+        budget: float | None = None,
     ) -> dict:
+        """The answer of the first replica that gives one. With `budget`, every attempt, timeout and
+        backoff ends within that many seconds (real time: a hung request is what it bounds)."""
         urls = self.options.urls
         problems: list[str] = []
+        deadline = None if budget is None else time.monotonic() + budget
+        read_timeout = read_timeout or self.options.read_timeout
         for round_index in range(self.options.rounds):
             if round_index:
-                self.sleep(self.options.backoff_seconds * (2 ** (round_index - 1)))
+                pause = self.options.backoff_seconds * (2 ** (round_index - 1))
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    break
+                self.sleep(pause)
             for _ in range(len(urls)):
                 url = urls[self._current]
+                connect_timeout, attempt_timeout = self.options.connect_timeout, read_timeout
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    # requests bounds connect and each read, not their sum: half the time left for each
+                    connect_timeout, attempt_timeout = min(connect_timeout, left / 2), min(attempt_timeout, left / 2)
                 problem = None
                 try:
                     response = self.session.request(
@@ -289,7 +311,7 @@ class SchedulerClient:
                         url + path,
                         json=body,
                         headers={"Authorization": f"Bearer {self._token()}", "Accept": "application/json"},
-                        timeout=(self.options.connect_timeout, read_timeout or self.options.read_timeout),
+                        timeout=(connect_timeout, attempt_timeout),
                         verify=self.options.ca_file or True,
                     )
                 except requests.exceptions.SSLError as exc:
@@ -301,7 +323,7 @@ class SchedulerClient:
                             "pass the CA that signed it with --scheduler-ca"
                         ) from None
                 except requests.exceptions.Timeout:
-                    problem = f"{url} did not answer within {read_timeout or self.options.read_timeout:.0f}s"
+                    problem = f"{url} did not answer within {attempt_timeout:.3g}s"
                 except requests.exceptions.RequestException as exc:
                     problem = f"cannot connect to {url}: {_short(exc)}"
                 else:
@@ -310,9 +332,10 @@ class SchedulerClient:
                         return self._check_status(response.status_code, document, url, lost_on_409)
                 problems.append(problem)
                 self._current = (self._current + 1) % len(urls)
+        within = f" within {budget:.3g}s" if budget is not None else ""
         raise SchedulerUnavailable(
-            f"no scheduler replica answered ({len(urls)} URL{'s' if len(urls) > 1 else ''}, "
-            f"{len(problems)} attempts); last: {problems[-1]}"
+            f"no scheduler replica answered{within} ({len(urls)} URL{'s' if len(urls) > 1 else ''}, "
+            f"{len(problems)} attempts); last: {problems[-1] if problems else 'no time left to ask'}"
         )
 
     def _token(self) -> str:
@@ -357,7 +380,8 @@ def _short(value, limit: int = 160) -> str:
 
 
 class SchedulerKeeper(SlotKeeper):
-    """A SlotKeeper that renews through the scheduler."""
+    """A SlotKeeper that renews through the scheduler: an unreachable scheduler is an outage, retried
+    through; a 409 (another holder has the slot) is LeaseLost and aborts the build."""
 
     def __init__(
         self,
@@ -365,5 +389,7 @@ class SchedulerKeeper(SlotKeeper):
         held: SlotLease,
         on_lost: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
+        log: Callable[[str], None] = lambda _line: None,
+        wait: Callable[[float], bool] | None = None,
     ):
-        super().__init__(client.renew, held, on_lost, clock)
+        super().__init__(client.renew, held, on_lost, clock, log=log, wait=wait)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from ..errors import LeaseLost, NoSlotAvailable
 from ..kube.client import KubeClient
 from ..kube.names import leases_path
-from ..pool.leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, release_slot, renew_slot
+from ..pool.leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, release_slot, renew_slot, renew_timeout
 from ..pool.placement import Grant, PlacementRequest, acquire_build_slot
 from ..pool.status import PoolStatus, read_pool_status
 from ..pool.workload import WorkloadKey
@@ -171,7 +171,8 @@ class SlotService:
             self.namespace, lease_name, "", holder, transitions, "", DEFAULT_LEASE_SECONDS, self.client.server_now()
         )
         try:
-            renewed = renew_slot(self.client, held)
+            # bounded like the runner's own renewal: a hung API server answers 503 soon, not after 15 s per thread
+            renewed = renew_slot(self.client, held, renew_timeout(DEFAULT_LEASE_SECONDS))
         except LeaseLost:
             self.metrics.renewals.labels("lost").inc()
             raise
