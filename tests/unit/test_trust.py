@@ -222,7 +222,7 @@ class RecordingBroker:
         lease = SlotLease("ns", "b-0-slot-0", "b-0", "me", 1, "1", 15, datetime.now(timezone.utc))
         return Grant("warm", lease, Builder("b-0", "uid", "tcp://127.0.0.1:1", 2), True, "b-0", 0.0, "affine")
 
-    def keep(self, grant, on_lost):
+    def keep(self, grant, on_lost, log=None):
         return type("Keeper", (), {"stop": lambda self: None})()
 
     def release(self, grant):
