@@ -1,11 +1,15 @@
-"""The state file a build leaves for `warmbuild release` in a CI post step (another process)."""
+"""The state file a build leaves for `warmbuild release` in a CI post step (another process).
+
+It may hold a scheduler grant's release token (the secret that lets its holder give the slot back):
+the file is created 0600 (mkstemp) and replaced atomically, and nothing prints its contents.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 DEFAULT_STATE_FILE = "warmbuild-state.json"
@@ -19,6 +23,7 @@ class ReleaseState:
     kubeconfig: str | None = None
     context: str | None = None
     ephemeral_pod: str | None = None  # an ephemeral builder pod to delete
+    release_token: str | None = field(default=None, repr=False)  # a scheduler grant's: secret
 
 
 def state_file_path(explicit: str | None = None) -> Path:
