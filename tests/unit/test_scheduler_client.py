@@ -375,3 +375,16 @@ def test_a_projected_scheduler_token_is_preferred_in_a_pod(tmp_path, monkeypatch
     projected.write_text("for-the-scheduler\n")
     monkeypatch.setattr(client_module, "PROJECTED_TOKEN", projected)
     assert scheduler_token(None, None, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == "for-the-scheduler"
+
+
+def test_the_state_file_keeps_the_release_token_for_the_post_step_readable_by_its_owner_only(tmp_path):
+    import stat
+
+    from warmbuild.pool.state import ReleaseState, read_state, write_state
+
+    path = tmp_path / "state" / "warmbuild-state.json"
+    state = ReleaseState("warmbuild", "b-1-slot-0", "h/1@ci", release_token="secret-release-token")
+    write_state(path, state)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_state(path) == state and read_state(path).release_token == "secret-release-token"
+    assert "secret-release-token" not in repr(state)
