@@ -486,9 +486,8 @@ def test_a_build_whose_slot_is_taken_over_is_aborted(path, request, admin, tmp_p
         # Direct: the runner reads the Lease itself; the scheduler does not say who holds it now.
         lost = "is now held by usurper" if path == "direct" else f"is no longer held by {state['holder']}"
         assert f"slot lease {state['lease']} {lost}" in stderr
-        assert "release_token" not in stderr and (
-            not state.get("release_token") or state["release_token"] not in stderr
-        )
+        if path == "scheduler":  # the post step's token is in the state file, never in the log
+            assert state["release_token"] and state["release_token"] not in stderr
         assert "aborted so that two builds never share a slot" in stderr
         lease = parse_lease(admin.request("GET", leases_path(NAMESPACE, state["lease"])).body)
         assert lease.holder == "usurper"  # the build's release did not free it
