@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
 from lease_latency import run  # noqa: E402  (bench/ is on sys.path: the same loop measures both sides)
-from scheduler_harness import CI_USER, SchedulerProcess, ci_token, prepare  # noqa: E402
+from scheduler_harness import CI_USER, SchedulerProcess, ci_scheduler_token, prepare  # noqa: E402
 
 from warmbuild.kube.client import connect  # noqa: E402
 from warmbuild.pool.broker import DirectLeases  # noqa: E402
@@ -46,7 +46,7 @@ def main() -> None:
         setup = prepare(admin, Path(directory), [{"pools": [args.pool], "users": [CI_USER]}])
         replicas = [SchedulerProcess(admin, setup, f"bench-{i}") for i in range(args.replicas)]
         try:
-            token = ci_token()
+            token = ci_scheduler_token()
             urls = tuple(r.url for r in replicas)
             rows = []
             for _ in range(args.repeat):  # alternate, so a load change on the machine hits both sides

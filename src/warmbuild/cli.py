@@ -265,6 +265,12 @@ def make_parser() -> argparse.ArgumentParser:
     scheduler.add_argument(
         "--max-concurrent", type=int, default=128, help="requests served at once, long-polls included (default 128)"
     )
+    scheduler.add_argument(
+        "--no-pool-watch",
+        dest="pool_watch",
+        action="store_false",
+        help="waiting acquirers list the pool every round instead of sharing one watch per pool",
+    )
     add_history_commands(sub, _add_cluster_arguments)  # history export
     add_simulation_commands(sub)  # simulate, plan
     return parser
@@ -366,7 +372,7 @@ def command_release(args: argparse.Namespace) -> int:
     scheduler = _scheduler_client(args) if not state.ephemeral_pod else None
     if scheduler is not None:
         with signals_deferred():
-            released = scheduler.release_lease(state.lease, state.holder)
+            released = scheduler.release_lease(state.lease, state.holder, state.release_token or "")
             remove_state(path)
         print(
             f"warmbuild: {'released' if released else 'already free:'} slot {state.lease} (scheduler)", file=sys.stderr
@@ -419,6 +425,7 @@ def command_scheduler(args: argparse.Namespace) -> int:
         args.kube_context,
         args.max_poll_seconds,
         args.max_concurrent,
+        args.pool_watch,
     )
     return 0
 

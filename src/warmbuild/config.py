@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import InputError
+from .kube.names import MAX_LEASE_SECONDS
 
 # Docker image reference grammar (distribution/reference), anchored.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -147,8 +148,10 @@ class PoolFlags:
 def check_pool_flags(flags: PoolFlags) -> PoolFlags:
     if flags.max_wait_seconds < 0:
         raise InputError("--max-wait must be 0 or more seconds")
-    if flags.lease_seconds < 3:
-        raise InputError("--lease-seconds must be at least 3")
+    if not 3 <= flags.lease_seconds <= MAX_LEASE_SECONDS:
+        raise InputError(
+            f"--lease-seconds must be 3 to {MAX_LEASE_SECONDS}: a holder that dies keeps its slot that long"
+        )
     if flags.tls is not None:
         if flags.tls.server_name:
             raise InputError(

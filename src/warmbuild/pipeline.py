@@ -313,7 +313,13 @@ def _place_and_build(
             say(f"ephemeral builder {grant.builder.name} ready at {grant.builder.address} after {startup_seconds:.1f}s")
         else:
             write_state(
-                options.state_file, replace(options.release_state, lease=grant.lease.name, holder=grant.lease.holder)
+                options.state_file,
+                replace(
+                    options.release_state,
+                    lease=grant.lease.name,
+                    holder=grant.lease.holder,
+                    release_token=grant.lease.release_token or None,
+                ),
             )
             say(f"slot {grant.lease.name} on {grant.builder.name} ({grant.builder.address}); {grant.reason}")
             keeper = broker.keep(grant, on_lost=abort.trigger, log=say)

@@ -24,7 +24,9 @@ import yaml
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")
 SCHEDULER_SA = "warmbuild-scheduler"
 TOKENREVIEW_ROLE = "warmbuild-scheduler-tokenreview"
-CI_USER = f"system:serviceaccount:{NAMESPACE}:warmbuild-ci"
+CI_SA = "warmbuild-ci"
+CI_USER = f"system:serviceaccount:{NAMESPACE}:{CI_SA}"
+AUDIENCE = "warmbuild-scheduler"  # the scheduler's default audience
 
 
 def apply(admin, path: str, body: dict) -> None:
@@ -44,13 +46,35 @@ def ensure_service_account(admin, name: str) -> None:
     )
 
 
-def token_for(admin, service_account: str, seconds: int = 3600) -> str:
+def token_for(admin, service_account: str, seconds: int = 3600, audiences: tuple[str, ...] = ()) -> str:
+    """A TokenRequest token; with `audiences` minted for them (as a projected token volume would be),
+    without for the API server's own audience."""
+    spec: dict = {"expirationSeconds": seconds}
+    if audiences:
+        spec["audiences"] = list(audiences)
     response = admin.request(
         "POST",
         f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{service_account}/token",
-        body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": seconds}},
+        body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
     )
     return response.body["status"]["token"]
+
+
+def scheduler_token_for(admin, service_account: str, seconds: int = 3600) -> str:
+    """A token of `service_account` for the scheduler's audience: what a CI pod's projected token is."""
+    return token_for(admin, service_account, seconds, audiences=(AUDIENCE,))
+
+
+_CI_SCHEDULER_TOKEN: list[str] = []
+
+
+def ci_scheduler_token() -> str:
+    """The testbed CI service account's token for the scheduler's audience (minted once per session)."""
+    if not _CI_SCHEDULER_TOKEN:
+        from warmbuild.kube.client import connect
+
+        _CI_SCHEDULER_TOKEN.append(scheduler_token_for(connect(os.environ["KUBECONFIG"]), CI_SA))
+    return _CI_SCHEDULER_TOKEN[0]
 
 
 def ensure_scheduler_identity(admin) -> str:
@@ -198,10 +222,11 @@ class SchedulerSetup:
     auth_config: Path
 
 
-def prepare(admin, directory: Path, grants: list[dict]) -> SchedulerSetup:
+def prepare(admin, directory: Path, grants: list[dict], **config) -> SchedulerSetup:
+    """TLS files, the scheduler's identity, and an auth config of `grants` (and e.g. limits=...)."""
     ca, cert, key = make_tls(directory / "tls")
     auth_config = directory / "auth.yaml"
-    auth_config.write_text(yaml.safe_dump({"grants": grants}))
+    auth_config.write_text(yaml.safe_dump({"grants": grants, **config}))
     return SchedulerSetup(directory, ensure_scheduler_identity(admin), ca, cert, key, auth_config)
 
 

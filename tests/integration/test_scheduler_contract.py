@@ -15,7 +15,7 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
-from scheduler_harness import CI_USER, SchedulerProcess, ci_token, prepare
+from scheduler_harness import CI_USER, SchedulerProcess, ci_scheduler_token, prepare
 
 from warmbuild.kube.client import connect
 
@@ -46,7 +46,7 @@ def test_the_server_keeps_the_openapi_contract(case, server):
         case.path_parameters["pool"] = "contract"  # reach the real logic, not only "pool not allowed"
     case.call_and_validate(
         base_url=server.url,
-        headers={"Authorization": f"Bearer {ci_token()}"},
+        headers={"Authorization": f"Bearer {ci_scheduler_token()}"},
         verify=str(server.setup.ca),
         timeout=15,
     )

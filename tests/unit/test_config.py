@@ -473,3 +473,14 @@ def test_a_cache_error_never_echoes_a_value(ctx):
     message = input_error(req, ctx, cache_to=["secret_access_key=hunter2,bucket=b"]).message
     assert "hunter2" not in message and "secret_access_key=…" in message
     assert "hunter2" not in input_error(req, ctx, cache_to=['type=s3,"secret_access_key=hunter2']).message
+
+
+@pytest.mark.parametrize("seconds, ok", [(2, False), (3, True), (300, True), (301, False), (3600, False)])
+def test_lease_seconds_are_3_to_300(seconds, ok):
+    from warmbuild.config import PoolFlags, check_pool_flags
+
+    flags = PoolFlags(pool="default", lease_seconds=seconds)
+    if ok:
+        assert check_pool_flags(flags).lease_seconds == seconds
+    else:
+        assert "--lease-seconds must be 3 to 300" in input_error(check_pool_flags, flags).message

@@ -459,7 +459,8 @@ def test_scheduler_variant_renders_the_https_service_its_access_config_and_rbac(
     access = yaml.safe_load(one(docs, "ConfigMap", "warmbuild-scheduler")["data"]["auth-config.yaml"])
     assert access == {
         "grants": [{"pools": ["default"], "users": ["system:serviceaccount:warmbuild:warmbuild-ci"]}],
-        "audiences": [],
+        "audiences": ["warmbuild-scheduler"],
+        "limits": {"concurrent_requests": 16, "held_slots": 0},
     }
     assert one(docs, "Service", "warmbuild-scheduler")["spec"]["ports"][0]["port"] == 8443
     assert rules(one(docs, "Role", "warmbuild-scheduler")) == CI_RULES

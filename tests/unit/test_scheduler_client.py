@@ -22,6 +22,7 @@ from warmbuild.scheduler.client import (
     SchedulerKeeper,
     SchedulerOptions,
     SchedulerUnavailable,
+    UntrustedRefused,
     grant_from_answer,
     parse_scheduler_urls,
     scheduler_options,
@@ -42,6 +43,7 @@ GRANTED = {
         "resource_version": "42",
         "duration_seconds": 15,
         "acquired_at": "2026-01-02T03:04:05.000006+00:00",
+        "release_token": "secret-release-token",
     },
     "builder": {"name": "builders-1", "uid": "u-1", "address": "tcp://10.0.0.7:1234", "slots": 2},
     "path": "warm",
@@ -93,6 +95,8 @@ def test_a_grant_becomes_a_grant_and_the_request_carries_the_token_and_the_wait(
     grant = make_client(A).acquire(request())
     assert grant.path == "warm" and grant.affine and grant.builder.address == "tcp://10.0.0.7:1234"
     assert grant.lease.fencing_token == "builders-1-slot-0/7" and grant.lease.duration_seconds == 15
+    assert grant.lease.release_token == "secret-release-token"
+    assert "secret-release-token" not in repr(grant)  # a grant may be logged; its token never
     sent = responses.calls[0].request
     assert sent.headers["Authorization"] == "Bearer tok"
     body = json.loads(sent.body)
@@ -250,7 +254,11 @@ def test_renew_409_is_lease_lost_and_release_reports_the_hold():
         renew_url, json={"lease": "builders-1-slot-0", "fencing_token": "builders-1-slot-0/7", "resource_version": "43"}
     )
     assert client.renew(grant.lease).resource_version == "43"
-    assert json.loads(responses.calls[-1].request.body) == {"holder": GRANTED["lease"]["holder"], "transitions": 7}
+    assert json.loads(responses.calls[-1].request.body) == {
+        "holder": GRANTED["lease"]["holder"],
+        "release_token": "secret-release-token",
+        "transitions": 7,
+    }
     responses.replace(
         responses.POST, renew_url, json={"error": "slot lease builders-1-slot-0 is now held by usurper"}, status=409
     )
@@ -261,6 +269,7 @@ def test_renew_409_is_lease_lost_and_release_reports_the_hold():
     assert client.release(grant) is True
     assert json.loads(responses.calls[-1].request.body) == {
         "holder": GRANTED["lease"]["holder"],
+        "release_token": "secret-release-token",
         "pool": "default",
         "path": "warm",
         "held_seconds": 42.0,
@@ -408,3 +417,56 @@ def test_a_token_file_is_read_again_for_every_request(tmp_path):
     token_file.write_text("rotated\n")
     client.acquire(request())
     assert [c.request.headers["Authorization"] for c in responses.calls] == ["Bearer first", "Bearer rotated"]
+
+
+@responses.activate
+def test_an_untrusted_caller_refused_by_the_scheduler_is_no_slot_exit_7():
+    message = "system:serviceaccount:ci:forks is an untrusted caller (its grant says trusted: false): ..."
+    responses.post(acquire_url(A), json={"error": message, "code": "untrusted"}, status=403)
+    with pytest.raises(UntrustedRefused, match="refused a warm slot: .* untrusted caller") as caught:
+        make_client(A).acquire(request())
+    assert caught.value.exit_code == 7 and len(responses.calls) == 1
+
+
+@responses.activate
+def test_a_429_is_waited_out_for_its_retry_after_then_polled_again():
+    fake = FakeTime()
+    responses.post(
+        acquire_url(A),
+        json={"error": "ci has 16 requests running", "code": "limit"},
+        status=429,
+        headers={"Retry-After": "3"},
+    )
+    responses.post(acquire_url(A), json=GRANTED)
+    lines: list[str] = []
+    grant = make_client(A, fake=fake).acquire(request(), log=lines.append)
+    assert grant.lease.name == "builders-1-slot-0"
+    assert fake.sleeps == [3.0] and len(responses.calls) == 2
+    assert lines and "at its limit (429)" in lines[0]
+
+
+def test_release_without_a_token_is_one_clear_line():
+    with pytest.raises(SchedulerError, match="no release token for slot s-0"):
+        make_client(A).release_lease("s-0", "h/1@u", "")
+
+
+def test_a_projected_scheduler_token_is_preferred_in_a_pod(tmp_path, monkeypatch):
+    from warmbuild.scheduler import client as client_module
+
+    projected = tmp_path / "token"
+    projected.write_text("for-the-scheduler\n")
+    monkeypatch.setattr(client_module, "PROJECTED_TOKEN", projected)
+    assert scheduler_token(None, None, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == "for-the-scheduler"
+
+
+def test_the_state_file_keeps_the_release_token_for_the_post_step_readable_by_its_owner_only(tmp_path):
+    import stat
+
+    from warmbuild.pool.state import ReleaseState, read_state, write_state
+
+    path = tmp_path / "state" / "warmbuild-state.json"
+    state = ReleaseState("warmbuild", "b-1-slot-0", "h/1@ci", release_token="secret-release-token")
+    write_state(path, state)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_state(path) == state and read_state(path).release_token == "secret-release-token"
+    assert "secret-release-token" not in repr(state)

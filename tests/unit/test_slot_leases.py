@@ -7,13 +7,21 @@ import pytest
 
 from warmbuild.errors import LeaseLost
 from warmbuild.kube.names import (
+    RELEASE_TOKEN_HASH_ANNOTATION,
     WORKLOAD_KEY_ANNOTATION,
     WORKLOAD_KEY_ANNOTATION_MAX,
     WORKLOAD_KEY_HASH_ANNOTATION,
     leases_path,
 )
 from warmbuild.kube.views import parse_lease
-from warmbuild.pool.leases import HolderInfo, list_pool_leases, release_slot, renew_slot, try_acquire_slot
+from warmbuild.pool.leases import (
+    HolderInfo,
+    NotYourSlot,
+    list_pool_leases,
+    release_slot,
+    renew_slot,
+    try_acquire_slot,
+)
 from warmbuild.pool.membership import Builder
 from warmbuild.pool.placement import affine_holders
 from warmbuild.pool.workload import key_hash
@@ -125,6 +133,32 @@ def test_the_workload_key_hash_is_written_and_cleared(lease_api):
     # A take-over writes the new holder's hash.
     taken = acquire(lease_api, "b", workload_key="short", workload_key_hash=key_hash("short"))
     assert lease_api.get(NS, taken.name)["metadata"]["annotations"][WORKLOAD_KEY_HASH_ANNOTATION] == key_hash("short")
+
+
+def test_a_release_token_hash_guards_renew_and_release_and_never_outlives_its_holder(lease_api):
+    mine, theirs = "a" * 64, "b" * 64
+    held = acquire(lease_api, "job-a@ci", release_token_hash=mine)
+    assert lease(lease_api).release_token_hash == mine
+    # Same holder name, wrong token: refused, whoever asks; the slot stays held.
+    with pytest.raises(NotYourSlot, match="not your slot"):
+        renew_slot(lease_api, held, token_hash=theirs)
+    with pytest.raises(NotYourSlot, match="not your slot"):
+        release_slot(lease_api, NS, held.name, "job-a@ci", token_hash=theirs)
+    with pytest.raises(NotYourSlot):
+        release_slot(lease_api, NS, held.name, "job-a@ci", token_hash="")
+    assert lease(lease_api).holder == "job-a@ci"
+    renewed = renew_slot(lease_api, held, token_hash=mine)
+    assert release_slot(lease_api, NS, held.name, "job-a@ci", token_hash=mine)
+    assert RELEASE_TOKEN_HASH_ANNOTATION not in (lease_api.get(NS, renewed.name)["metadata"].get("annotations") or {})
+    # A direct (token-less) holder taking over an expired scheduler slot: the old hash is gone with
+    # the old holder, so the old token cannot release the new holder's slot.
+    held = acquire(lease_api, "job-a@ci", release_token_hash=mine, duration=3)
+    lease_api.advance(10)
+    taken = acquire(lease_api, "direct-runner")
+    assert taken is not None and lease(lease_api).release_token_hash == ""
+    with pytest.raises(NotYourSlot):
+        release_slot(lease_api, NS, taken.name, "direct-runner", token_hash=mine)
+    assert release_slot(lease_api, NS, taken.name, "direct-runner")  # direct mode: no token, no check
 
 
 def test_the_fake_answers_stale_writes_with_409_and_missing_leases_with_404(lease_api):

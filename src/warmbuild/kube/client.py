@@ -92,6 +92,12 @@ class KubeClient:
         self.credentials = credentials or Credentials(access)
         self._pool = _pool_manager(access, self.credentials.client_certificate())
         self._clock = ServerClock()
+        # Called with (verb, resource) for every request sent, e.g. to count them in metrics.
+        self.on_request: Callable[[str, str], None] | None = None
+
+    def _note(self, method: str, path: str) -> None:
+        if self.on_request is not None:
+            self.on_request(verb_for(method, path), _resource_from_path(path)[0])
 
     def server_now(self) -> datetime:
         """The API server's clock, estimated from its Date headers (a lower bound)."""
@@ -122,6 +128,7 @@ class KubeClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in range(2):
             sent = time.time()
+            self._note(method, path)
             try:
                 if deadline is None:
                     response = self._open(method, path, body, query, content_type, REQUEST_TIMEOUT_SECONDS, False)
@@ -180,6 +187,7 @@ class KubeClient:
         from urllib3.exceptions import HTTPError
 
         params = {**(query or {}), "watch": "true", "timeoutSeconds": str(timeout_seconds)}
+        self._note("GET", path + "?watch=true")
         try:
             response = self._open("GET", path, None, params, "application/json", timeout_seconds + 5, stream=True)
         except (HTTPError, OSError) as exc:

@@ -23,6 +23,8 @@ DRAINING_ANNOTATION = "warmbuild.dev/draining"  # builder pods: "true" while `wa
 RUN_URL_ANNOTATION = "warmbuild.dev/run-url"  # slot/run Leases, ephemeral pods: the CI run's URL
 WORKLOAD_KEY_ANNOTATION = "warmbuild.dev/workload-key"  # slot/run Leases, ephemeral pods: the key's text, capped
 WORKLOAD_KEY_HASH_ANNOTATION = "warmbuild.dev/workload-key-hash"  # slot/run Leases: the hash of the whole key
+# slot Leases the scheduler took: SHA-256 (hex) of the release token only the acquirer learned
+RELEASE_TOKEN_HASH_ANNOTATION = "warmbuild.dev/release-token-hash"
 
 # ---------------------------------------------------------------------------------------------- limits
 
@@ -31,6 +33,8 @@ ANNOTATIONS_TOTAL_MAX = 256 * 1024  # Kubernetes: all annotation keys and values
 # warmbuild's own cap on the workload-key text: readable in `pool status`, small on every Lease.
 # The text is cut, never the hash: readers compare the stored WORKLOAD_KEY_HASH_ANNOTATION.
 WORKLOAD_KEY_ANNOTATION_MAX = 250
+# The longest slot Lease a build may ask for: a holder that dies keeps its slot at most this long.
+MAX_LEASE_SECONDS = 300
 
 
 def history_configmap_name(pool: str) -> str:

@@ -16,6 +16,7 @@ from .names import (
     BUILDER_LABEL,
     DRAINING_ANNOTATION,
     POOL_LABEL,
+    RELEASE_TOKEN_HASH_ANNOTATION,
     RUN_URL_ANNOTATION,
     SLOTS_ANNOTATION,
     WORKLOAD_KEY_ANNOTATION,
@@ -113,6 +114,7 @@ class LeaseView:
     holder: str  # "" when released
     workload_key: str  # the annotation's text (capped, see names.WORKLOAD_KEY_ANNOTATION_MAX)
     workload_key_hash: str  # the hash of the whole key, as the acquirer wrote it
+    release_token_hash: str  # set by the scheduler: SHA-256 of the acquirer's release token ("" if direct)
     run_url: str
     acquired_at: datetime | None  # server time
     renewed_at: datetime | None  # server time
@@ -164,6 +166,7 @@ def parse_lease(body: dict) -> LeaseView:
         holder=spec.get("holderIdentity") or "",
         workload_key=annotations.get(WORKLOAD_KEY_ANNOTATION, ""),
         workload_key_hash=annotations.get(WORKLOAD_KEY_HASH_ANNOTATION, ""),
+        release_token_hash=annotations.get(RELEASE_TOKEN_HASH_ANNOTATION, ""),
         run_url=annotations.get(RUN_URL_ANNOTATION, ""),
         acquired_at=parse_kube_time(spec.get("acquireTime")),
         renewed_at=parse_kube_time(spec.get("renewTime")),

@@ -43,14 +43,20 @@ What fencing still guarantees, read as a racing or cut-off holder would use it:
   default 15 s lease), plus buildctl's cancel grace; before, that was up to a renew interval plus a
   renew stuck in its 15 s timeout, and every build on the pool died with a 15 s outage. The overlap is one extra solve on a builder of the same pool
   (a pool is one trust domain: the build could have run there anyway), never another job's data.
+
+A slot the scheduler took for a caller also carries the SHA-256 of a release token that only that
+caller learned: the scheduler keeps no state, so the Lease is where it finds the hash again, and
+`renew_slot`/`release_slot` given a `token_hash` refuse (`NotYourSlot`) unless it matches (compared
+in constant time). Direct mode has no token: its Leases carry no hash and nothing checks one.
 """
 
 from __future__ import annotations
 
+import hmac
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -59,6 +65,7 @@ from ..kube.client import KubeConflict, KubeNotFound, format_micro_time
 from ..kube.names import (
     BUILDER_LABEL,
     POOL_LABEL,
+    RELEASE_TOKEN_HASH_ANNOTATION,
     RUN_URL_ANNOTATION,
     WORKLOAD_KEY_ANNOTATION,
     WORKLOAD_KEY_ANNOTATION_MAX,
@@ -69,10 +76,20 @@ from ..kube.names import (
 from ..kube.views import DEFAULT_LEASE_SECONDS, LeaseView, parse_lease
 from .membership import Builder
 
-HOLDER_ANNOTATIONS = (RUN_URL_ANNOTATION, WORKLOAD_KEY_ANNOTATION, WORKLOAD_KEY_HASH_ANNOTATION)
+HOLDER_ANNOTATIONS = (
+    RUN_URL_ANNOTATION,
+    WORKLOAD_KEY_ANNOTATION,
+    WORKLOAD_KEY_HASH_ANNOTATION,
+    RELEASE_TOKEN_HASH_ANNOTATION,
+)
+
 RENEW_RETRY_SECONDS = 1.0  # after a failed renewal: soon, so a recovered API server is noticed early
 RENEW_TIMEOUT_MAX_SECONDS = 10.0
 RENEW_OUTAGE_LIMIT_SECONDS = 120.0  # without one answered renewal for this long, give the slot up
+
+
+class NotYourSlot(Exception):
+    """The slot is held by this holder name, but the caller does not have its release token."""
 
 
 class KubeResponseLike(Protocol):
@@ -104,6 +121,7 @@ class HolderInfo:
     run_url: str = ""
     workload_key: str = ""  # stored capped at WORKLOAD_KEY_ANNOTATION_MAX characters
     workload_key_hash: str = ""  # of the whole key: what readers compare
+    release_token_hash: str = ""  # scheduler only: SHA-256 (hex) of the acquirer's release token
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,8 @@ class SlotLease:
     resource_version: str
     duration_seconds: int
     acquired_at: datetime  # server time
+    # Scheduler grants only: the secret that proves this caller took the slot. Never in a repr or log.
+    release_token: str = field(default="", repr=False, compare=False)
 
     @property
     def fencing_token(self) -> str:
@@ -135,11 +155,18 @@ def list_pool_leases(client: LeaseApi, namespace: str, pool: str) -> dict[str, L
 
 def holder_annotations(holder: HolderInfo) -> dict[str, str]:
     """The annotations a held Lease carries about its holder (removed again on release)."""
-    return {
+    annotations = {
         RUN_URL_ANNOTATION: holder.run_url,
         WORKLOAD_KEY_ANNOTATION: holder.workload_key[:WORKLOAD_KEY_ANNOTATION_MAX],
         WORKLOAD_KEY_HASH_ANNOTATION: holder.workload_key_hash,
     }
+    if holder.release_token_hash:
+        annotations[RELEASE_TOKEN_HASH_ANNOTATION] = holder.release_token_hash
+    return annotations
+
+
+def _without_holder_annotations(meta: dict) -> dict:
+    return {k: v for k, v in (meta.get("annotations") or {}).items() if k not in HOLDER_ANNOTATIONS}
 
 
 def held_spec(previous: dict, holder: HolderInfo, duration: int, now: datetime, transitions: int) -> dict:
@@ -183,7 +210,9 @@ def new_lease_body(
 def _taken_over_body(lease: LeaseView, holder: HolderInfo, duration: int, now: datetime) -> dict:
     body = lease.body
     meta = dict(body.get("metadata") or {})
-    meta["annotations"] = {**(meta.get("annotations") or {}), **holder_annotations(holder)}
+    # The previous holder's annotations go, all of them: a token hash left behind would let the
+    # previous holder release the new one's slot.
+    meta["annotations"] = {**_without_holder_annotations(meta), **holder_annotations(holder)}
     spec = held_spec(body.get("spec") or {}, holder, duration, now, lease.transitions + 1)
     return dict(body, metadata=meta, spec=spec)
 
@@ -198,7 +227,7 @@ def _released_body(lease: LeaseView) -> dict:
         k: v for k, v in (body.get("spec") or {}).items() if k not in ("holderIdentity", "acquireTime", "renewTime")
     }
     meta = dict(body.get("metadata") or {})
-    meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in HOLDER_ANNOTATIONS}
+    meta["annotations"] = _without_holder_annotations(meta)
     return dict(body, metadata=meta, spec=spec)
 
 
@@ -295,8 +324,16 @@ def outage_limit(duration: float) -> float:
     return max(RENEW_OUTAGE_LIMIT_SECONDS, 2 * duration)
 
 
-def renew_slot(client: LeaseApi, held: SlotLease, timeout: float | None = None) -> SlotLease:
-    """Extend the lease; raise LeaseLost if another holder has it (fencing), or ClusterError.
+def token_matches(lease: LeaseView, token_hash: str) -> bool:
+    """Whether `token_hash` is the one stored on the Lease (constant time; never true for an empty one)."""
+    return bool(lease.release_token_hash) and hmac.compare_digest(lease.release_token_hash, token_hash)
+
+
+def renew_slot(
+    client: LeaseApi, held: SlotLease, timeout: float | None = None, token_hash: str | None = None
+) -> SlotLease:
+    """Extend the lease; raise LeaseLost if another holder has it (fencing), or ClusterError; and
+    NotYourSlot if `token_hash` is given and is not the one stored on the Lease.
 
     With `timeout`, all the requests of this call end within that many seconds together.
     """
@@ -313,6 +350,8 @@ def renew_slot(client: LeaseApi, held: SlotLease, timeout: float | None = None) 
             raise LeaseLost(f"slot lease {held.name} was deleted (its builder left the pool)") from None
         if not lease.holder or lease.holder != held.holder or lease.transitions != held.transitions:
             raise LeaseLost(f"slot lease {held.name} is now held by {lease.holder or 'nobody'}")
+        if token_hash is not None and not token_matches(lease, token_hash):
+            raise NotYourSlot(f"not your slot: {held.name} was not granted with this release token")
         try:
             body = _renewed_body(lease, client.server_now())
             updated = client.request("PUT", path, body=body, timeout=left()).body
@@ -324,8 +363,9 @@ def renew_slot(client: LeaseApi, held: SlotLease, timeout: float | None = None) 
     raise ClusterError(f"could not renew slot lease {held.name}: it kept changing under us")
 
 
-def release_slot(client: LeaseApi, namespace: str, name: str, holder: str) -> bool:
-    """Give the slot back if `holder` still has it. Idempotent: True only if this call released it."""
+def release_slot(client: LeaseApi, namespace: str, name: str, holder: str, token_hash: str | None = None) -> bool:
+    """Give the slot back if `holder` still has it. Idempotent: True only if this call released it.
+    With `token_hash`, NotYourSlot unless it is the one stored on the Lease."""
     for _ in range(5):
         try:
             lease = parse_lease(client.request("GET", leases_path(namespace, name)).body)
@@ -333,6 +373,8 @@ def release_slot(client: LeaseApi, namespace: str, name: str, holder: str) -> bo
             return False
         if not lease.holder or lease.holder != holder:
             return False
+        if token_hash is not None and not token_matches(lease, token_hash):
+            raise NotYourSlot(f"not your slot: {name} was not granted with this release token")
         try:
             client.request("PUT", leases_path(namespace, name), body=_released_body(lease))
             return True

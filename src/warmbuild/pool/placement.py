@@ -6,6 +6,11 @@ the pool's build history (`history.PoolHistory`): take the affine builder's free
 wait for it; take a free slot on the next builder of the key's bounded-load ranking (spill); start
 an ephemeral builder; or give up. Waiting re-decides every round, so a wait that turns out longer
 than expected can still end in a spill or an ephemeral builder.
+
+How a round reads the pool is a seam (`PoolReader`): `LivePool` lists pods and Leases every round
+(a CI runner placing its one build); the scheduler passes a snapshot kept by one shared watch of
+the pool (`pool.watch.PoolWatch`), so its many waiting callers cost no reads. Slots are taken by
+compare-and-swap either way, so a snapshot a moment old loses a race, never a slot.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Protocol
 
 from ..errors import NoSlotAvailable
 from ..kube.client import KubeClient
@@ -55,6 +61,24 @@ class Grant:
     run_tls: RunTls | None = None  # an ephemeral builder's per-run CA, client pair and server name
 
 
+class PoolReader(Protocol):
+    def read(self) -> tuple[tuple[Builder, ...], dict[str, LeaseView]]:
+        """The pool's usable builders and its slot Leases (name → view), as of now or a moment ago."""
+
+
+@dataclass(frozen=True)
+class LivePool:
+    """Lists the pool's pods and Leases for every round."""
+
+    client: KubeClient
+    namespace: str
+    pool: str
+
+    def read(self) -> tuple[tuple[Builder, ...], dict[str, LeaseView]]:
+        builders = discover_builders(self.client, self.namespace, self.pool)
+        return builders, list_pool_leases(self.client, self.namespace, self.pool) if builders else {}
+
+
 def in_flight_by_builder(leases: dict[str, LeaseView], builders: tuple[Builder, ...], server_now) -> dict[str, int]:
     by_name = {b.name: 0 for b in builders}
     for lease in leases.values():
@@ -79,14 +103,16 @@ def acquire_build_slot(
     log: Callable[[str], None] = lambda _line: None,
     sleep: Callable[[float], None] = time.sleep,
     history: PoolHistory | None = None,
+    reader: PoolReader | None = None,
 ) -> Grant:
     """Rounds of `policy.placement_round` over the pool as it is now, until one yields a slot, an
     ephemeral grant, or NoSlotAvailable. `history` is the pool's (read only with --fallback auto,
-    the one fallback that weighs estimates)."""
+    the one fallback that weighs estimates); `reader` how a round sees the pool (default: listing)."""
     started = time.monotonic()
     requested_at = client.server_now()
     history = history or PoolHistory(client, request.namespace, request.pool)
-    grant = _place(client, request, log, sleep, history, started)
+    reader = reader or LivePool(client, request.namespace, request.pool)
+    grant = _place(client, request, log, sleep, history, reader, started)
     return replace(grant, requested_at=requested_at)
 
 
@@ -96,6 +122,7 @@ def _place(
     log: Callable[[str], None],
     sleep: Callable[[float], None],
     history: PoolHistory,
+    reader: PoolReader,
     started: float,
 ) -> Grant:
     last_action = None
@@ -109,10 +136,9 @@ def _place(
             fallback=request.fallback,
             untrusted=request.untrusted,
         )
-        builders = discover_builders(client, request.namespace, request.pool)
+        builders, leases = reader.read()
         by_name = {b.name: b for b in builders}
         capacities = {b.name: b.slots for b in builders}
-        leases = list_pool_leases(client, request.namespace, request.pool) if builders else {}
         now = client.server_now()
         in_flight = in_flight_by_builder(leases, builders, now)
 

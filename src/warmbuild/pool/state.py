@@ -15,6 +15,9 @@ image). The default is a private per-user directory the post step finds without 
              jenkins-<BUILD_TAG>[-<EXECUTOR_NUMBER>] | session-<sid> (no CI: the shell's session)
 
 `--state-file` / `WARMBUILD_STATE_FILE` win over the default.
+
+It may hold a scheduler grant's release token (the secret that lets its holder give the slot back):
+the file is created 0600 (mkstemp) and replaced atomically, and nothing prints its contents.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import re
 import stat
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
@@ -39,6 +42,7 @@ class ReleaseState:
     kubeconfig: str | None = None
     context: str | None = None
     ephemeral_pod: str | None = None  # an ephemeral builder pod to delete
+    release_token: str | None = field(default=None, repr=False)  # a scheduler grant's: secret
 
 
 def state_file_path(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Path:

@@ -1,8 +1,12 @@
-"""`warmbuild pool status`: builders, their slots, who holds them and for how long."""
+"""`warmbuild pool status`: builders, their slots, who holds them and for how long.
+
+`without_holders` is the same status with who holds each slot left out (holder, run URL, workload
+key): what the scheduler shows callers that are not the pool's admins.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 
 from ..kube.client import KubeClient
@@ -19,6 +23,7 @@ class SlotStatus:
     workload_key: str | None
     held_seconds: float | None  # since it was acquired, by server time
     renewed_seconds_ago: float | None
+    busy: bool = False  # held now (holder may be hidden)
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class BuilderStatus:
 
     @property
     def in_use(self) -> int:
-        return sum(1 for s in self.slots if s.holder)
+        return sum(1 for s in self.slots if s.busy)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ def read_pool_status(client: KubeClient, namespace: str, pool: str) -> PoolStatu
                     workload_key=(lease.workload_key or None) if held else None,
                     held_seconds=_seconds_since(lease.acquired_at, now) if held else None,
                     renewed_seconds_ago=_seconds_since(lease.renewed_at, now) if held else None,
+                    busy=held,
                 )
             )
         builders.append(
@@ -79,6 +85,13 @@ def read_pool_status(client: KubeClient, namespace: str, pool: str) -> PoolStatu
             )
         )
     return PoolStatus(namespace, pool, now, tuple(builders))
+
+
+def without_holders(status: PoolStatus) -> PoolStatus:
+    """The status with no holder identities, run URLs or workload keys: slots say only busy or free."""
+    hidden = {"holder": None, "run_url": None, "workload_key": None}
+    builders = tuple(replace(b, slots=tuple(replace(s, **hidden) for s in b.slots)) for b in status.builders)
+    return replace(status, builders=builders)
 
 
 def status_to_dict(status: PoolStatus) -> dict:
@@ -105,7 +118,7 @@ def render_status_table(status: PoolStatus) -> str:
                     state if i == 0 else "",
                     (b.address or "-") if i == 0 else "",
                     slot.lease.rsplit("-", 1)[-1] if slot else "-",
-                    (slot.holder or "free") if slot else "-",
+                    (slot.holder or ("busy" if slot.busy else "free")) if slot else "-",
                     f"{slot.held_seconds:.0f}s" if slot and slot.held_seconds is not None else "",
                     (slot.run_url or "") if slot else "",
                 )

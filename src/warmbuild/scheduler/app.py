@@ -2,7 +2,14 @@
 
 Routes are plain `def`s: placement and leases block on the Kubernetes API, so each request runs
 in a worker thread (a long-poll holds one for up to its poll length; `max_concurrent` bounds them).
-Every error is `{"error": "one line"}`; 401/403 are counted in metrics.
+Every error is `{"error": "one line"}` (and a `code` where a client acts on it: "untrusted",
+"not-your-slot", "limit"); 401/403 are counted in metrics.
+
+Before any work a route checks, in order: the token (TokenReview, 401), the pool (grant, 403), the
+caller's concurrent requests (429 with Retry-After), and for acquire the caller's trust: an
+untrusted caller gets a 403 naming the way out (the scheduler starts no ephemeral builders, and a
+warm or spill slot is never for an untrusted build). `/status` shows holders, run URLs and
+workload keys to the pool's admins only; others see builders and which slots are busy.
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InputError, LeaseLost, WarmbuildError
+from ..kube.names import MAX_LEASE_SECONDS
 from ..pool.placement import Grant
-from ..pool.status import status_to_dict
+from ..pool.status import status_to_dict, without_holders
 from .auth import AccessConfig, Caller, TokenReviewer, Unauthenticated
+from .limits import RequestLimiter, TooManyRequests
 from .metrics import SchedulerMetrics
-from .service import AcquireAsk, NotYours, SlotService
+from .service import AcquireAsk, NotYours, OverLimit, SlotService
 
 POOL_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"  # a label value
 LEASE_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"  # an object name
@@ -43,7 +52,7 @@ class AcquireBody(_Strict):
     max_wait_seconds: float = Field(ge=0, le=86400)
     waited_seconds: float = Field(default=0, ge=0, le=86400)
     poll_seconds: float = Field(default=30, gt=0, le=3600)
-    lease_seconds: int = Field(default=15, ge=3, le=3600)
+    lease_seconds: int = Field(default=15, ge=3, le=MAX_LEASE_SECONDS)
     run_url: str = Field(default="", max_length=2048)
     holder_hint: str = Field(default="", max_length=200)
     fallback: Literal["wait", "fail"] = "wait"
@@ -51,11 +60,13 @@ class AcquireBody(_Strict):
 
 class RenewBody(_Strict):
     holder: str = Field(min_length=1, max_length=512)
+    release_token: str = Field(min_length=1, max_length=256)
     transitions: int = Field(ge=0)
 
 
 class ReleaseBody(_Strict):
     holder: str = Field(min_length=1, max_length=512)
+    release_token: str = Field(min_length=1, max_length=256)
     pool: str = Field(default="", max_length=63)
     path: Literal["warm", "spill", "ephemeral"] | None = None
     held_seconds: float | None = Field(default=None, ge=0, le=7 * 86400)
@@ -68,6 +79,7 @@ class AppParts:
     access: AccessConfig
     metrics: SchedulerMetrics
     max_concurrent: int = 128
+    limiter: RequestLimiter | None = None  # default: access.limits.concurrent_requests per identity
 
 
 def grant_to_dict(grant: Grant) -> dict:
@@ -82,6 +94,7 @@ def grant_to_dict(grant: Grant) -> dict:
             "resource_version": lease.resource_version,
             "duration_seconds": lease.duration_seconds,
             "acquired_at": lease.acquired_at.isoformat(),
+            "release_token": lease.release_token,
         },
         "builder": {
             "name": builder.name,
@@ -96,8 +109,19 @@ def grant_to_dict(grant: Grant) -> dict:
     }
 
 
-def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
+def _error(status: int, message: str, headers: dict | None = None, code: str = "") -> JSONResponse:
+    document = {"error": " ".join(str(message).split())}
+    if code:
+        document["code"] = code
+    return JSONResponse(document, status_code=status, headers=headers)
+
+
+def untrusted_message(who: Caller) -> str:
+    return (
+        f"{who.username} is an untrusted caller (its grant says trusted: false): the scheduler never gives it "
+        "a warm or spill slot and starts no ephemeral builders; build with Kubernetes credentials and an "
+        "ephemeral builder instead (warmbuild build --pool P --fallback ephemeral, without --scheduler)"
+    )
 
 
 class _RequestTimer:
@@ -138,7 +162,8 @@ def create_app(parts: AppParts) -> FastAPI:
     app.add_middleware(_RequestTimer, metrics=metrics)
     _error_handlers(app)
     caller, allowed = _authorization(parts)
-    _slot_routes(app, parts, caller, allowed)
+    limiter = parts.limiter or RequestLimiter(parts.access.limits.concurrent_requests)
+    _slot_routes(app, parts, caller, allowed, limiter)
     _probe_routes(app, parts)
     return app
 
@@ -189,7 +214,11 @@ def _authorization(parts: AppParts):
     return caller, allowed
 
 
-def _slot_routes(app: FastAPI, parts: AppParts, caller, allowed) -> None:
+def _over_limit(message: str, retry_after: int) -> JSONResponse:
+    return _error(429, message, headers={"Retry-After": str(retry_after)}, code="limit")
+
+
+def _slot_routes(app: FastAPI, parts: AppParts, caller, allowed, limiter: RequestLimiter) -> None:
     service = parts.service
     pool_param = Path(pattern=POOL_PATTERN, max_length=63)
     lease_param = Path(pattern=LEASE_PATTERN, max_length=253)
@@ -197,9 +226,17 @@ def _slot_routes(app: FastAPI, parts: AppParts, caller, allowed) -> None:
     @app.post(f"/{API_VERSION}/pools/{{pool}}/acquire")
     def acquire(body: AcquireBody, pool: str = pool_param, who: Caller = Depends(caller)):
         allowed(who, pool)
+        if not parts.access.trusted(who):
+            parts.metrics.auth_failures.labels("403").inc()
+            return _error(403, untrusted_message(who), code="untrusted")
         ask = AcquireAsk(pool=pool, **body.model_dump())
         try:
-            answer = service.acquire(who, ask)
+            with limiter.hold(who.username, "long"):
+                answer = service.acquire(who, ask)
+        except TooManyRequests as exc:
+            return _over_limit(str(exc), exc.retry_after)
+        except OverLimit as exc:
+            return _over_limit(str(exc), exc.retry_after)
         except WarmbuildError as exc:
             return _error(503, exc.message)
         document = {"decision": answer.decision, "waited_seconds": answer.waited_seconds, "reason": answer.reason}
@@ -210,9 +247,12 @@ def _slot_routes(app: FastAPI, parts: AppParts, caller, allowed) -> None:
     @app.post(f"/{API_VERSION}/slots/{{lease}}/renew")
     def renew(body: RenewBody, lease: str = lease_param, who: Caller = Depends(caller)):
         try:
-            renewed = service.renew(who, lease, body.holder, body.transitions)
+            with limiter.hold(who.username, "short"):
+                renewed = service.renew(who, lease, body.holder, body.transitions, body.release_token)
+        except TooManyRequests as exc:
+            return _over_limit(str(exc), exc.retry_after)
         except NotYours as exc:
-            return _error(403, str(exc))
+            return _error(403, str(exc), code="not-your-slot")
         except LeaseLost as exc:
             return _error(409, exc.message)
         except WarmbuildError as exc:
@@ -226,9 +266,14 @@ def _slot_routes(app: FastAPI, parts: AppParts, caller, allowed) -> None:
     @app.post(f"/{API_VERSION}/slots/{{lease}}/release")
     def release(body: ReleaseBody, lease: str = lease_param, who: Caller = Depends(caller)):
         try:
-            released = service.release(who, lease, body.holder, body.pool, body.path or "", body.held_seconds)
+            with limiter.hold(who.username, "short"):
+                released = service.release(
+                    who, lease, body.holder, body.release_token, body.pool, body.path or "", body.held_seconds
+                )
+        except TooManyRequests as exc:
+            return _over_limit(str(exc), exc.retry_after)
         except NotYours as exc:
-            return _error(403, str(exc))
+            return _error(403, str(exc), code="not-your-slot")
         except WarmbuildError as exc:
             return _error(503, exc.message)
         return {"released": released}
@@ -237,9 +282,13 @@ def _slot_routes(app: FastAPI, parts: AppParts, caller, allowed) -> None:
     def pool_status(pool: str = pool_param, who: Caller = Depends(caller)):
         allowed(who, pool)
         try:
-            return status_to_dict(service.pool_status(pool))
+            with limiter.hold(who.username, "long"):
+                status = service.pool_status(pool)
+        except TooManyRequests as exc:
+            return _over_limit(str(exc), exc.retry_after)
         except WarmbuildError as exc:
             return _error(503, exc.message)
+        return status_to_dict(status if parts.access.is_admin(who, pool) else without_holders(status))
 
 
 def _probe_routes(app: FastAPI, parts: AppParts) -> None:
@@ -280,6 +329,7 @@ def serve(
     kube_context: str | None = None,
     max_poll_seconds: float = 30.0,
     max_concurrent: int = 128,
+    pool_watch: bool = True,
 ) -> None:
     """Run the scheduler until SIGTERM/SIGINT; long-polls answer "wait" at once when it comes."""
     import uvicorn
@@ -304,7 +354,10 @@ def serve(
     client = connect(kubeconfig, kube_context)
     client.allow_concurrent_requests(max_concurrent)
     metrics = SchedulerMetrics(access.pools, lambda pool: read_pool_status(client, namespace, pool))
-    service = SlotService(client, namespace, metrics, max_poll_seconds=max_poll_seconds)
+    client.on_request = metrics.count_kube_request
+    service = SlotService(
+        client, namespace, metrics, max_poll_seconds=max_poll_seconds, limits=access.limits, watch_pools=pool_watch
+    )
     app = create_app(AppParts(service, TokenReviewer(client, access.audiences), access, metrics, max_concurrent))
 
     class _Server(uvicorn.Server):

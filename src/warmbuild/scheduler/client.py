@@ -9,7 +9,17 @@ backoffs all end within it, and the keeper (`SchedulerKeeper`, the rule of `pool
 retries an unreachable scheduler through an outage; only 409 (LeaseLost) aborts the build.
 
 Acquire is a long-poll loop: each request waits at most `poll_seconds` on the server; a "wait"
-answer means poll again, reporting how long we have waited, until "granted" or "fallback".
+answer means poll again, reporting how long we have waited, until "granted" or "fallback". A 429
+(this identity is at its limit) is waited out for its Retry-After, and polled again.
+
+A grant carries a release token: the proof, to the scheduler, that this caller took the slot. It
+lives in the grant's `SlotLease.release_token` (never in a repr) and in the 0600 state file for
+`warmbuild release`; it is sent only in renew and release bodies and never logged.
+
+The token sent is one minted for the scheduler's audience (default `warmbuild-scheduler`): in a pod,
+a projected service account token at PROJECTED_TOKEN (the chart's examples mount one there), else
+--scheduler-token-file / WARMBUILD_SCHEDULER_TOKEN(_FILE); the pod's own API-server token is the last
+resort, accepted only by a scheduler configured with `audiences: []`.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from ..pool.leases import SlotKeeper, SlotLease
 from ..pool.membership import Builder
 from ..pool.placement import Grant, PlacementRequest
 
+PROJECTED_TOKEN = Path("/var/run/secrets/warmbuild.dev/scheduler/token")
 CONNECT_TIMEOUT_SECONDS = 3.0
 READ_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 20.0
@@ -45,6 +56,18 @@ class SchedulerError(ClusterError):
 
 class SchedulerUnavailable(SchedulerError):
     """No replica answered within the retries."""
+
+
+class SchedulerBusy(SchedulerError):
+    """429: this identity is at one of its limits; try again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UntrustedRefused(NoSlotAvailable):
+    """403 "untrusted": the scheduler never gives this caller a warm slot (exit 7)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +100,8 @@ def scheduler_token_file(token: str | None, token_file: str | None, environ: Map
     if token or environ.get("WARMBUILD_SCHEDULER_TOKEN"):
         return None
     token_file = token_file or environ.get("WARMBUILD_SCHEDULER_TOKEN_FILE")
+    if not token_file and PROJECTED_TOKEN.is_file():
+        token_file = str(PROJECTED_TOKEN)
     if not token_file and environ.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.is_file():
         token_file = str(IN_CLUSTER_TOKEN)
     return token_file
@@ -130,6 +155,7 @@ def grant_from_answer(answer: dict, waited_seconds: float) -> Grant:
                 resource_version=str(lease.get("resource_version", "")),
                 duration_seconds=int(lease["duration_seconds"]),
                 acquired_at=datetime.fromisoformat(str(lease["acquired_at"])),
+                release_token=str(lease["release_token"]),
             ),
             builder=Builder(
                 name=str(builder["name"]),
@@ -180,6 +206,7 @@ class SchedulerClient:
             started + request.max_wait_seconds + 2 * self.options.poll_seconds + 60
         )  # a server that only says "wait"
         announced = False
+        busy_said = False
         while True:
             waited = self.clock() - started
             body = {
@@ -193,12 +220,21 @@ class SchedulerClient:
                 # The scheduler waits then spills, or fails at once; auto/ephemeral need a Kubernetes client.
                 "fallback": "fail" if request.fallback == "fail" else "wait",
             }
-            answer = self._call(
-                "POST",
-                f"/v1/pools/{quote(request.pool, safe='')}/acquire",
-                body,
-                read_timeout=self.options.poll_seconds + self.options.read_timeout,
-            )
+            try:
+                answer = self._call(
+                    "POST",
+                    f"/v1/pools/{quote(request.pool, safe='')}/acquire",
+                    body,
+                    read_timeout=self.options.poll_seconds + self.options.read_timeout,
+                )
+            except SchedulerBusy as busy:
+                if self.clock() > give_up:
+                    raise
+                if not busy_said:
+                    log(f"{busy.message}; waiting")
+                    busy_said = True
+                self.sleep(max(0.5, min(busy.retry_after, 30.0)))
+                continue
             decision = answer.get("decision")
             if decision == "granted":
                 grant = grant_from_answer(answer, self.clock() - started)
@@ -241,7 +277,7 @@ class SchedulerClient:
         answer = self._call(
             "POST",
             f"/v1/slots/{quote(lease.name, safe='')}/renew",
-            {"holder": lease.holder, "transitions": lease.transitions},
+            {"holder": lease.holder, "release_token": lease.release_token, "transitions": lease.transitions},
             lost_on_409=True,
             budget=timeout,
         )
@@ -253,12 +289,17 @@ class SchedulerClient:
         return SchedulerKeeper(self, grant.lease, on_lost, clock=self.clock, log=log).start()
 
     def release(self, grant: Grant) -> bool:
-        return self.release_lease(grant.lease.name, grant.lease.holder, path=grant.path)
+        return self.release_lease(grant.lease.name, grant.lease.holder, grant.lease.release_token, path=grant.path)
 
     # -- also for `warmbuild release` and `pool status` -------------------------------------------
 
-    def release_lease(self, name: str, holder: str, path: str | None = None) -> bool:
-        body: dict = {"holder": holder}
+    def release_lease(self, name: str, holder: str, release_token: str, path: str | None = None) -> bool:
+        if not release_token:
+            raise SchedulerError(
+                f"no release token for slot {name} (the state file has none): it will expire on its own "
+                "when its lease runs out"
+            )
+        body: dict = {"holder": holder, "release_token": release_token}
         pool, acquired = self._held.pop(name, ("", None))
         if pool and acquired is not None and path:
             body.update(pool=pool, path=path, held_seconds=round(max(0.0, self.clock() - acquired), 3))
@@ -329,7 +370,9 @@ class SchedulerClient:
                 else:
                     document, problem = _decode(response, url)
                     if problem is None:
-                        return self._check_status(response.status_code, document, url, lost_on_409)
+                        return self._check_status(
+                            response.status_code, document, url, lost_on_409, response.headers.get("Retry-After")
+                        )
                 problems.append(problem)
                 self._current = (self._current + 1) % len(urls)
         within = f" within {budget:.3g}s" if budget is not None else ""
@@ -347,12 +390,17 @@ class SchedulerClient:
         return self.options.token
 
     @staticmethod
-    def _check_status(status: int, document: dict, url: str, lost_on_409: bool) -> dict:
+    def _check_status(status: int, document: dict, url: str, lost_on_409: bool, retry_after: str | None = None) -> dict:
         if status < 400:
             return document
         reason = document.get("error") or "no reason given"
         if status == 409 and lost_on_409:
             raise LeaseLost(reason)
+        if status == 429:
+            seconds = float(retry_after) if (retry_after or "").isdigit() else 2.0
+            raise SchedulerBusy(f"the scheduler at {url} says this identity is at its limit (429): {reason}", seconds)
+        if status == 403 and document.get("code") == "untrusted":
+            raise UntrustedRefused(f"the scheduler refused a warm slot: {reason}")
         if status == 401:
             raise SchedulerError(f"the scheduler at {url} did not accept the token (401): {reason}")
         if status == 403:

@@ -91,7 +91,16 @@ class SchedulerMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.kube_requests = Counter(
+            "warmbuild_scheduler_kube_requests",
+            "Requests this replica sent to the Kubernetes API (watches counted when started)",
+            ["verb", "resource"],
+            registry=self.registry,
+        )
         self.registry.register(_PoolCollector(self))
+
+    def count_kube_request(self, verb: str, resource: str) -> None:
+        self.kube_requests.labels(verb, resource).inc()
 
     def add_waiting(self, pool: str, delta: int) -> None:
         """An acquirer of `pool` starts (+1) or stops (-1) waiting for a slot."""

@@ -7,12 +7,22 @@ long-poll: it runs `placement.acquire_build_slot` with the caller's remaining af
 of a wait is the one that spills, or answers "fallback".
 
 Holder identities are `HINT/UNIQUE@USERNAME`: the caller's user name from TokenReview is part of the
-Lease's holder, so `pool status` shows who holds a slot, and only that user can renew or release it.
+Lease's holder, so `pool status` shows an admin who holds a slot. The user name does not prove
+ownership: the default grant is one service account for every CI job. Each grant therefore comes
+with a random release token that only its caller learns; the Lease keeps its SHA-256, and renew and
+release need the token (`leases.NotYourSlot` → 403 "not your slot" otherwise).
+
+Waiting callers read the pool from one shared watch per pool (`pool.watch.PoolWatch`) and wake
+when it changes, instead of each listing pods and Leases every round. Per identity, at most
+`limits.held_slots` slots at once (0: no cap) — checked before placement on the snapshot, so two
+acquires racing may both pass: a soft cap, never an unsafe one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -22,11 +32,20 @@ from dataclasses import dataclass, replace
 from ..errors import LeaseLost, NoSlotAvailable
 from ..kube.client import KubeClient
 from ..kube.names import leases_path
-from ..pool.leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, release_slot, renew_slot, renew_timeout
-from ..pool.placement import Grant, PlacementRequest, acquire_build_slot
+from ..pool.leases import (
+    DEFAULT_LEASE_SECONDS,
+    HolderInfo,
+    NotYourSlot,
+    SlotLease,
+    release_slot,
+    renew_slot,
+    renew_timeout,
+)
+from ..pool.placement import Grant, LivePool, PlacementRequest, acquire_build_slot
 from ..pool.status import PoolStatus, read_pool_status
+from ..pool.watch import PoolWatch
 from ..pool.workload import WorkloadKey
-from .auth import Caller
+from .auth import Caller, Limits
 from .metrics import SchedulerMetrics
 
 MAX_POLL_SECONDS = 30.0
@@ -56,7 +75,19 @@ class AcquireAnswer:
 
 
 class NotYours(Exception):
-    """The slot's holder was issued to another caller (HTTP 403)."""
+    """The slot's holder was issued to another caller, or the release token is wrong (HTTP 403)."""
+
+
+class OverLimit(Exception):
+    """The caller is at one of its per-identity limits (HTTP 429 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def token_hash(release_token: str) -> str:
+    return hashlib.sha256(release_token.encode()).hexdigest()
 
 
 class _PollEnded(Exception):
@@ -97,36 +128,56 @@ class SlotService:
         metrics: SchedulerMetrics,
         max_poll_seconds: float = MAX_POLL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        limits: Limits = Limits(),
+        watch_pools: bool = True,
     ):
         self.client = client
         self.namespace = namespace
         self.metrics = metrics
         self.max_poll_seconds = max_poll_seconds
         self.clock = clock
+        self.limits = limits
+        self.watch_pools = watch_pools
         self._stopping = threading.Event()
+        self._watches: dict[str, PoolWatch] = {}
+        self._watches_lock = threading.Lock()
 
     def stop_waiting(self) -> None:
         """Shutting down: every long-poll answers "wait" now, so its caller polls another replica."""
         self._stopping.set()
+        with self._watches_lock:
+            for watch in self._watches.values():
+                watch.stop()
+
+    def watch(self, pool: str) -> PoolWatch:
+        """The pool's shared watch, started on first use."""
+        with self._watches_lock:
+            if pool not in self._watches:
+                self._watches[pool] = PoolWatch(self.client, self.namespace, pool).start()
+            return self._watches[pool]
 
     def acquire(self, caller: Caller, ask: AcquireAsk) -> AcquireAnswer:
         remaining, poll = poll_plan(ask, self.max_poll_seconds)
         started = self.clock()
         deadline = started + poll
         waits: list[str] = []
+        reader = _Watched(self.watch(ask.pool)) if self.watch_pools else _Polled(self.client, self.namespace, ask.pool)
+        self._check_held(caller, ask.pool, reader)
 
         def sleep(seconds: float) -> None:
             left = deadline - self.clock()
             if left <= 0 or self._stopping.is_set():
                 raise _PollEnded
-            self._stopping.wait(min(seconds, left))
+            reader.wait(min(seconds, left), self._stopping)
 
         key = WorkloadKey(ask.workload_key, source="caller")
+        release_token = secrets.token_urlsafe(32)  # only this caller learns it; the Lease keeps its hash
         holder = HolderInfo(
             identity=holder_identity(caller.username, ask.holder_hint, uuid.uuid4().hex[:10]),
             run_url=ask.run_url,
             workload_key=key.annotation,
             workload_key_hash=key.hash,
+            release_token_hash=token_hash(release_token),
         )
         request = PlacementRequest(
             self.namespace, ask.pool, key, holder, remaining, ask.lease_seconds, fallback=ask.fallback
@@ -138,7 +189,7 @@ class SlotService:
             waits.append(line)
 
         try:
-            grant = acquire_build_slot(self.client, request, log=note_wait, sleep=sleep)
+            grant = acquire_build_slot(self.client, request, log=note_wait, sleep=sleep, reader=reader)
         except _PollEnded:
             waited = ask.waited_seconds + self.clock() - started
             return AcquireAnswer("wait", round(waited, 3), waits[0] if waits else "no slot yet")
@@ -157,25 +208,54 @@ class SlotService:
             return AcquireAnswer("fallback", round(waited, 3), grant.reason)
         self.metrics.acquisitions.labels(ask.pool, acquisition_outcome(grant, ask.waited_seconds)).inc()
         self.metrics.wait_seconds.labels(ask.pool, grant.path).observe(waited)
-        return AcquireAnswer("granted", round(waited, 3), grant.reason, replace(grant, waited_seconds=round(waited, 3)))
+        lease = replace(grant.lease, release_token=release_token)
+        return AcquireAnswer(
+            "granted", round(waited, 3), grant.reason, replace(grant, lease=lease, waited_seconds=round(waited, 3))
+        )
+
+    def _check_held(self, caller: Caller, pool: str, reader: _Watched | _Polled) -> None:
+        cap = self.limits.held_slots
+        if not cap:
+            return
+        _builders, leases = reader.read()
+        now = self.client.server_now()
+        held = sum(
+            1 for lease in leases.values() if not lease.is_free(now) and holder_owner(lease.holder) == caller.username
+        )
+        if held >= cap:
+            raise OverLimit(
+                f"{caller.username} holds {held} slots of pool '{pool}', the most one identity may hold "
+                f"(limits.held_slots {cap}): poll again when one is released",
+                retry_after=max(1, round(self.max_poll_seconds / 6)),
+            )
 
     def _check_owner(self, caller: Caller, holder: str) -> None:
         if holder_owner(holder) != caller.username:
             self.metrics.auth_failures.labels("403").inc()
-            raise NotYours(f"slot holder {holder!r} was not issued to {caller.username}")
+            raise NotYours(f"not your slot: holder {holder!r} was not issued to {caller.username}")
 
-    def renew(self, caller: Caller, lease_name: str, holder: str, transitions: int) -> SlotLease:
-        """Extend the caller's hold; LeaseLost if someone else has the slot now (fencing)."""
+    def _not_yours(self, exc: NotYourSlot) -> NotYours:
+        self.metrics.auth_failures.labels("403").inc()
+        return NotYours(str(exc))
+
+    def renew(self, caller: Caller, lease_name: str, holder: str, transitions: int, release_token: str) -> SlotLease:
+        """Extend the caller's hold; LeaseLost if someone else has the slot now (fencing), NotYours
+        without the slot's release token."""
         self._check_owner(caller, holder)
         held = SlotLease(
             self.namespace, lease_name, "", holder, transitions, "", DEFAULT_LEASE_SECONDS, self.client.server_now()
         )
         try:
             # bounded like the runner's own renewal: a hung API server answers 503 soon, not after 15 s per thread
-            renewed = renew_slot(self.client, held, renew_timeout(DEFAULT_LEASE_SECONDS))
+            renewed = renew_slot(
+                self.client, held, renew_timeout(DEFAULT_LEASE_SECONDS), token_hash=token_hash(release_token)
+            )
+        except NotYourSlot as exc:
+            raise self._not_yours(exc) from None
         except LeaseLost:
             self.metrics.renewals.labels("lost").inc()
-            raise
+            # Not who holds it now: that is for admins (/status), not for whoever names the slot.
+            raise LeaseLost(f"slot lease {lease_name} is no longer held by {holder}") from None
         self.metrics.renewals.labels("renewed").inc()
         return renewed
 
@@ -184,12 +264,16 @@ class SlotService:
         caller: Caller,
         lease_name: str,
         holder: str,
+        release_token: str,
         pool: str = "",
         path: str = "",
         held_seconds: float | None = None,
     ) -> bool:
         self._check_owner(caller, holder)
-        released = release_slot(self.client, self.namespace, lease_name, holder)
+        try:
+            released = release_slot(self.client, self.namespace, lease_name, holder, token_hash(release_token))
+        except NotYourSlot as exc:
+            raise self._not_yours(exc) from None
         if released and pool in self.metrics.pools and path and held_seconds is not None:
             self.metrics.build_seconds.labels(pool, path).observe(held_seconds)
         return released
@@ -203,3 +287,26 @@ class SlotService:
             return False
         self.client.request("GET", leases_path(self.namespace), query={"limit": "1"})
         return True
+
+
+class _Watched:
+    """One acquire's view of the pool's shared watch: reads the snapshot, sleeps until it changes."""
+
+    def __init__(self, watch: PoolWatch):
+        self.watch = watch
+        self.generation = -1
+
+    def read(self):
+        builders, leases, self.generation = self.watch.read()
+        return builders, leases
+
+    def wait(self, seconds: float, stopping: threading.Event) -> None:
+        if not stopping.is_set():
+            self.watch.wait_newer(self.generation, seconds)
+
+
+class _Polled(LivePool):
+    """Without the watch (--no-pool-watch): every round lists the pool."""
+
+    def wait(self, seconds: float, stopping: threading.Event) -> None:
+        stopping.wait(seconds)
