@@ -157,3 +157,31 @@ def test_gc_collects_orphans_and_leaves_live_builds_alone():
     }
     assert "expired" in found[("pod", "orphan")] and "deadline" in found[("pod", "late")]
     assert find_garbage(pods, [live], leases[:1], NOW) == []  # idempotent once collected
+
+
+def _security(pod: dict) -> dict:
+    return pod["spec"]["containers"][0]["securityContext"]
+
+
+def test_an_untrusted_build_gets_a_rootless_builder_labelled_for_its_network_policy():
+    holder = HolderInfo(identity="h")
+    name = "warmbuild-p-ephemeral-0a1b2c3d"
+    untrusted = ephemeral_pod_manifest(EphemeralSettings(), "ns", "p", holder, name, untrusted=True)
+    assert _security(untrusted).get("privileged") is not True
+    assert _security(untrusted)["runAsUser"] == 1000
+    assert untrusted["spec"]["containers"][0]["image"].endswith("-rootless")
+    assert untrusted["metadata"]["labels"]["warmbuild.dev/untrusted"] == "true"
+    trusted = ephemeral_pod_manifest(EphemeralSettings(), "ns", "p", holder, name)
+    assert _security(trusted) == {"privileged": True}
+    assert "warmbuild.dev/untrusted" not in trusted["metadata"]["labels"]
+    # An explicit setting wins, for a pool whose platform team chose privileged builders on purpose.
+    chosen = ephemeral_pod_manifest(EphemeralSettings(rootless=False), "ns", "p", holder, name, untrusted=True)
+    assert _security(chosen) == {"privileged": True}
+    assert chosen["metadata"]["labels"]["warmbuild.dev/untrusted"] == "true"
+
+
+def test_rootless_must_be_a_boolean(tmp_path):
+    config = tmp_path / "ephemeral.yaml"
+    config.write_text("rootless: 'false'\n")
+    with pytest.raises(InputError, match="rootless must be true or false"):
+        load_ephemeral_settings(str(config))

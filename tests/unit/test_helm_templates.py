@@ -5,6 +5,7 @@ tests/integration/test_helm_chart.py.
 """
 
 import base64
+import json
 import shlex
 
 import pytest
@@ -28,6 +29,8 @@ def test_default_values_render_the_pool_and_least_privilege_access_only():
     assert kinds == [
         ("ConfigMap", "warmbuild-builder"),
         ("NetworkPolicy", "warmbuild-builder"),
+        ("NetworkPolicy", "warmbuild-ephemeral"),
+        ("NetworkPolicy", "warmbuild-untrusted"),
         ("PodDisruptionBudget", "warmbuild-builder"),
         ("Role", "warmbuild-builder"),
         ("Role", "warmbuild-ci"),
@@ -394,15 +397,14 @@ def test_rbac_is_least_privilege_for_builders_and_ci_steps():
 
 
 def test_network_policy_admits_ci_runners_and_the_scheduler_to_buildkitd_only():
-    policy = one(render(), "NetworkPolicy")
+    policy = one(render(), "NetworkPolicy", "warmbuild-builder")
     assert policy["spec"]["podSelector"]["matchLabels"]["warmbuild.dev/pool"] == "default"
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     (rule,) = policy["spec"]["ingress"]
     assert rule["ports"] == [{"port": "buildkitd", "protocol": "TCP"}]
-    assert rule["from"] == [
-        {"podSelector": {"matchLabels": {"warmbuild.dev/ci-runner": "true"}}, "namespaceSelector": {}}
-    ]
-    with_scheduler = one(render(variant="scheduler"), "NetworkPolicy")
+    # A pod label alone, in the release's namespace: not any pod of any namespace that labels itself.
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"warmbuild.dev/ci-runner": "true"}}}]
+    with_scheduler = one(render(variant="scheduler"), "NetworkPolicy", "warmbuild-builder")
     assert {
         "podSelector": {
             "matchLabels": {
@@ -421,14 +423,43 @@ def test_network_policy_admits_ci_runners_and_the_scheduler_to_buildkitd_only():
             )
         ),
         "NetworkPolicy",
+        "warmbuild-builder",
     )
     assert runners["spec"]["ingress"][0]["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "arc-runners"}}}
     ]
     # No peers at all must mean "nobody", never an empty `from` (which admits everyone).
-    closed = one(render(extra=("--set-json", "networkPolicy.ciRunners=[]")), "NetworkPolicy")
-    assert closed["spec"]["ingress"] == []
+    closed = render(extra=("--set-json", "networkPolicy.ciRunners=[]"))
+    assert one(closed, "NetworkPolicy", "warmbuild-builder")["spec"]["ingress"] == []
+    assert one(closed, "NetworkPolicy", "warmbuild-ephemeral")["spec"]["ingress"] == []
     assert not of_kind(render(sets=("networkPolicy.enabled=false",)), "NetworkPolicy")
+
+
+def test_ephemeral_builders_admit_the_same_peers_and_untrusted_ones_reach_nothing_in_the_cluster():
+    objects = render()
+    ephemeral = one(objects, "NetworkPolicy", "warmbuild-ephemeral")
+    assert ephemeral["spec"]["podSelector"]["matchLabels"] == {"warmbuild.dev/ephemeral": "true"}
+    assert ephemeral["spec"]["ingress"][0]["from"] == [
+        {"podSelector": {"matchLabels": {"warmbuild.dev/ci-runner": "true"}}}
+    ]
+    untrusted = one(objects, "NetworkPolicy", "warmbuild-untrusted")
+    assert untrusted["spec"]["podSelector"]["matchLabels"] == {
+        "warmbuild.dev/ephemeral": "true",
+        "warmbuild.dev/untrusted": "true",
+    }
+    assert untrusted["spec"]["policyTypes"] == ["Egress"]
+    dns, outside = untrusted["spec"]["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    (block,) = outside["to"]
+    assert block["ipBlock"]["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(block["ipBlock"]["except"])
+    mirror = {"podSelector": {"matchLabels": {"app": "registry-mirror"}}}
+    widened = one(
+        render(extra=("--set-json", f"networkPolicy.untrustedEgress.extraTo=[{json.dumps(mirror)}]")),
+        "NetworkPolicy",
+        "warmbuild-untrusted",
+    )
+    assert widened["spec"]["egress"][1]["to"][1] == mirror
 
 
 def test_pdb_takes_one_builder_at_a_time():

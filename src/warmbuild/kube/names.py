@@ -14,6 +14,7 @@ BUILDER_LABEL = "warmbuild.dev/builder"  # slot Leases: the builder pod's name
 EPHEMERAL_LABEL = "warmbuild.dev/ephemeral"  # ephemeral builder pods and their run Leases: "true"
 EPHEMERAL_POOL_LABEL = "warmbuild.dev/ephemeral-for"  # not the pool label: it must never count as a warm builder
 RUN_LABEL = "warmbuild.dev/run"  # ephemeral builder pods: a hash of the CI run
+UNTRUSTED_LABEL = "warmbuild.dev/untrusted"  # ephemeral builders of untrusted builds: "true" (their own NetworkPolicy)
 HISTORY_LABEL = "warmbuild.dev/history"  # the history ConfigMap: the pool's name
 
 # --------------------------------------------------------------------------------------- annotations

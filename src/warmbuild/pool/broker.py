@@ -101,7 +101,9 @@ class DirectLeases:
         name = new_pod_name(request.pool)
         # Made before the pod, so that a failure here leaves nothing behind; valid as long as the pod may run.
         certificates = make_run_certificates(name, settings.active_deadline_seconds + 600)
-        manifest = ephemeral_pod_manifest(settings, request.namespace, request.pool, request.holder, name)
+        manifest = ephemeral_pod_manifest(
+            settings, request.namespace, request.pool, request.holder, name, untrusted=request.untrusted
+        )
         with signals_deferred():  # a pod created must be known before a signal can interrupt
             name, uid = create_ephemeral_pod(self.client, manifest)
             on_created(name)

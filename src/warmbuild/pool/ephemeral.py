@@ -33,6 +33,7 @@ from ..kube.names import (
     EPHEMERAL_POOL_LABEL,
     RUN_LABEL,
     RUN_URL_ANNOTATION,
+    UNTRUSTED_LABEL,
     WORKLOAD_KEY_ANNOTATION,
     WORKLOAD_KEY_ANNOTATION_MAX,
     ephemeral_pod_name,
@@ -57,7 +58,7 @@ class EphemeralSettings:
     """How ephemeral builder pods look. Loaded from --ephemeral-config (YAML) and flags."""
 
     image: str | None = None  # default depends on rootless
-    rootless: bool = False
+    rootless: bool | None = None  # None: rootless for untrusted builds, privileged for trusted ones
     resources: Mapping[str, Any] = field(default_factory=dict)
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
@@ -69,9 +70,12 @@ class EphemeralSettings:
     active_deadline_seconds: int = 3600
     startup_timeout_seconds: float = 120.0
 
-    @property
-    def effective_image(self) -> str:
-        return self.image or (DEFAULT_ROOTLESS_IMAGE if self.rootless else DEFAULT_IMAGE)
+    def runs_rootless(self, untrusted: bool) -> bool:
+        """An untrusted build (anyone's code) gets a rootless builder unless the settings say otherwise."""
+        return untrusted if self.rootless is None else self.rootless
+
+    def image_for(self, untrusted: bool) -> str:
+        return self.image or (DEFAULT_ROOTLESS_IMAGE if self.runs_rootless(untrusted) else DEFAULT_IMAGE)
 
 
 _CONFIG_FIELDS = {
@@ -117,6 +121,8 @@ def load_ephemeral_settings(path: str | None, overrides: Mapping[str, Any] | Non
         values["image_pull_secrets"] = tuple(
             s["name"] if isinstance(s, dict) else str(s) for s in values["image_pull_secrets"] or ()
         )
+    if "rootless" in values and not isinstance(values["rootless"], bool):
+        raise InputError("ephemeral setting rootless must be true or false")
     for key in ("active_deadline_seconds",):
         if key in values and (not isinstance(values[key], int) or values[key] <= 0):
             raise InputError(f"ephemeral {key.replace('_', ' ')} must be a positive whole number of seconds")
@@ -141,12 +147,14 @@ def new_pod_name(pool: str) -> str:
 
 
 def ephemeral_pod_manifest(
-    settings: EphemeralSettings, namespace: str, pool: str, holder: HolderInfo, name: str
+    settings: EphemeralSettings, namespace: str, pool: str, holder: HolderInfo, name: str, untrusted: bool = False
 ) -> dict:
-    """The pod for one ephemeral builder (pure): mTLS with the run's certificate from Secret `<name>-tls`."""
+    """The pod for one ephemeral builder (pure): mTLS with the run's certificate from Secret `<name>-tls`;
+    for an untrusted build rootless by default and labelled for the untrusted NetworkPolicy."""
+    rootless = settings.runs_rootless(untrusted)
     container: dict[str, Any] = {
         "name": "buildkitd",
-        "image": settings.effective_image,
+        "image": settings.image_for(untrusted),
         "args": [
             "--addr",
             f"tcp://0.0.0.0:{BUILDKITD_PORT}",
@@ -160,7 +168,7 @@ def ephemeral_pod_manifest(
         "readinessProbe": {"exec": {"command": ["buildctl", "debug", "workers"]}, "periodSeconds": 2},
         "volumeMounts": [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}],
     }
-    if settings.rootless:
+    if rootless:
         container["args"].append("--oci-worker-no-process-sandbox")
         container["securityContext"] = {
             "runAsUser": 1000,
@@ -196,7 +204,11 @@ def ephemeral_pod_manifest(
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {**settings.labels, **run_labels(pool, holder)},
+            "labels": {
+                **settings.labels,
+                **run_labels(pool, holder),
+                **({UNTRUSTED_LABEL: "true"} if untrusted else {}),
+            },
             "annotations": {
                 **settings.annotations,
                 RUN_URL_ANNOTATION: holder.run_url,
