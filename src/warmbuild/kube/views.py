@@ -43,6 +43,8 @@ class PodView:
     ready: bool
     terminating: bool
     draining: bool
+    controller_kind: str = ""  # the ownerReference with controller: true, e.g. "StatefulSet"
+    controller_uid: str = ""
 
     @property
     def usable(self) -> bool:
@@ -54,6 +56,7 @@ def pod_view(pod: dict) -> PodView:
     annotations = meta.get("annotations") or {}
     status = pod.get("status", {})
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or ()}
+    controller = next((ref for ref in meta.get("ownerReferences") or () if ref.get("controller") is True), {})
     try:
         slots = int(annotations.get(SLOTS_ANNOTATION, DEFAULT_SLOTS))
     except ValueError:
@@ -67,6 +70,8 @@ def pod_view(pod: dict) -> PodView:
         ready=status.get("phase") == "Running" and conditions.get("Ready") == "True",
         terminating=bool(meta.get("deletionTimestamp")),
         draining=annotations.get(DRAINING_ANNOTATION, "").lower() == "true",
+        controller_kind=controller.get("kind", ""),
+        controller_uid=controller.get("uid", ""),
     )
 
 
