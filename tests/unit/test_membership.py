@@ -73,3 +73,31 @@ def test_discovery_lists_the_pools_statefulsets_and_never_offers_an_impostor():
 def test_without_a_statefulset_of_the_pool_there_are_no_builders():
     api = FakePoolApi([], PODS)
     assert discover_builders(api, NS, POOL) == ()
+
+
+def test_an_admission_refusal_is_reported_in_the_policys_words_not_as_a_missing_permission():
+    import json
+    from types import SimpleNamespace
+
+    import pytest
+
+    from warmbuild.errors import ClusterError
+    from warmbuild.kube.client import KubeClient
+
+    client = SimpleNamespace(description="kubeconfig ci.yaml", host="https://127.0.0.1:6443")
+    denied = json.dumps(
+        {
+            "message": "pods \"x\" is forbidden: ValidatingAdmissionPolicy 'p' with binding 'p' denied request: "
+            "warmbuild: ephemeral builder pods run the configured builder image only (moby/buildkit:v0.34.2)",
+            "reason": "Forbidden",
+        }
+    ).encode()
+    with pytest.raises(ClusterError) as refused:
+        KubeClient._raise_for(client, 403, denied, "POST", pods_path(NS))
+    assert refused.value.message == (
+        "the API server refused to create pods in namespace ns: "
+        "warmbuild: ephemeral builder pods run the configured builder image only (moby/buildkit:v0.34.2)"
+    )
+    rbac = json.dumps({"message": 'pods is forbidden: User "ci" cannot create resource "pods"'}).encode()
+    with pytest.raises(ClusterError, match="missing permission: create pods in namespace ns"):
+        KubeClient._raise_for(client, 403, rbac, "POST", pods_path(NS))
