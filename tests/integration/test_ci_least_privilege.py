@@ -181,11 +181,19 @@ def test_the_ci_identity_cannot_delete_a_builder_pod(ci_core):
 
 def test_the_ci_identity_cannot_delete_a_lease(ci_coordination):
     ci = connect(os.environ["WARMBUILD_CI_KUBECONFIG"])
-    leases = list_pool_leases(ci, NAMESPACE, POOL)
-    assert leases, "the pool has slot Leases (the other suites take slots)"
-    name = sorted(leases)[0]
-    status, text = refusal(ci_coordination.delete_namespaced_lease, name, NAMESPACE, dry_run="All")
-    assert status == 403 and 'cannot delete resource "leases"' in text, text
+    request = PlacementRequest(
+        NAMESPACE,
+        POOL,
+        explicit_key(f"lease-{uuid.uuid4().hex[:8]}"),
+        HolderInfo(identity="victim"),
+        max_wait_seconds=0,
+    )
+    grant = acquire_build_slot(ci, request)  # a slot someone holds right now
+    try:
+        status, text = refusal(ci_coordination.delete_namespaced_lease, grant.lease.name, NAMESPACE, dry_run="All")
+        assert status == 403 and 'cannot delete resource "leases"' in text, text
+    finally:
+        release_slot(ci, NAMESPACE, grant.lease.name, grant.lease.holder)
 
 
 def test_the_ci_identity_writes_the_pools_history_and_no_other_configmap(ci_core):
