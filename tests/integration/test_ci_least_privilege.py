@@ -148,6 +148,21 @@ ATTACKS = {
 }
 
 
+POLICY = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/warmbuild-warmbuild-ephemeral-builders"
+
+
+def test_the_charts_admission_policy_is_in_force_and_type_checks_clean():
+    admin = connect(os.environ["KUBECONFIG"])
+
+    def checked():
+        policy = admin.request("GET", POLICY).body
+        status = policy.get("status") or {}
+        return status if status.get("observedGeneration") == policy["metadata"]["generation"] else None
+
+    status = wait_for(checked, 30, interval=0.5, what="the API server to type-check the policy")
+    assert not (status.get("typeChecking") or {}).get("expressionWarnings"), status
+
+
 def test_warmbuilds_own_ephemeral_pods_are_admitted_for_the_ci_identity(ci_core):
     for settings in ({}, {"rootless": True}):
         created = ci_core.create_namespaced_pod(NAMESPACE, warmbuild_pod(**settings), dry_run="All")
