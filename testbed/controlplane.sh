@@ -150,30 +150,51 @@ tb_cp_apply() {
   rm -f "$out"
 }
 
-# tb_cp_ci_objects: namespace, service account, least-privilege Role and RoleBinding for the CI step.
+# tb_cp_ci_objects: namespace, the CI service account, and the chart's own CI access: its Role and
+# RoleBinding, the ValidatingAdmissionPolicy (+ binding) that admits only ephemeral builder pods from
+# the CI identity, and the pool's history ConfigMap. They come from deploy/manifests/warmbuild.yaml
+# (the chart rendered with its defaults: release and namespace "warmbuild", pool "default", which
+# are the testbed's), so the testbed's CI identity has exactly what the chart grants.
+TB_CI_CHART_OBJECTS="Role/warmbuild-ci RoleBinding/warmbuild-ci ConfigMap/warmbuild-history-default
+ValidatingAdmissionPolicy/warmbuild-warmbuild-ephemeral-builders
+ValidatingAdmissionPolicyBinding/warmbuild-warmbuild-ephemeral-builders"
+
 tb_cp_ci_objects() {
   local ns="$WARMBUILD_NAMESPACE" sa="$CI_SERVICE_ACCOUNT"
   tb_cp_apply "/api/v1/namespaces/$ns" \
     '{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"'"$ns"'"}}'
   tb_cp_apply "/api/v1/namespaces/$ns/serviceaccounts/$sa" \
     '{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"'"$sa"'","namespace":"'"$ns"'"}}'
-  tb_cp_apply "/apis/rbac.authorization.k8s.io/v1/namespaces/$ns/roles/$sa" '{
-    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-    "metadata": {"name": "'"$sa"'", "namespace": "'"$ns"'"},
-    "rules": [
-      {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-       "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
-      {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
-      {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-      {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]},
-      {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create", "update", "patch"]},
-      {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
-    ]}'
-  tb_cp_apply "/apis/rbac.authorization.k8s.io/v1/namespaces/$ns/rolebindings/$sa" '{
-    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-    "metadata": {"name": "'"$sa"'", "namespace": "'"$ns"'"},
-    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "'"$sa"'"},
-    "subjects": [{"kind": "ServiceAccount", "name": "'"$sa"'", "namespace": "'"$ns"'"}]}'
+  tb_cp_chart_objects "$TESTBED_SRC/../deploy/manifests/warmbuild.yaml" "$ns" $TB_CI_CHART_OBJECTS
+}
+
+# tb_cp_chart_objects FILE NAMESPACE KIND/NAME...: server-side apply the named documents of FILE
+# (rendered manifests), as admin; fails when one of them is not in FILE.
+tb_cp_chart_objects() {
+  local file="$1" ns="$2" wanted path doc kind name applied=" "
+  shift 2
+  [[ -f "$file" ]] || tb_die "no $file: run deploy/render-manifests"
+  while IFS= read -r -d '' doc; do
+    kind="$(sed -n 's/^kind: //p' <<<"$doc" | head -n1)"
+    name="$(awk '/^metadata:/ {m = 1; next} m && /^  name: / {print $2; exit} /^[^ #]/ {m = 0}' <<<"$doc")"
+    for wanted in "$@"; do
+      [[ "$wanted" == "$kind/$name" ]] || continue
+      case "$kind" in
+        Role) path="/apis/rbac.authorization.k8s.io/v1/namespaces/$ns/roles/$name" ;;
+        RoleBinding) path="/apis/rbac.authorization.k8s.io/v1/namespaces/$ns/rolebindings/$name" ;;
+        ConfigMap) path="/api/v1/namespaces/$ns/configmaps/$name" ;;
+        ValidatingAdmissionPolicy) path="/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/$name" ;;
+        ValidatingAdmissionPolicyBinding)
+          path="/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/$name" ;;
+        *) tb_die "tb_cp_chart_objects: no API path for $kind" ;;
+      esac
+      tb_cp_apply "$path" "$doc"
+      applied+="$kind/$name "
+    done
+  done < <(awk 'BEGIN {doc = ""} /^---$/ {printf "%s%c", doc, 0; doc = ""; next} {doc = doc $0 "\n"} END {printf "%s%c", doc, 0}' "$file")
+  for wanted in "$@"; do
+    [[ "$applied" == *" $wanted "* ]] || tb_die "$wanted is not in $file"
+  done
 }
 
 # tb_cp_ci_kubeconfig: kubeconfig/ci.yaml with a TokenRequest token for the CI service account;

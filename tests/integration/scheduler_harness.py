@@ -92,9 +92,10 @@ def ensure_scheduler_identity(admin) -> str:
                 {
                     "apiGroups": ["coordination.k8s.io"],
                     "resources": ["leases"],
-                    "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch"],
                 },
                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": ["get", "list", "watch"]},
             ],
         },
     )

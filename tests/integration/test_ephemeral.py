@@ -47,6 +47,12 @@ def ci():
     return connect(os.environ["WARMBUILD_CI_KUBECONFIG"])
 
 
+@pytest.fixture(scope="module")
+def admin():
+    """`warmbuild gc` runs with an identity of its own: the CI Role may not delete Leases."""
+    return connect(os.environ["KUBECONFIG"])
+
+
 def ephemeral_pods(client) -> list[str]:
     items = client.request("GET", pods_path(NAMESPACE), query={"labelSelector": f"{EPHEMERAL_LABEL}=true"}).body[
         "items"
@@ -55,8 +61,8 @@ def ephemeral_pods(client) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def clean_pool(ci):
-    collect_garbage(ci, NAMESPACE)  # what a killed earlier run may have left, as the gc CronJob would
+def clean_pool(ci, admin):
+    collect_garbage(admin, NAMESPACE)  # what a killed earlier run may have left, as the gc CronJob would
     wait_for(lambda: len(discover_builders(ci, NAMESPACE, POOL)) == 3, 120, what="3 ready builders")
     wait_for(lambda: not held_slots(ci) and not ephemeral_pods(ci), 30, what="a quiet pool before the test")
     yield
@@ -449,15 +455,15 @@ def test_gc_removes_the_builder_of_a_killed_ci_job(ci, tmp_path, registry, uniqu
             process.kill()
             process.wait()
     assert orphan in ephemeral_pods(ci)
-    early = run_warmbuild("gc", env={"KUBECONFIG": os.environ["WARMBUILD_CI_KUBECONFIG"]})
+    early = run_warmbuild("gc")
     assert early.returncode == 0 and orphan in ephemeral_pods(ci)  # its run lease has not expired yet
 
     def collected():
-        done = run_warmbuild("gc", env={"KUBECONFIG": os.environ["WARMBUILD_CI_KUBECONFIG"]})
+        done = run_warmbuild("gc")
         assert done.returncode == 0, done.stderr
         return f"deleted pod {orphan}: its run lease expired" in done.stderr
 
     wait_for(collected, 20, interval=1, what="gc to collect the orphan")
     wait_for(lambda: orphan not in ephemeral_pods(ci), 10, what="the orphan to be gone")
-    again = run_warmbuild("gc", env={"KUBECONFIG": os.environ["WARMBUILD_CI_KUBECONFIG"]})
+    again = run_warmbuild("gc")
     assert again.returncode == 0 and orphan not in again.stderr  # idempotent

@@ -399,7 +399,13 @@ def ci_kubeconfig(core, tmp_path: Path) -> Path:
 
 
 def can(
-    kubeconfig: Path, verb: str, resource: str, group: str = "", namespace: str = NAMESPACE, subresource: str = ""
+    kubeconfig: Path,
+    verb: str,
+    resource: str,
+    group: str = "",
+    namespace: str = NAMESPACE,
+    subresource: str = "",
+    name: str = "",
 ) -> bool:
     api = config.new_client_from_config(config_file=str(kubeconfig))
     review = client.AuthorizationV1Api(api).create_self_subject_access_review(
@@ -413,6 +419,7 @@ def can(
                     "group": group,
                     "resource": resource,
                     "subresource": subresource,
+                    "name": name,
                 }
             },
         }
@@ -470,7 +477,12 @@ def test_ci_service_account_from_the_chart_builds_through_the_pool(release, core
     kubeconfig = ci_kubeconfig(core, tmp_path)
     # Least privilege, as the API server's authorizer sees it.
     assert can(kubeconfig, "list", "pods") and can(kubeconfig, "create", "leases", "coordination.k8s.io")
-    assert can(kubeconfig, "get", "pods", subresource="log") and can(kubeconfig, "create", "configmaps")
+    assert can(kubeconfig, "list", "statefulsets", "apps")  # membership is verified by the controller
+    assert not can(kubeconfig, "delete", "leases", "coordination.k8s.io")  # stale Leases are adopted
+    history = f"warmbuild-history-{POOL}"
+    assert can(kubeconfig, "update", "configmaps", name=history)
+    assert not can(kubeconfig, "update", "configmaps", name=f"{RELEASE}-builder")  # buildkitd.toml
+    assert not can(kubeconfig, "create", "configmaps") and not can(kubeconfig, "get", "pods", subresource="log")
     assert not can(kubeconfig, "patch", "pods")  # only the builders mark themselves draining
     assert not can(kubeconfig, "get", "secrets")
     assert not can(kubeconfig, "patch", "statefulsets", "apps")

@@ -28,6 +28,7 @@ def test_default_values_render_the_pool_and_least_privilege_access_only():
     kinds = sorted((doc["kind"], doc["metadata"]["name"]) for doc in docs)
     assert kinds == [
         ("ConfigMap", "warmbuild-builder"),
+        ("ConfigMap", "warmbuild-history-default"),
         ("NetworkPolicy", "warmbuild-builder"),
         ("NetworkPolicy", "warmbuild-ephemeral"),
         ("NetworkPolicy", "warmbuild-untrusted"),
@@ -43,8 +44,13 @@ def test_default_values_render_the_pool_and_least_privilege_access_only():
         ("ServiceAccount", "warmbuild-builder"),
         ("ServiceAccount", "warmbuild-ci"),
         ("StatefulSet", "warmbuild-builder"),
+        ("ValidatingAdmissionPolicy", "warmbuild-warmbuild-ephemeral-builders"),
+        ("ValidatingAdmissionPolicy", "warmbuild-warmbuild-ephemeral-builders-run-secrets"),
+        ("ValidatingAdmissionPolicyBinding", "warmbuild-warmbuild-ephemeral-builders"),
+        ("ValidatingAdmissionPolicyBinding", "warmbuild-warmbuild-ephemeral-builders-run-secrets"),
     ]
-    assert all(doc["metadata"]["namespace"] == "warmbuild" for doc in docs)
+    cluster_scoped = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    assert all(doc["metadata"]["namespace"] == "warmbuild" for doc in docs if doc["kind"] not in cluster_scoped)
 
 
 def builder_container(docs):
@@ -352,13 +358,20 @@ def rules(role: dict) -> list[tuple]:
     )
 
 
-CI_RULES = [
-    (("",), ("configmaps",), ("create", "get", "list", "patch", "update"), ()),
-    (("",), ("events",), ("list", "watch"), ()),
-    (("",), ("pods",), ("create", "delete", "get", "list", "watch"), ()),
-    (("",), ("pods/log",), ("get",), ()),
-    (("coordination.k8s.io",), ("leases",), ("create", "delete", "get", "list", "patch", "update", "watch"), ()),
+POOL_RULES = [
+    (("",), ("configmaps",), ("get", "patch", "update"), ("warmbuild-history-default",)),
+    (("",), ("pods",), ("get", "list", "watch"), ()),
+    (("apps",), ("statefulsets",), ("get", "list", "watch"), ()),
+    (("coordination.k8s.io",), ("leases",), ("create", "get", "list", "patch", "update", "watch"), ()),
 ]
+CI_RULES = sorted(
+    POOL_RULES
+    + [
+        (("",), ("events",), ("get", "list"), ()),
+        (("",), ("pods",), ("create", "delete"), ()),
+        (("",), ("secrets",), ("create",), ()),
+    ]
+)
 
 
 def test_rbac_is_least_privilege_for_builders_and_ci_steps():
@@ -377,10 +390,16 @@ def test_rbac_is_least_privilege_for_builders_and_ci_steps():
     assert not of_kind(docs, "ClusterRole")
     # Without ephemeral builders and history, the CI step needs pools and leases only.
     slim = render(sets=("rbac.ci.ephemeralBuilders=false", "rbac.ci.history=false"))
-    assert rules(one(slim, "Role", "warmbuild-ci")) == [
-        (("",), ("pods",), ("get", "list", "watch"), ()),
-        (("coordination.k8s.io",), ("leases",), ("create", "delete", "get", "list", "patch", "update", "watch"), ()),
-    ]
+    assert rules(one(slim, "Role", "warmbuild-ci")) == POOL_RULES[1:]
+    # No pod create without the admission policy, and no history ConfigMap nobody may write.
+    assert not of_kind(slim, "ValidatingAdmissionPolicy") and not of_kind(slim, "ValidatingAdmissionPolicyBinding")
+    assert [cm["metadata"]["name"] for cm in of_kind(slim, "ConfigMap")] == ["warmbuild-builder"]
+    # Nothing anywhere deletes a Lease or writes a ConfigMap other than the history, by name.
+    for role in of_kind(docs, "Role"):
+        for rule in role["rules"]:
+            assert not ("leases" in rule["resources"] and "delete" in rule["verbs"]), role["metadata"]["name"]
+            if "configmaps" in rule["resources"]:
+                assert rule["resourceNames"] == ["warmbuild-history-default"] and "create" not in rule["verbs"]
     # Runner identities of one's own: extra subjects (e.g. an OIDC group), no ServiceAccount.
     groups = render(
         extra=(
@@ -494,7 +513,7 @@ def test_scheduler_variant_renders_the_https_service_its_access_config_and_rbac(
         "limits": {"concurrent_requests": 16, "held_slots": 0},
     }
     assert one(docs, "Service", "warmbuild-scheduler")["spec"]["ports"][0]["port"] == 8443
-    assert rules(one(docs, "Role", "warmbuild-scheduler")) == CI_RULES
+    assert rules(one(docs, "Role", "warmbuild-scheduler")) == POOL_RULES  # never pod create
     cluster_role = one(docs, "ClusterRole")
     assert rules(cluster_role) == [(("authentication.k8s.io",), ("tokenreviews",), ("create",), ())]
     binding = one(docs, "ClusterRoleBinding")
@@ -577,3 +596,98 @@ def test_drain_timeout_defaults_to_the_grace_period_minus_30s():
     assert "--timeout=270" in container["lifecycle"]["preStop"]["exec"]["command"]
     _, container = builder_container(render(sets=("drain.enabled=false",)))
     assert "lifecycle" not in container
+
+
+POD_POLICY = "warmbuild-warmbuild-ephemeral-builders"
+SECRET_POLICY = "warmbuild-warmbuild-ephemeral-builders-run-secrets"
+
+
+def admission(docs, name: str = POD_POLICY):
+    return one(docs, "ValidatingAdmissionPolicy", name), one(docs, "ValidatingAdmissionPolicyBinding", name)
+
+
+def messages(policy) -> list[str]:
+    return [v["message"] for v in policy["spec"]["validations"]]
+
+
+def test_the_admission_policy_checks_pods_the_ci_identities_create_or_delete_in_the_release_namespace():
+    policy, binding = admission(render())
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "DELETE"], "resources": ["pods"]}
+    ]
+    (condition,) = spec["matchConditions"]
+    assert condition["expression"] == 'request.userInfo.username in ["system:serviceaccount:warmbuild:warmbuild-ci"]'
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+        "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "warmbuild"}}},
+    }
+    # One message per rule, each naming what it refuses (the integration tests match on them).
+    texts = messages(policy)
+    assert len(set(texts)) == len(texts)
+    for phrase in (
+        "ephemeral builder pods only (label warmbuild.dev/ephemeral=true)",
+        "host namespaces",
+        "hostPath volumes are refused",
+        "the pool label warmbuild.dev/pool is refused",
+        "owner references are refused",
+        "configured builder image only (moby/buildkit:v0.34.2, moby/buildkit:v0.34.2-rootless)",
+        "ServiceAccount default without its token",
+        "may delete ephemeral builder pods only",
+    ):
+        assert sum(phrase in text for text in texts) == 1, phrase
+    # The chart's builders are privileged by default, and so may ephemeral builders be.
+    assert not [text for text in texts if "privileged containers are refused" in text]
+    # A pod mounts only the Secret named after itself, and is named as warmbuild names it.
+    secret_rule = next(v for v in spec["validations"] if "own run certificate Secret" in v["message"])
+    assert "object.metadata.name + '-tls'" in secret_rule["expression"]
+    assert any("warmbuild-<pool>-ephemeral-<8 hex digits>" in text for text in texts)
+
+
+def test_ci_steps_may_create_only_run_certificate_secrets():
+    policy, binding = admission(render(), SECRET_POLICY)
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["secrets"]}
+    ]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "warmbuild"
+    }
+    texts = messages(policy)
+    for phrase in (
+        "never change one",
+        "kubernetes.io/tls only",
+        "<ephemeral builder pod>-tls",
+        "owned by its ephemeral",
+    ):
+        assert sum(phrase in text for text in texts) == 1, phrase
+
+
+def test_the_admission_policy_follows_the_ci_roles_subjects_and_the_pools_ephemeral_settings():
+    docs = render(
+        extra=(
+            "--set",
+            "builder.mode=rootless",
+            "--set-json",
+            'ephemeral.images=["registry.internal/buildkit:v0.34.2-rootless"]',
+            "--set-json",
+            'rbac.ci.extraSubjects=[{"kind":"Group","name":"ci-runners","apiGroup":"rbac.authorization.k8s.io"},'
+            '{"kind":"User","name":"jenkins"},{"kind":"ServiceAccount","name":"runner","namespace":"gitlab"}]',
+        )
+    )
+    policy, _ = admission(docs)
+    (condition,) = policy["spec"]["matchConditions"]
+    assert condition["expression"] == (
+        'request.userInfo.username in ["system:serviceaccount:warmbuild:warmbuild-ci","jenkins",'
+        '"system:serviceaccount:gitlab:runner"] || request.userInfo.groups.exists(g, g in ["ci-runners"])'
+    )
+    texts = messages(policy)
+    assert any("privileged containers are refused" in text for text in texts)  # a rootless pool
+    images = next(v for v in policy["spec"]["validations"] if "configured builder image" in v["message"])
+    assert '["registry.internal/buildkit:v0.34.2-rootless"]' in images["expression"]
+    # ephemeral.mode overrides the builders' mode.
+    privileged = render(sets=("builder.mode=rootless", "ephemeral.mode=privileged"))
+    assert not [t for t in messages(admission(privileged)[0]) if "privileged containers are refused" in t]

@@ -32,7 +32,7 @@ class NoNamespaceCluster:
     def request(self, method, path, body=None, query=None, content_type="application/json") -> KubeResponse:
         self.requests.append((method, path))
         assert "/namespaces/gone/" in path
-        if method == "GET" and re.search(r"/(pods|leases|events)$", path):
+        if method == "GET" and re.search(r"/(pods|leases|events|statefulsets)$", path):
             return KubeResponse(200, {"items": []}, NOW)
         if method == "POST":
             raise KubeNotFound('namespaces "gone" not found')

@@ -10,10 +10,18 @@ from warmbuild.errors import ClusterError
 from warmbuild.kube.client import KubeResponse
 from warmbuild.pool.watch import PoolWatch
 
+STATEFULSET = {"metadata": {"name": "b", "uid": "uid-statefulset-b", "labels": {"warmbuild.dev/pool": "default"}}}
 
-def pod(name: str, ready: bool = True) -> dict:
+
+def pod(name: str, ready: bool = True, controller_uid: str | None = "uid-statefulset-b") -> dict:
+    owners = [{"kind": "StatefulSet", "name": "b", "uid": controller_uid, "controller": True}] if controller_uid else []
     return {
-        "metadata": {"name": name, "uid": f"uid-{name}", "labels": {"warmbuild.dev/pool": "default"}},
+        "metadata": {
+            "name": name,
+            "uid": f"uid-{name}",
+            "labels": {"warmbuild.dev/pool": "default"},
+            "ownerReferences": owners,
+        },
         "spec": {"containers": [{"name": "buildkitd", "ports": [{"name": "buildkitd", "containerPort": 1234}]}]},
         "status": {
             "phase": "Running",
@@ -33,13 +41,13 @@ class WatchingApi:
     the watch; an exception is raised from it, as a broken watch raises)."""
 
     def __init__(self):
-        self.objects = {"pods": [pod("b-0")], "leases": [lease("b-0-slot-0")]}
+        self.objects = {"pods": [pod("b-0")], "leases": [lease("b-0-slot-0")], "statefulsets": [STATEFULSET]}
         self.events = {"pods": queue.Queue(), "leases": queue.Queue()}
-        self.lists = {"pods": 0, "leases": 0}
+        self.lists = {"pods": 0, "leases": 0, "statefulsets": 0}
 
     @staticmethod
     def kind(path: str) -> str:
-        return "pods" if path.endswith("/pods") else "leases"
+        return path.rsplit("/", 1)[-1]
 
     def request(self, method, path, body=None, query=None, **_):
         kind = self.kind(path)
@@ -84,7 +92,7 @@ def test_the_snapshot_follows_the_watch_and_wakes_waiters_with_no_more_lists():
         while [b.name for b in watch.read()[0]] != ["b-1"] and time.monotonic() < deadline:
             time.sleep(0.01)
         assert [b.name for b in watch.read()[0]] == ["b-1"]
-        assert api.lists == {"pods": 1, "leases": 1}  # the changes cost no list
+        assert api.lists["pods"] == 1 and api.lists["leases"] == 1  # the changes cost no list
     finally:
         watch.stop()
         for events in api.events.values():
@@ -114,6 +122,29 @@ def test_a_broken_watch_lists_again_and_readers_never_see_a_stale_snapshot_meanw
         while not watch.synced and time.monotonic() < deadline:
             time.sleep(0.01)
         assert watch.synced and watch.read()[1]["b-0-slot-0"].holder == "taken-while-broken"
+    finally:
+        watch.stop()
+        for events in api.events.values():
+            events.put(None)
+
+
+def test_a_watched_pod_counts_only_if_the_pools_statefulset_controls_it():
+    api = WatchingApi()
+    watch = PoolWatch(api, "ns", "default", sleep=lambda _s: None).start()
+    try:
+        deadline = time.monotonic() + 5
+        while not watch.synced and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Pool-labelled, Ready, ranked anywhere: a pod nobody's StatefulSet controls, and one whose
+        # controller is another StatefulSet, never become builders.
+        api.events["pods"].put(("ADDED", pod("impostor", controller_uid=None)))
+        api.events["pods"].put(("ADDED", pod("other", controller_uid="uid-statefulset-elsewhere")))
+        api.events["pods"].put(("ADDED", pod("b-1")))
+        deadline = time.monotonic() + 5
+        while [b.name for b in watch.read()[0]] != ["b-0", "b-1"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [b.name for b in watch.read()[0]] == ["b-0", "b-1"]
+        assert api.lists["statefulsets"] <= 2  # an unknown controller lists the owners again, rate-limited
     finally:
         watch.stop()
         for events in api.events.values():

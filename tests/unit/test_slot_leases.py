@@ -106,14 +106,30 @@ def test_release_is_idempotent_and_releases_only_its_own_holders_slot(lease_api)
     assert view.holder == "" and view.is_free(lease_api.server_now()) and view.transitions == 1
 
 
-def test_a_lease_owned_by_a_previous_pod_is_deleted_and_not_used(lease_api):
+def test_a_lease_owned_by_a_previous_pod_is_adopted_by_compare_and_swap_never_deleted(lease_api):
+    old_pod = Builder(BUILDER.name, "pod-uid-old", BUILDER.address, slots=1)
+    old = acquire(lease_api, "old", builder=old_pod)
+    uid_before = lease(lease_api).uid
+    # Still held by the old pod's holder: that pod is gone, so its hold means nothing.
+    held = acquire(lease_api, "new")
+    assert held is not None and held.transitions == 2
+    view = lease(lease_api)
+    assert view.uid == uid_before and view.holder == "new" and view.owner_uid == BUILDER.uid
+    assert lease_api.get(NS, held.name)["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Pod", "name": BUILDER.name, "uid": BUILDER.uid}
+    ]
+    assert not [method for method, _ in lease_api.requests if method == "DELETE"]
+    with pytest.raises(LeaseLost, match="now held by new"):
+        renew_slot(lease_api, old)  # the old holder is fenced
+
+
+def test_two_holders_racing_to_adopt_a_previous_pods_lease_exactly_one_wins(lease_api):
     old_pod = Builder(BUILDER.name, "pod-uid-old", BUILDER.address, slots=1)
     assert acquire(lease_api, "old", builder=old_pod) is not None
-    lease_api.advance(60)  # expired, but owned by the old pod uid
-    assert acquire(lease_api, "new") is None  # not used: deleted instead
-    assert list_pool_leases(lease_api, NS, POOL) == {}
-    held = acquire(lease_api, "new")  # the next look creates a Lease owned by the current pod
-    assert held is not None and lease(lease_api).owner_uid == BUILDER.uid
+    seen = list_pool_leases(lease_api, NS, POOL)
+    results = [acquire(lease_api, "a", seen), acquire(lease_api, "b", seen)]
+    assert [r is not None for r in results] == [True, False]
+    assert lease(lease_api).holder == "a" and lease(lease_api).owner_uid == BUILDER.uid
 
 
 def test_the_workload_key_hash_is_written_and_cleared(lease_api):

@@ -223,6 +223,11 @@ class KubeClient:
         if status == 403:
             resource, namespace = _resource_from_path(path)
             where = f" in namespace {namespace}" if namespace else ""
+            if "denied request" in message:  # an admission policy, not RBAC: its own words say why
+                raise ClusterError(
+                    f"the API server refused to {verb_for(method, path)} {resource}{where}: "
+                    f"{message.split('denied request: ', 1)[-1]}"
+                ) from None
             raise ClusterError(
                 f"missing permission: {verb_for(method, path)} {resource}{where} "
                 f"({self.description}); grant it in the Role bound to this identity"

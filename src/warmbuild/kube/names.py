@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # ------------------------------------------------------------------------------ labels (≤ 63 chars)
 
-POOL_LABEL = "warmbuild.dev/pool"  # builder pods and their slot Leases: the pool's name
+POOL_LABEL = "warmbuild.dev/pool"  # the pool's StatefulSets, builder pods, slot Leases: the pool's name
 BUILDER_LABEL = "warmbuild.dev/builder"  # slot Leases: the builder pod's name
 EPHEMERAL_LABEL = "warmbuild.dev/ephemeral"  # ephemeral builder pods and their run Leases: "true"
 EPHEMERAL_POOL_LABEL = "warmbuild.dev/ephemeral-for"  # not the pool label: it must never count as a warm builder
@@ -79,6 +79,10 @@ def configmaps_path(namespace: str, name: str | None = None) -> str:
 
 def secrets_path(namespace: str, name: str | None = None) -> str:
     return _collection(f"/api/v1/namespaces/{namespace}/secrets", name)
+
+
+def statefulsets_path(namespace: str) -> str:
+    return f"/apis/apps/v1/namespaces/{namespace}/statefulsets"
 
 
 def leases_path(namespace: str, name: str | None = None) -> str:

@@ -47,6 +47,8 @@ class PodView:
     namespace: str = ""
     hostname: str = ""  # spec.hostname: a StatefulSet sets the pod's name
     subdomain: str = ""  # spec.subdomain: the StatefulSet's headless Service
+    controller_kind: str = ""  # the ownerReference with controller: true, e.g. "StatefulSet"
+    controller_uid: str = ""
 
     @property
     def usable(self) -> bool:
@@ -67,6 +69,7 @@ def pod_view(pod: dict) -> PodView:
     spec = pod.get("spec") or {}
     status = pod.get("status", {})
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or ()}
+    controller = next((ref for ref in meta.get("ownerReferences") or () if ref.get("controller") is True), {})
     try:
         slots = int(annotations.get(SLOTS_ANNOTATION, DEFAULT_SLOTS))
     except ValueError:
@@ -83,6 +86,8 @@ def pod_view(pod: dict) -> PodView:
         namespace=meta.get("namespace", ""),
         hostname=spec.get("hostname") or "",
         subdomain=spec.get("subdomain") or "",
+        controller_kind=controller.get("kind", ""),
+        controller_uid=controller.get("uid", ""),
     )
 
 

@@ -8,6 +8,10 @@ A Lease is free when it has no holder, or when its last renewal + its duration h
 API server's clock (never the runner's). Its transition count counts acquisitions; with the
 Lease name it is the fencing token: a holder that finds another holder, or another token, stops.
 
+A Lease left by an earlier pod of the same name (a StatefulSet pod re-created) is adopted, never
+deleted: the same compare-and-swap takes it over and points its ownerReference at the current pod,
+so a CI step needs no delete on Leases (least privilege).
+
 Leases are read only through `kube.views.parse_lease`; the bodies written (held, renewed, released)
 are built here, and `ephemeral` builds its run Lease with the same helpers. A held Lease names its
 holder's run URL, the workload key's text (capped) and the hash of the whole key: readers compare
@@ -201,7 +205,7 @@ def new_lease_body(
             "namespace": namespace,
             "labels": labels,
             "annotations": holder_annotations(holder),
-            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": owner_pod, "uid": owner_uid}],
+            "ownerReferences": [_pod_owner(owner_pod, owner_uid)],
         },
         "spec": held_spec({}, holder, duration, now, transitions=1),
     }
@@ -215,6 +219,17 @@ def _taken_over_body(lease: LeaseView, holder: HolderInfo, duration: int, now: d
     meta["annotations"] = {**_without_holder_annotations(meta), **holder_annotations(holder)}
     spec = held_spec(body.get("spec") or {}, holder, duration, now, lease.transitions + 1)
     return dict(body, metadata=meta, spec=spec)
+
+
+def _adopted_body(lease: LeaseView, builder: Builder, holder: HolderInfo, duration: int, now: datetime) -> dict:
+    """A Lease of an earlier pod of the same name, taken over and owned by the current pod."""
+    body = _taken_over_body(lease, holder, duration, now)
+    meta = dict(body["metadata"], ownerReferences=[_pod_owner(builder.name, builder.uid)])
+    return dict(body, metadata=meta)
+
+
+def _pod_owner(pod: str, uid: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid}
 
 
 def _renewed_body(lease: LeaseView, now: datetime) -> dict:
@@ -279,33 +294,19 @@ def try_acquire_slot(
                 created = client.request("POST", leases_path(namespace), body=body).body
                 return _granted(namespace, builder, created, holder, duration, now)
             if lease.owner_uid != builder.uid:
-                # Left from an earlier pod of the same name; the garbage collector will remove it,
-                # but a build must not wait for that.
-                _delete_stale(client, namespace, lease)
+                # Left from an earlier pod of the same name: adopted for the current pod by the same
+                # compare-and-swap (its holder, if any, held a slot of a pod that is gone). CI never
+                # needs to delete a Lease; the garbage collector and `warmbuild gc` do that.
+                updated = _adopted_body(lease, builder, holder, duration, now)
+            elif not lease.is_free(now):
                 continue
-            if not lease.is_free(now):
-                continue
-            updated = _taken_over_body(lease, holder, duration, now)
+            else:
+                updated = _taken_over_body(lease, holder, duration, now)
             replaced = client.request("PUT", leases_path(namespace, name), body=updated).body
             return _granted(namespace, builder, replaced, holder, duration, now)
         except (KubeConflict, KubeNotFound):
             continue  # someone else won this slot, or it vanished: try the next one
     return None
-
-
-def _delete_stale(client: LeaseApi, namespace: str, lease: LeaseView) -> None:
-    try:
-        client.request(
-            "DELETE",
-            leases_path(namespace, lease.name),
-            body={
-                "kind": "DeleteOptions",
-                "apiVersion": "v1",
-                "preconditions": {"uid": lease.uid, "resourceVersion": lease.resource_version},
-            },
-        )
-    except (KubeConflict, KubeNotFound):
-        pass
 
 
 def renew_interval(duration: float) -> float:

@@ -8,6 +8,12 @@ wakes the waiters (`wait_newer`), which then run their placement round on the sn
 their compare-and-swap. A watch that breaks (an error, 410 Gone, the API server away) is started
 again from a fresh list after a short backoff; until it is synced again `read` lists the pool
 itself (`placement.LivePool`), so a broken watch costs requests, never correctness.
+
+Membership is verified here as in `membership.list_pool_pods`: a watched pod counts only if its
+controller is one of the pool's StatefulSets, by uid. Those uids are listed again at most every
+`OWNERS_SECONDS`, and at once (at most every `OWNERS_RETRY_SECONDS`) when a pod names a StatefulSet
+controller the snapshot does not know — a StatefulSet re-created with a new uid — so a pod that is
+not the pool's never counts, and a real builder waits seconds at most to count.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ from collections.abc import Callable
 from ..kube.client import KubeClient
 from ..kube.names import POOL_LABEL, leases_path, pods_path
 from ..kube.views import LeaseView, PodView, parse_lease, pod_view
-from .membership import Builder, builder_from
+from .membership import Builder, builder_from, members, pool_statefulset_uids
 from .placement import LivePool
 
 WATCH_SECONDS = 300  # the server ends each watch after this; it is started again from where it was
+OWNERS_SECONDS = 60.0  # the pool's StatefulSet uids are listed again after this long
+OWNERS_RETRY_SECONDS = 5.0  # at most this often when a pod names an unknown StatefulSet
 BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0)
 
 
@@ -40,6 +48,9 @@ class PoolWatch:
         self.namespace = namespace
         self.pool = pool
         self._live = LivePool(client, namespace, pool)
+        self._owners: frozenset[str] = frozenset()
+        self._owners_at: float | None = None
+        self._owners_lock = threading.Lock()
         self._pods: dict[str, PodView] = {}
         self._leases: dict[str, LeaseView] = {}
         self._synced = {"pods": False, "leases": False}
@@ -74,13 +85,26 @@ class PoolWatch:
     def read(self) -> tuple[tuple[Builder, ...], dict[str, LeaseView], int]:
         """(usable builders, slot Leases, generation); listed directly while a watch is not synced."""
         with self._changed:
-            if all(self._synced.values()):
-                pods = sorted(self._pods.values(), key=lambda v: v.name)
-                builders = tuple(builder_from(v) for v in pods if v.usable and v.slots > 0)
-                return builders, dict(self._leases), self._generation
-            generation = self._generation
+            synced = all(self._synced.values())
+            pods = list(self._pods.values())
+            leases, generation = dict(self._leases), self._generation
+        if synced:
+            owners = self._pool_owners(pods)
+            builders = tuple(builder_from(v) for v in members(pods, owners) if v.usable and v.slots > 0)
+            return builders, leases, generation
         builders, leases = self._live.read()
         return builders, leases, generation
+
+    def _pool_owners(self, pods: list[PodView]) -> frozenset[str]:
+        """The pool's StatefulSet uids, listed again when old, or when a pod names an unknown one."""
+        with self._owners_lock:
+            now = time.monotonic()
+            age = None if self._owners_at is None else now - self._owners_at
+            unknown = any(p.controller_kind == "StatefulSet" and p.controller_uid not in self._owners for p in pods)
+            if age is None or age > OWNERS_SECONDS or (unknown and age > OWNERS_RETRY_SECONDS):
+                self._owners = pool_statefulset_uids(self.client, self.namespace, self.pool)
+                self._owners_at = now
+            return self._owners
 
     def wait_newer(self, generation: int, timeout: float) -> bool:
         """Wait until the snapshot is newer than `generation` (True), or `timeout` seconds (False)."""

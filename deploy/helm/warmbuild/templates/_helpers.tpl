@@ -163,30 +163,91 @@ app.kubernetes.io/component: scheduler
 
 {{/* RBAC --------------------------------------------------------------------------------------- */}}
 
-{{/* Rules of a CI step (and of the scheduler, which does that work for runners without RBAC). */}}
-{{- define "warmbuild.ciRules" -}}
+{{/* The pool's build history ConfigMap (pool/history.py: names.history_configmap_name). The chart
+     creates it, so neither CI steps nor the scheduler need `configmaps create`. */}}
+{{- define "warmbuild.historyConfigMap" -}}
+{{- printf "warmbuild-history-%s" .Values.pool }}
+{{- end }}
+
+{{/* What CI steps and the scheduler both do: read the pool (its pods, and the StatefulSets that
+     vouch for them), take/renew/release slot Leases, append the pool's history. No delete: a Lease
+     left by an earlier pod of the same name is taken over by compare-and-swap (pool/leases.py). */}}
+{{- define "warmbuild.poolRules" -}}
 # Pool discovery: builder pods, their readiness and slots.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch{{ if .Values.rbac.ci.ephemeralBuilders }}, create, delete{{ end }}]
-# Slot Leases: compare-and-swap acquire, renew, release. delete: a Lease left by an earlier pod of
-# the same name is removed (uid precondition) instead of waited for.
+  verbs: [get, list, watch]
+# Pool membership: a pod counts only if its controller is one of the pool's StatefulSets.
+- apiGroups: [apps]
+  resources: [statefulsets]
+  verbs: [get, list, watch]
+# Slot Leases: compare-and-swap acquire, renew, release; a stale Lease is taken over, never deleted.
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
-  verbs: [get, list, watch, create, update, patch, delete]
-{{- if .Values.rbac.ci.ephemeralBuilders }}
-# Ephemeral fallback builders: their logs and events when they fail to start.
-- apiGroups: [""]
-  resources: [pods/log]
-  verbs: [get]
-- apiGroups: [""]
-  resources: [events]
-  verbs: [list, watch]
-{{- end }}
+  verbs: [get, list, watch, create, update, patch]
 {{- if .Values.rbac.ci.history }}
-# Build history that placement learns from.
+# Build history that placement learns from: the pool's one ConfigMap, created by the chart.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, create, update, patch]
+  resourceNames: [{{ include "warmbuild.historyConfigMap" . }}]
+  verbs: [get, update, patch]
 {{- end }}
+{{- end }}
+
+{{/* Rules of a CI step: the pool's, plus ephemeral builders. Pod create/delete is only ever
+     granted together with the ValidatingAdmissionPolicy (admission-policy.yaml) that admits
+     ephemeral builder pods in warmbuild's shape only. */}}
+{{- define "warmbuild.ciRules" -}}
+{{ include "warmbuild.poolRules" . }}
+{{- if .Values.rbac.ci.ephemeralBuilders }}
+# Ephemeral fallback builders, admitted only in warmbuild's shape (ValidatingAdmissionPolicy).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [create, delete]
+# Ephemeral builders' run certificates (admitted only as <pod>-tls, type kubernetes.io/tls, owned by
+# the pod: ValidatingAdmissionPolicy). Create only: CI steps never read a Secret.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
+# Ephemeral builders: the pod's events when it fails to start.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [get, list]
+{{- end }}
+{{- end }}
+
+{{/* Admission of CI-created pods ---------------------------------------------------------------- */}}
+
+{{/* Who the admission policy checks: every subject of the CI Role's binding, as the API server
+     names it in request.userInfo (ServiceAccounts and Users by username, Groups by group). */}}
+{{- define "warmbuild.ciUsernames" -}}
+{{- $names := list }}
+{{- if .Values.rbac.ci.serviceAccount.create }}
+{{- $names = append $names (printf "system:serviceaccount:%s:%s" .Release.Namespace (include "warmbuild.ciServiceAccountName" .)) }}
+{{- end }}
+{{- range .Values.rbac.ci.extraSubjects }}
+{{- if eq .kind "ServiceAccount" }}
+{{- $names = append $names (printf "system:serviceaccount:%s:%s" (default $.Release.Namespace .namespace) .name) }}
+{{- else if eq .kind "User" }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- end }}
+{{- $names | toJson }}
+{{- end }}
+
+{{- define "warmbuild.ciGroups" -}}
+{{- $groups := list }}
+{{- range .Values.rbac.ci.extraSubjects }}
+{{- if eq .kind "Group" }}{{ $groups = append $groups .name }}{{ end }}
+{{- end }}
+{{- $groups | toJson }}
+{{- end }}
+
+{{/* privileged or rootless: the pool's ephemeral builder mode (default: builder.mode). */}}
+{{- define "warmbuild.ephemeralMode" -}}
+{{- default .Values.builder.mode .Values.ephemeral.mode }}
+{{- end }}
+
+{{- define "warmbuild.admissionPolicyName" -}}
+{{- printf "%s-%s-ephemeral-builders" .Release.Namespace (include "warmbuild.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
