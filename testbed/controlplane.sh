@@ -157,7 +157,9 @@ tb_cp_apply() {
 # are the testbed's), so the testbed's CI identity has exactly what the chart grants.
 TB_CI_CHART_OBJECTS="Role/warmbuild-ci RoleBinding/warmbuild-ci ConfigMap/warmbuild-history-default
 ValidatingAdmissionPolicy/warmbuild-warmbuild-ephemeral-builders
-ValidatingAdmissionPolicyBinding/warmbuild-warmbuild-ephemeral-builders"
+ValidatingAdmissionPolicyBinding/warmbuild-warmbuild-ephemeral-builders
+ValidatingAdmissionPolicy/warmbuild-warmbuild-ephemeral-builders-run-secrets
+ValidatingAdmissionPolicyBinding/warmbuild-warmbuild-ephemeral-builders-run-secrets"
 
 tb_cp_ci_objects() {
   local ns="$WARMBUILD_NAMESPACE" sa="$CI_SERVICE_ACCOUNT"

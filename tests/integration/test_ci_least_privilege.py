@@ -341,7 +341,12 @@ def test_in_a_rootless_pool_a_ci_identitys_privileged_pod_is_refused(ci_core, ro
     wait_for(
         lambda: _admitted(ci_core, namespace, rootless), 20, interval=0.5, what="the rootless pool's Role and policy"
     )
-    status, text = refusal(ci_core.create_namespaced_pod, namespace, warmbuild_pod(namespace), dry_run="All")
+    privileged = warmbuild_pod(namespace)
+    # The new policy reaches the API server's admission cache a moment after it is stored.
+    wait_for(
+        lambda: not _admitted(ci_core, namespace, privileged), 30, interval=0.5, what="the rootless policy in force"
+    )
+    status, text = refusal(ci_core.create_namespaced_pod, namespace, privileged, dry_run="All")
     assert status == 403, text
     assert "warmbuild: privileged containers are refused: this pool's ephemeral builders run rootless" in text, text
 

@@ -1,5 +1,5 @@
 """One permission list: the CI Role's rules, rendered from the chart by deploy/render-permissions,
-quoted verbatim in README.md, docs/deploy.md, docs/jenkins.md and gitlab/README.md."""
+quoted verbatim in README.md, docs/deploy.md, docs/jenkins.md, gitlab/README.md and docs/security.md."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_a_copy_that_differs_from_the_chart_is_named(tmp_path):
     (tmp_path / "deploy" / "manifests" / "warmbuild.yaml").write_text(
         (REPO / "deploy/manifests/warmbuild.yaml").read_text()
     )
-    for relative in ("docs/deploy.md", "docs/jenkins.md", "gitlab/README.md"):
+    for relative in ("docs/deploy.md", "docs/jenkins.md", "gitlab/README.md", "docs/security.md"):
         (tmp_path / relative).parent.mkdir(exist_ok=True)
         (tmp_path / relative).write_text((REPO / relative).read_text())
     (tmp_path / "README.md").write_text(widened)
