@@ -206,7 +206,10 @@ def test_building_the_working_directory_twice_caches_every_step_the_second_time(
     steps = [s for s in second["steps"] if DOCKERFILE_STEP.match(s["name"])]
     # All cached, the steps are reported in no particular order: each of them, once.
     assert sorted(s["name"].split("] ", 1)[1].split()[0] for s in steps) == ["COPY", "FROM", "RUN"], second["steps"]
-    assert all(s["cached"] for s in steps), steps
+    # COPY . and everything after it are what a file written into the context would re-run.
+    # (BuildKit reports the FROM of a registry image uncached on every build here: it resolves the
+    # reference again; its layers are not pulled again.)
+    assert all(s["cached"] for s in steps if not s["name"].split("] ", 1)[1].startswith("FROM")), steps
     # The state file was written where `warmbuild release` of this job finds it, and removed after.
     private = runtime / "warmbuild"
     assert stat.S_IMODE(private.stat().st_mode) == 0o700 and list(private.iterdir()) == []
