@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import TextIO
 
 from . import __version__
-from .buildkit import CacheStats, SolveAbort, check_buildkit_answers, check_reachable, find_buildctl, run_solve
+from .buildkit import (
+    CacheStats,
+    SolveAbort,
+    check_buildkit_answers,
+    check_reachable,
+    find_buildctl,
+    is_transient_push_failure,
+    run_solve,
+)
 from .cache import cache_options, default_cache_ref, exports_allowed
 from .ci import publishers_from_env
 from .ci.report_files import ReportFilesPublisher
@@ -78,6 +86,11 @@ def run_build(
             check_reachable(builder)
             check_buildkit_answers(buildctl_path, builder)
             outcome = run_solve(buildctl_path, builder, request, progress_out=log, abort=abort)
+            if is_transient_push_failure(outcome.failure):
+                retried = "the push collided with itself in the registry (a blob uploaded twice at once); pushed again"
+                print(f"warmbuild: warning: {retried}: {outcome.failure.message}", file=log, flush=True)
+                warnings = (*warnings, retried)
+                outcome = run_solve(buildctl_path, builder, request, progress_out=log, abort=abort)
         failure = outcome.failure
     except WarmbuildError as exc:
         failure = exc

@@ -26,6 +26,14 @@ from .progress import CacheStats, ProgressTracker, StepResult
 CONNECT_TIMEOUT_SECONDS = 5.0
 CANCEL_GRACE_SECONDS = 3.0
 CLOCK_MARGIN = timedelta(seconds=5)  # builder and runner clocks may differ a little
+# A push that failed on the registry's side of a race, not a refusal: BuildKit uploads a blob the
+# image and the registry cache share twice at once, and the registry sees the two uploads collide.
+# Pushing again finds the blobs that made it and uploads the rest.
+TRANSIENT_PUSH_MARKERS = (
+    "provided digest did not match uploaded content",
+    "blob unknown to registry",
+    "unexpected commit digest",
+)
 PUSH_REFUSAL_MARKERS = (
     "failed to push",
     "unexpected status from push",
@@ -50,6 +58,11 @@ class SolveOutcome:
     seconds: float
     warnings: tuple[str, ...]
     failure: WarmbuildError | None = None  # set when the solve failed or was cancelled
+
+
+def is_transient_push_failure(failure: WarmbuildError | None) -> bool:
+    """A refused push whose registry error is a collision of concurrent uploads (worth one more push)."""
+    return isinstance(failure, RegistryRefused) and any(m in failure.message.lower() for m in TRANSIENT_PUSH_MARKERS)
 
 
 class SolveAbort:
