@@ -284,11 +284,11 @@ def _place_and_build(
     def say(line: str) -> None:
         print(f"warmbuild: {line}", file=log, flush=True)
 
+    def held(**what: str | None) -> None:  # what `warmbuild release` in a post step must give back
+        write_state(options.state_file, replace(options.release_state, **what))
+
     def on_created(pod: str) -> None:
-        write_state(
-            options.state_file,
-            replace(options.release_state, lease=pod, holder=placement.holder.identity, ephemeral_pod=pod),
-        )
+        held(lease=pod, holder=placement.holder.identity, ephemeral_pod=pod)
 
     warnings: tuple[str, ...] = ()
     if placement.untrusted:
@@ -325,15 +325,7 @@ def _place_and_build(
                 startup_seconds = time.monotonic() - begun
             say(f"ephemeral builder {grant.builder.name} ready at {grant.builder.address} after {startup_seconds:.1f}s")
         else:
-            write_state(
-                options.state_file,
-                replace(
-                    options.release_state,
-                    lease=grant.lease.name,
-                    holder=grant.lease.holder,
-                    release_token=grant.lease.release_token or None,
-                ),
-            )
+            held(lease=grant.lease.name, holder=grant.lease.holder, release_token=grant.lease.release_token or None)
             say(f"slot {grant.lease.name} on {grant.builder.name} ({grant.builder.address}); {grant.reason}")
             keeper = broker.keep(grant, on_lost=abort.trigger, log=say)
         built = grant

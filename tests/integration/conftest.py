@@ -15,6 +15,23 @@ def pytest_collection_modifyitems(items):
         item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(scope="module")
+def admin():
+    """warmbuild's own API client as the testbed's admin (KUBECONFIG): what `warmbuild gc` runs as,
+    takeovers, impostors and pool changes."""
+    from warmbuild.kube.client import connect
+
+    return connect(os.environ["KUBECONFIG"])
+
+
+@pytest.fixture(scope="module")
+def ci():
+    """warmbuild's own API client as the CI identity (WARMBUILD_CI_KUBECONFIG), bound to the chart's CI Role."""
+    from warmbuild.kube.client import connect
+
+    return connect(os.environ["WARMBUILD_CI_KUBECONFIG"])
+
+
 @pytest.fixture(scope="session")
 def registry() -> str:
     return os.environ["WARMBUILD_REGISTRY"]

@@ -16,7 +16,6 @@ import pytest
 import requests
 from poolkit import held_slots, wait_for
 
-from warmbuild.kube.client import connect
 from warmbuild.kube.names import EPHEMERAL_LABEL, pods_path
 from warmbuild.pool.membership import discover_builders
 
@@ -25,11 +24,6 @@ NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")
 EVENTS = Path(__file__).resolve().parent.parent / "fixtures" / "github-events"
 DOCKERFILE_STEP = re.compile(r"^\[(\S+ )?\d+/\d+\] ")
 MANIFEST_TYPES = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
-
-
-@pytest.fixture(scope="module")
-def ci():
-    return connect(os.environ["WARMBUILD_CI_KUBECONFIG"])
 
 
 def ephemeral_pods(client) -> list[str]:

@@ -20,7 +20,7 @@ import pytest
 import requests
 from poolkit import held_slots, wait_for
 
-from warmbuild.kube.client import KubeNotFound, connect
+from warmbuild.kube.client import KubeNotFound
 from warmbuild.kube.names import EPHEMERAL_LABEL, pods_path
 from warmbuild.pool.affinity import preference_order
 from warmbuild.pool.gc import collect_garbage
@@ -40,17 +40,6 @@ MANIFEST_TYPES = ", ".join(
 )
 POOL = os.environ.get("WARMBUILD_POOL", "default")
 NAMESPACE = os.environ.get("WARMBUILD_NAMESPACE", "warmbuild")
-
-
-@pytest.fixture(scope="module")
-def ci():
-    return connect(os.environ["WARMBUILD_CI_KUBECONFIG"])
-
-
-@pytest.fixture(scope="module")
-def admin():
-    """`warmbuild gc` runs with an identity of its own: the CI Role may not delete Leases."""
-    return connect(os.environ["KUBECONFIG"])
 
 
 def ephemeral_pods(client) -> list[str]:

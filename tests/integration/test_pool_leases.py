@@ -33,11 +33,6 @@ STATEFULSET = "builders"
 
 
 @pytest.fixture(scope="module")
-def admin():
-    return connect(os.environ["KUBECONFIG"])
-
-
-@pytest.fixture(scope="module")
 def ci_kubeconfig():
     return os.environ["WARMBUILD_CI_KUBECONFIG"]
 

@@ -31,7 +31,6 @@ from scheduler_harness import (
 )
 
 from warmbuild.errors import NoSlotAvailable
-from warmbuild.kube.client import connect
 from warmbuild.pool.leases import HolderInfo
 from warmbuild.pool.membership import discover_builders
 from warmbuild.pool.placement import PlacementRequest
@@ -42,16 +41,6 @@ POOL = os.environ.get("WARMBUILD_POOL", "default")
 EMPTY_POOL = "isolation-empty"  # no builders: an acquire there waits as long as it is allowed to
 ADMIN_SA = "warmbuild-oncall"
 FORKS_SA = "warmbuild-forks"
-
-
-@pytest.fixture(scope="module")
-def admin():
-    return connect(os.environ["KUBECONFIG"])
-
-
-@pytest.fixture(scope="module")
-def ci():
-    return connect(os.environ["WARMBUILD_CI_KUBECONFIG"])
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from scheduler_harness import (
 )
 
 from warmbuild.errors import LeaseLost
-from warmbuild.kube.client import connect
 from warmbuild.kube.names import leases_path
 from warmbuild.kube.views import parse_lease
 from warmbuild.pool.affinity import preference_order
@@ -47,16 +46,6 @@ LEASE_SECONDS = 5  # short, so a grant whose answer died with a killed replica e
 def held_by(client, hint_prefix: str) -> dict[str, str]:
     """Slots held by this test's clients (their holder identities start with the hint they sent)."""
     return {name: holder for name, holder in held_slots(client).items() if holder.startswith(hint_prefix)}
-
-
-@pytest.fixture(scope="module")
-def admin():
-    return connect(os.environ["KUBECONFIG"])
-
-
-@pytest.fixture(scope="module")
-def ci():
-    return connect(os.environ["WARMBUILD_CI_KUBECONFIG"])
 
 
 @pytest.fixture(scope="module")

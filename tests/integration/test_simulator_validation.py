@@ -62,11 +62,6 @@ SLOW_STEP = (
 )
 
 
-@pytest.fixture(scope="module")
-def ci():
-    return connect(os.environ["WARMBUILD_CI_KUBECONFIG"])
-
-
 def held(client) -> list[str]:
     now = client.server_now()
     return [n for n, lease in list_pool_leases(client, NAMESPACE, POOL).items() if not lease.is_free(now)]

@@ -16,7 +16,6 @@ import uuid
 import pytest
 from poolkit import held_slots, wait_for
 
-from warmbuild.kube.client import connect
 from warmbuild.pool.affinity import preference_order
 from warmbuild.pool.membership import discover_builders
 
@@ -27,11 +26,6 @@ if not os.environ.get("WARMBUILD_CI_KUBECONFIG"):
     if os.environ.get("WARMBUILD_REQUIRE_TESTBED") == "1":
         raise RuntimeError('the testbed is not up: eval "$(testbed/up)"')
     pytest.skip("the testbed is not up", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def admin():
-    return connect(os.environ["KUBECONFIG"])
 
 
 @pytest.fixture

@@ -148,16 +148,3 @@ def test_failing_stream_has_no_export_or_push():
     assert phases.export_seconds == 0.0
     assert phases.push_seconds == 0.0
     assert phases.build_seconds > 0
-
-
-def test_only_a_collision_of_concurrent_uploads_is_pushed_again():
-    from warmbuild.buildkit import is_transient_push_failure
-    from warmbuild.errors import BuildFailed, RegistryRefused
-
-    collided = "failed to push r/app:1: errors:\nunknown: provided digest did not match uploaded content"
-    assert is_transient_push_failure(RegistryRefused(f"the registry refused the push of r/app:1: {collided}"))
-    assert is_transient_push_failure(RegistryRefused("… unknown: blob unknown to registry - sha256:39621a4e"))
-    # A real refusal, a failed step, or nothing at all: never pushed again.
-    assert not is_transient_push_failure(RegistryRefused("the registry refused the push of r/app:1: 401 Unauthorized"))
-    assert not is_transient_push_failure(BuildFailed("step 'RUN make' failed: provided digest did not match"))
-    assert not is_transient_push_failure(None)

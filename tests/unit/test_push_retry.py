@@ -8,11 +8,11 @@ import json
 import pytest
 
 from warmbuild import pipeline
-from warmbuild.buildkit import CacheStats
+from warmbuild.buildkit import CacheStats, is_transient_push_failure
 from warmbuild.buildkit.phases import SolvePhases
 from warmbuild.buildkit.run import SolveOutcome
 from warmbuild.config import BuilderEndpoint, build_request
-from warmbuild.errors import RegistryRefused
+from warmbuild.errors import BuildFailed, RegistryRefused
 from warmbuild.report import Placement
 
 COLLIDED = "failed to push r/app:1: unknown: provided digest did not match uploaded content"
@@ -88,3 +88,13 @@ def test_a_second_collision_fails_the_build(solves, tmp_path):
     with pytest.raises(RegistryRefused):
         build(tmp_path)
     assert len(asked) == 2
+
+
+def test_only_a_collision_of_concurrent_uploads_is_pushed_again():
+    collided = "failed to push r/app:1: errors:\nunknown: provided digest did not match uploaded content"
+    assert is_transient_push_failure(RegistryRefused(f"the registry refused the push of r/app:1: {collided}"))
+    assert is_transient_push_failure(RegistryRefused("… unknown: blob unknown to registry - sha256:39621a4e"))
+    # A real refusal, a failed step, or nothing at all: never pushed again.
+    assert not is_transient_push_failure(RegistryRefused("the registry refused the push of r/app:1: 401 Unauthorized"))
+    assert not is_transient_push_failure(BuildFailed("step 'RUN make' failed: provided digest did not match"))
+    assert not is_transient_push_failure(None)
