@@ -306,8 +306,16 @@ def _place_and_build(
         with log_section(log, os.environ, "warmbuild_placement", title):
             grant = broker.acquire(placement, log=say)
         queue_seconds = time.monotonic() - started
+        untrusted = placement.untrusted or grant.untrusted
+        if grant.untrusted and not placement.untrusted:
+            say("the scheduler found this build untrusted: an ephemeral builder, registry cache import only")
+            kept, dropped = exports_allowed(request.cache_exports, untrusted=True)
+            if dropped:
+                warnings = (f"--cache-to dropped ({len(dropped)} export(s)): an untrusted build never writes a cache",)
+                say(f"warning: {warnings[0]}")
+                request = replace(request, cache_exports=kept)
         cache = cache_options(
-            grant.path, options.cache_ref, options.cache_export, request.push, placement.untrusted, request.compression
+            grant.path, options.cache_ref, options.cache_export, request.push, untrusted, request.compression
         )
         request = replace(
             request,
@@ -320,6 +328,8 @@ def _place_and_build(
                 say(f"starting an ephemeral builder: {grant.reason}")
                 begun = time.monotonic()
                 grant = broker.start_ephemeral(placement, grant, options.ephemeral, on_created)
+                if grant.lease.release_token:  # started by the scheduler: released through it, by token
+                    held(lease=grant.lease.name, holder=grant.lease.holder, release_token=grant.lease.release_token)
                 keeper = broker.keep(grant, on_lost=abort.trigger, log=say)
                 grant = broker.wait_ready(grant, options.ephemeral)
                 startup_seconds = time.monotonic() - begun

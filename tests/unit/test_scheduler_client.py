@@ -13,6 +13,7 @@ import responses
 
 from warmbuild import cli
 from warmbuild.errors import InputError, LeaseLost, NoSlotAvailable
+from warmbuild.pool.ephemeral import EphemeralSettings
 from warmbuild.pool.leases import HolderInfo
 from warmbuild.pool.placement import PlacementRequest
 from warmbuild.pool.workload import explicit_key
@@ -229,10 +230,30 @@ def test_an_unverifiable_certificate_stops_at_once_and_names_the_flag():
 
 
 @responses.activate
-def test_untrusted_builds_are_refused_before_any_request():
-    with pytest.raises(NoSlotAvailable, match="untrusted build needs an ephemeral builder"):
-        make_client(A).acquire(request(untrusted=True))
-    assert not responses.calls
+def test_an_untrusted_build_says_so_and_gets_the_ephemeral_builder_the_scheduler_started():
+    answer = {
+        **GRANTED,
+        "path": "ephemeral",
+        "affine": False,
+        "untrusted": True,
+        "lease": {**GRANTED["lease"], "name": "warmbuild-default-ephemeral-0123abcd"},
+        "builder": {"name": "warmbuild-default-ephemeral-0123abcd", "address": "", "server_name": "pod.name"},
+        "run_tls": {"server_name": "pod.name", "ca": "CA", "cert": "CERT", "key": "KEY"},
+    }
+    responses.post(acquire_url(A), json=answer)
+    client = make_client(A)
+    grant = client.acquire(request(untrusted=True))
+    sent = json.loads(responses.calls[-1].request.body)
+    assert sent["untrusted"] is True and sent["key_path"] == "repo|Dockerfile"
+    assert grant.path == "ephemeral" and grant.untrusted and grant.run_tls.key_pem == b"KEY"
+    assert "KEY" not in repr(grant)
+    status_url = f"{A}/v1/slots/warmbuild-default-ephemeral-0123abcd/ephemeral"
+    responses.post(status_url, json={"ready": False, "address": "", "failed": ""})
+    responses.post(status_url, json={"ready": True, "address": "tcp://10.0.0.9:1234", "failed": ""})
+    ready = client.wait_ready(client.start_ephemeral(request(), grant, EphemeralSettings(), None), EphemeralSettings())
+    assert ready.builder.address == "tcp://10.0.0.9:1234"
+    body = json.loads(responses.calls[-1].request.body)
+    assert body["release_token"] == "secret-release-token" and body["holder"] == grant.lease.holder
 
 
 @responses.activate
