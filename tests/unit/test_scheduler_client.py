@@ -12,7 +12,7 @@ import requests
 import responses
 
 from warmbuild import cli
-from warmbuild.errors import InputError, LeaseLost, NoSlotAvailable
+from warmbuild.errors import ClusterError, InputError, LeaseLost, NoSlotAvailable
 from warmbuild.pool.ephemeral import EphemeralSettings
 from warmbuild.pool.leases import HolderInfo
 from warmbuild.pool.placement import PlacementRequest
@@ -491,3 +491,23 @@ def test_the_state_file_keeps_the_release_token_for_the_post_step_readable_by_it
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert read_state(path) == state and read_state(path).release_token == "secret-release-token"
     assert "secret-release-token" not in repr(state)
+
+
+@responses.activate
+def test_on_github_the_scheduler_gets_the_jobs_oidc_token_re_minted_for_each_request():
+    responses.get("https://token.test/request", json={"value": "x.eyJleHAiOiAxfQ.y"})  # exp long past: re-mint
+    environ = {
+        "WARMBUILD_SCHEDULER_OIDC_AUDIENCE": "warmbuild-scheduler",
+        "ACTIONS_ID_TOKEN_REQUEST_URL": "https://token.test/request",
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "request-token",
+    }
+    options = scheduler_options(A, None, None, None, environ)
+    assert options.token_source is not None and options.token_file is None
+    assert responses.calls[0].request.params == {"audience": "warmbuild-scheduler"}
+    options.token_source()
+    assert len(responses.calls) == 2  # expired: minted again
+    # Without the job's permission: one line naming it.
+    with pytest.raises(ClusterError, match="id-token: write"):
+        scheduler_options(A, None, None, None, {"WARMBUILD_SCHEDULER_OIDC_AUDIENCE": "a"})
+    # A token given outright wins.
+    assert scheduler_options(A, "given", None, None, environ).token == "given"
