@@ -296,5 +296,6 @@ def test_a_token_the_api_server_refuses_is_one_line_and_exit_6(scheduler, tmp_pa
     assert done.returncode == 6, done.stderr[-2000:]
     assert len(errors) == 1 and "did not accept the token (401)" in errors[0], done.stderr[-2000:]
     assert says in errors[0], errors[0]
+    print(f"{case}: {errors[0]}")  # the line a user sees (pytest -rP shows it)
     assert "Traceback" not in done.stderr and "eyJ" not in done.stderr  # no token echoed
     assert not (tmp_path / "s.json").exists() and not held_by_ci_tokens(admin)
