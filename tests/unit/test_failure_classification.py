@@ -39,6 +39,13 @@ def test_a_dropped_connection_to_buildkitd_is_a_lost_builder_retryable_before_th
     assert lost.cause == "connection lost" and lost.retryable and lost.unhealthy
 
 
+def test_a_connection_refused_that_is_not_grpcs_is_not_a_lost_builder():
+    failed = classify(
+        message="error: failed to solve: dial tcp 127.0.0.1:5000: connect: connection refused", push=False
+    )
+    assert type(failed) is BuildFailed
+
+
 def test_a_builder_lost_after_the_push_began_is_not_retried_and_says_why():
     lost = classify(message=EOF_LOST, pushing=True)
     assert isinstance(lost, BuilderLost) and not lost.retryable and lost.push_started

@@ -63,17 +63,15 @@ PUSH_REFUSAL_MARKERS = (
     "403 forbidden",
     "405 method not allowed",
 )
-# buildctl lost its connection to buildkitd (the daemon died, its pod went, the network broke).
+# buildctl lost its gRPC connection to buildkitd (the daemon died, its pod went, the network broke).
+# gRPC's words only: a bare "connection refused" in buildctl's last line may be the registry's.
 CONNECTION_LOST_MARKERS = (
     "code = unavailable",
     "unavailable:",
     "error reading from server",
     "transport is closing",
-    "connection reset by peer",
-    "connection refused",
-    "broken pipe",
     "failed to receive status",
-    "connection error",
+    "connection error: desc",
 )
 # The builder's machine, not the build: its disk, its snapshotter.
 DISK_FULL_MARKERS = ("no space left on device", "disk quota exceeded")
@@ -160,10 +158,12 @@ def classify_failure(
             return RegistryUnavailable(f"the registry failed the push of {names}: {message}")
         if _has(message, PUSH_REFUSAL_MARKERS):
             return RegistryRefused(f"the registry refused the push of {names}: {message}")
-    if _has(message, CONNECTION_LOST_MARKERS) or message.lower().rstrip().endswith("eof"):
+    if _has(message, CONNECTION_LOST_MARKERS):
         return _lost(f"lost the builder during the build: {message}", "connection lost", pushing)
-    if "deadline exceeded" in message.lower():
-        return _lost(f"the builder stopped answering during the build: {message}", "not answering", pushing)
+    if "deadline exceeded" in message.lower():  # the builder, or something it waited for: not marked
+        lost = _lost(f"the builder stopped answering during the build: {message}", "not answering", pushing)
+        lost.unhealthy = False
+        return lost
     return BuildFailed(f"buildctl exited with status {returncode}: {message}")
 
 
