@@ -168,3 +168,33 @@ def test_a_busy_slot_and_a_mark_live_side_by_side(lease_api):
     mark_unhealthy(lease_api, NS, POOL, B0, "connection lost", by="a")
     leases = list_pool_leases(lease_api, NS, POOL)
     assert in_flight_by_builder(leases, (B0,), lease_api.server_now()) == {B0.name: 1}
+
+
+# --- pool status ---------------------------------------------------------------------------------
+
+
+def test_pool_status_shows_an_unhealthy_builder_with_reason_and_until_and_hides_the_marker_from_non_admins():
+    from warmbuild.pool.status import BuilderStatus, PoolStatus, render_status_table, status_to_dict, without_holders
+
+    now = SERVER_EPOCH + timedelta(seconds=20)
+    sick = BuilderStatus(
+        "builders-0",
+        "tcp://127.0.0.10:1234",
+        True,
+        False,
+        False,
+        (),
+        unhealthy="disk full",
+        unhealthy_since=SERVER_EPOCH,
+        unhealthy_until=SERVER_EPOCH + timedelta(seconds=UNHEALTHY_COOLDOWN_SECONDS),
+        unhealthy_by="host/1/ab https://ci/run/1",
+    )
+    status = PoolStatus(
+        NS, POOL, now, (sick, BuilderStatus("builders-1", "tcp://127.0.0.11:1234", True, False, False, ()))
+    )
+    table = render_status_table(status)
+    assert "builders-0  unhealthy" in table and "builders-1  ready" in table
+    assert f"skipped by placement for {UNHEALTHY_COOLDOWN_SECONDS - 20:.0f}s more" in table and "by host/1/ab" in table
+    document = status_to_dict(status)["builders"][0]
+    assert document["unhealthy"] == "disk full" and document["unhealthy_until"].startswith("2026-01-02T03:06:05")
+    assert status_to_dict(without_holders(status))["builders"][0]["unhealthy_by"] is None
