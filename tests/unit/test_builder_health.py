@@ -198,3 +198,18 @@ def test_pool_status_shows_an_unhealthy_builder_with_reason_and_until_and_hides_
     document = status_to_dict(status)["builders"][0]
     assert document["unhealthy"] == "disk full" and document["unhealthy_until"].startswith("2026-01-02T03:06:05")
     assert status_to_dict(without_holders(status))["builders"][0]["unhealthy_by"] is None
+
+
+def test_the_schedulers_metrics_say_which_builders_are_out_of_the_rotation():
+    pytest.importorskip("prometheus_client")
+    from warmbuild.pool.status import BuilderStatus, PoolStatus
+    from warmbuild.scheduler.metrics import SchedulerMetrics
+
+    builders = (
+        BuilderStatus("builders-0", None, True, False, False, (), unhealthy="connection lost"),
+        BuilderStatus("builders-1", None, True, False, False, ()),
+    )
+    metrics = SchedulerMetrics((POOL,), lambda pool: PoolStatus(NS, pool, SERVER_EPOCH, builders))
+    text = metrics.render().decode()
+    assert f'warmbuild_pool_builder_unhealthy{{builder="builders-0",pool="{POOL}"}} 1.0' in text
+    assert f'warmbuild_pool_builder_unhealthy{{builder="builders-1",pool="{POOL}"}} 0.0' in text
