@@ -149,7 +149,7 @@ def classify_failure(
         if cause is not None:
             return _lost(f"{cause} on the builder in step '{failed.name}': {failed.error}", cause, pushing)
         return BuildFailed(f"step '{failed.name}' failed: {failed.error}", log_tail=log_tail)
-    message = buildctl_message or "no message"
+    message = buildctl_message.removeprefix("error: ") or "no message"  # the error line reads as one
     cause = infrastructure_cause(message)
     if cause is not None:
         return _lost(f"{cause} on the builder: {message}", cause, pushing)
