@@ -379,11 +379,13 @@ def _place_and_build(
 
     warnings: tuple[str, ...] = ()
     if placement.untrusted:
-        say(f"untrusted build ({options.trust.reason}): an ephemeral builder, registry cache import only")
+        if not attempts:  # said once per build, not per attempt
+            say(f"untrusted build ({options.trust.reason}): an ephemeral builder, registry cache import only")
         kept, dropped = exports_allowed(request.cache_exports, untrusted=True)
         if dropped:
             warnings = (f"--cache-to dropped ({len(dropped)} export(s)): an untrusted build never writes a cache",)
-            say(f"warning: {warnings[0]}")
+            if not attempts:
+                say(f"warning: {warnings[0]}")
             request = replace(request, cache_exports=kept)
     title = f"Placement: a slot in pool '{placement.pool}' (namespace {placement.namespace})"
     if attempts:
