@@ -11,6 +11,10 @@ How a round reads the pool is a seam (`PoolReader`): `LivePool` lists pods and L
 (a CI runner placing its one build); the scheduler passes a snapshot kept by one shared watch of
 the pool (`pool.watch.PoolWatch`), so its many waiting callers cost no reads. Slots are taken by
 compare-and-swap either way, so a snapshot a moment old loses a race, never a slot.
+
+Before the policy sees the pool, builders out of the rotation are set aside (`policy.out_of_rotation`):
+those marked unhealthy within the cool-down (`pool.health`, read from the same Lease listing) and
+those this build already lost on an earlier attempt (`PlacementRequest.avoid`).
 """
 
 from __future__ import annotations
@@ -25,10 +29,19 @@ from typing import Protocol
 from ..errors import NoSlotAvailable
 from ..kube.client import KubeClient
 from ..kube.views import LeaseView
+from .health import health_marks
 from .history import PoolHistory
 from .leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, list_pool_leases, try_acquire_slot
 from .membership import Builder, discover_builders
-from .policy import POLL_SECONDS, RoundInputs, estimate_paths, estimate_slot_wait, placement_round
+from .policy import (
+    POLL_SECONDS,
+    HealthMark,
+    RoundInputs,
+    estimate_paths,
+    estimate_slot_wait,
+    out_of_rotation,
+    placement_round,
+)
 from .run_certs import RunTls
 from .workload import WorkloadKey
 
@@ -43,6 +56,7 @@ class PlacementRequest:
     lease_seconds: int = DEFAULT_LEASE_SECONDS
     fallback: str = "wait"  # auto | wait | ephemeral | fail; "wait" never answers ephemeral
     untrusted: bool = False
+    avoid: tuple[str, ...] = ()  # builders this build already lost (a retry): never placed there again
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,7 @@ class Grant:
     requested_at: datetime | None = None  # API-server time placement began (for the history record)
     run_tls: RunTls | None = None  # an ephemeral builder's per-run CA, client pair and server name
     untrusted: bool = False  # the scheduler found the caller untrusted (its grant or verified claims)
+    marked: bool = False  # the builder carries an unhealthy mark past its cool-down: a success clears it
 
 
 class PoolReader(Protocol):
@@ -137,10 +152,11 @@ def _place(
             fallback=request.fallback,
             untrusted=request.untrusted,
         )
-        builders, leases = reader.read()
+        listed, leases = reader.read()
+        now = client.server_now()
+        builders, marks = _rotation(listed, leases, request.avoid, now)
         by_name = {b.name: b for b in builders}
         capacities = {b.name: b.slots for b in builders}
-        now = client.server_now()
         in_flight = in_flight_by_builder(leases, builders, now)
 
         def affine_wait(name: str, leases=leases, now=now, records=records) -> float:  # this round's view
@@ -159,6 +175,7 @@ def _place(
                     round_.affine,
                     round(waited, 3),
                     f"affine builder {round_.affine}{suffix}",
+                    marked=round_.affine in marks,
                 )
             # Lost the race for the affine slot: this round goes on as if it were busy.
             round_ = placement_round(
@@ -175,7 +192,16 @@ def _place(
                 held = _take(client, request, by_name[name], leases)
                 if held is not None:
                     reason = decision.reason.replace("spilled", f"spilled to {name}")
-                    return Grant("spill", held, by_name[name], False, round_.affine, round(waited, 3), reason)
+                    return Grant(
+                        "spill",
+                        held,
+                        by_name[name],
+                        False,
+                        round_.affine,
+                        round(waited, 3),
+                        reason,
+                        marked=name in marks,
+                    )
             # Lost every race for the free slots we saw: look again.
         elif round_.action == "ephemeral":
             return Grant("ephemeral", None, None, False, round_.affine, round(waited, 3), decision.reason)
@@ -184,7 +210,12 @@ def _place(
                 pass  # builders may be starting: keep looking until the wait is used up
             else:
                 hint = "raise --max-wait, allow --fallback auto|ephemeral, or add builders"
-                if not builders:
+                if not builders and listed:
+                    hint = (
+                        f"all {len(listed)} ready builders are out of the rotation (unhealthy, or lost by an "
+                        "earlier attempt of this build; see warmbuild pool status)"
+                    )
+                elif not builders:
                     hint = (
                         f"check that namespace {request.namespace} exists and the builder StatefulSet "
                         "runs there (warmbuild pool status)"
@@ -198,6 +229,15 @@ def _place(
             )
         last_action = round_.action
         sleep(min(POLL_SECONDS * (0.5 + random.random()), max(0.0, request.max_wait_seconds - waited) + 0.01))
+
+
+def _rotation(
+    builders: tuple[Builder, ...], leases: dict[str, LeaseView], avoid: tuple[str, ...], now: datetime
+) -> tuple[tuple[Builder, ...], dict[str, HealthMark]]:
+    """The builders this round may use (`policy.out_of_rotation` decides) and the marks they carry."""
+    marks = health_marks(leases, builders)
+    skipped = out_of_rotation((b.name for b in builders), marks, avoid, now)
+    return tuple(b for b in builders if b.name not in skipped), marks
 
 
 def _take(

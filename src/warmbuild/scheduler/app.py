@@ -19,7 +19,7 @@ import signal
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
@@ -59,6 +59,8 @@ class AcquireBody(_Strict):
     fallback: Literal["wait", "fail"] = "wait"
     key_path: str = Field(default="", max_length=1024)  # the part of the key the job chose
     untrusted: bool = False  # the caller asks to be treated as untrusted (never the other way)
+    # builders this caller's build already lost (a retry): never granted again
+    avoid_builders: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(default=[], max_length=16)
 
 
 class EphemeralBody(_Strict):
