@@ -195,3 +195,11 @@ def test_the_chart_renders_the_authentication_config_with_the_extra_keys_the_sch
     github_fork = next(e for e in config["jwt"][0]["claimMappings"]["extra"] if e["key"] == names.VERIFIED_FORK)
     assert "pull_request_target" in github_fork["valueExpression"]
     assert not [doc for doc in render() if doc["metadata"]["name"].endswith("apiserver-authentication")]
+
+
+def test_the_api_servers_aggregate_error_loses_only_its_outer_brackets():
+    from warmbuild.scheduler.auth import _short_reason
+
+    reason = '[invalid bearer token, oidc: verify token: oidc: expected audience "a" got ["b"]]'
+    assert _short_reason(reason) == 'invalid bearer token, oidc: verify token: oidc: expected audience "a" got ["b"]'
+    assert _short_reason("token expired") == "token expired"

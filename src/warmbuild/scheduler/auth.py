@@ -351,7 +351,8 @@ def ci_caller_from_review(review: dict, audiences: tuple[str, ...]) -> Caller:
 
 def _short_reason(reason: str) -> str:
     """The API server's aggregate error in one line, without its brackets."""
-    return " ".join(str(reason).strip().strip("[]").split())
+    text = " ".join(str(reason).split())
+    return text[1:-1] if text.startswith("[") and text.endswith("]") else text
 
 
 def _looks_like_jwt_of_another_issuer(token: str) -> bool:
