@@ -6,7 +6,8 @@ Exit codes (documented in README and docs/architecture.md):
   3  the builder could not be reached
   4  a tool warmbuild needs is missing (buildctl)
   5  the registry refused the push or the pull
-  6  cluster access: credentials, permissions, pool state
+  6  cluster access: credentials, permissions, pool state; the API server unreachable (placement
+     retries that within --max-wait first)
   7  no slot could be had within the allowed wait
   8  the build's slot lease was taken over or lost (fencing): the build was aborted
   9  an ephemeral builder did not start (the pod's events are quoted)
@@ -54,6 +55,11 @@ class RegistryRefused(WarmbuildError):
 
 class ClusterError(WarmbuildError):
     exit_code = 6
+
+
+class ClusterUnavailable(ClusterError):
+    """The API server did not answer (refused, reset, timed out) or answered 5xx/429: an outage that
+    may end (a restart of kube-apiserver or etcd), not a refusal. Placement retries it within --max-wait."""
 
 
 class NoSlotAvailable(WarmbuildError):
