@@ -497,6 +497,15 @@ class Soak:
             "paths": dict(Counter(b.path for b in builds)),
             "placements": dict(Counter((b.result.get("placement") or {}).get("path", "none") for b in builds)),
             "retried": sum(1 for b in builds if attempts(b) > 1),
+            "retried_succeeded": sum(1 for b in builds if attempts(b) > 1 and outcome(b) == "success"),
+            "registry_retries": sum(int(b.result.get("registry_retries") or 0) for b in builds),
+            "retry_causes": dict(
+                Counter(
+                    a.get("cause") or a.get("reason") or "?"
+                    for b in builds
+                    for a in (b.result.get("attempt_history") or [])[:-1]
+                )
+            ),
             "faulted_builds": sum(1 for b in builds if faulted(b)),
             "faults": dict(Counter(f.kind for f in self.faults if f.ok)),
             "faults_failed": [f"{f.kind}: {f.detail}" for f in self.faults if not f.ok],
@@ -600,7 +609,10 @@ def render(summary: dict) -> str:
         f"| builds with a fault in their window | {summary['faulted_builds']} |",
         f"| outcomes | {', '.join(f'{k} {v}' for k, v in sorted(summary['outcomes'].items()))} |",
         f"| exit codes | {', '.join(f'{k}: {v}' for k, v in summary['exit_codes'].items())} |",
-        f"| builds retried (`attempts` > 1) | {summary['retried']} |",
+        f"| builds retried on another builder (`attempts` > 1) | {summary['retried']} "
+        f"({summary['retried_succeeded']} then succeeded; causes: "
+        f"{', '.join(f'{k} {v}' for k, v in sorted(summary['retry_causes'].items())) or 'none'}) |",
+        f"| pushes retried after a registry failure (`registry_retries`) | {summary['registry_retries']} |",
         f"| build time, no fault (p50 / p95, {summary['successes_no_fault']} successes) | "
         f"{seconds(summary['p50_no_fault'])} / {seconds(summary['p95_no_fault'])} |",
         f"| build time, with a fault (p50 / p95, {summary['successes_fault']} successes) | "
