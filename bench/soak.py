@@ -549,7 +549,9 @@ def outcome(build: Build) -> str:
 
 def error_line(build: Build) -> str:
     lines = [line for line in build.stderr.splitlines() if line.startswith("warmbuild: error:")]
-    return lines[-1] if lines else (build.post_step or "no error line")
+    if lines:
+        return lines[-1]
+    return f"its post step (warmbuild release): {build.post_step}" if build.post_step else "no error line"
 
 
 def outcome_problems(build: Build) -> list[str]:
@@ -607,7 +609,7 @@ def render(summary: dict) -> str:
         f"| placements | {', '.join(f'{k} {v}' for k, v in sorted(summary['placements'].items()))} |",
         f"| faults injected | {sum(summary['faults'].values())}: {faults} |",
         f"| builds with a fault in their window | {summary['faulted_builds']} |",
-        f"| outcomes | {', '.join(f'{k} {v}' for k, v in sorted(summary['outcomes'].items()))} |",
+        f"| outcomes | {', '.join(f'{k}: {v}' for k, v in sorted(summary['outcomes'].items()))} |",
         f"| exit codes | {', '.join(f'{k}: {v}' for k, v in summary['exit_codes'].items())} |",
         f"| builds retried on another builder (`attempts` > 1) | {summary['retried']} "
         f"({summary['retried_succeeded']} then succeeded; causes: "
