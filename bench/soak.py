@@ -53,7 +53,6 @@ import requests  # noqa: E402
 from scheduler_harness import CI_USER, SchedulerProcess, ci_scheduler_token, prepare  # noqa: E402
 
 from warmbuild.kube.client import connect  # noqa: E402
-from warmbuild.kube.names import leases_path  # noqa: E402
 from warmbuild.pool.leases import list_pool_leases  # noqa: E402
 
 FAULT = str(ROOT / "testbed" / "fault")
@@ -412,16 +411,6 @@ class Soak:
             for name, lease in list_pool_leases(self.admin, self.namespace, self.pool).items()
             if not lease.is_free(now)
         ]
-
-    def run_leases(self) -> list[str]:
-        """Ephemeral builders' run Leases still held (a pod's Lease outliving its build)."""
-        now = self.admin.server_now()
-        items = self.admin.request(
-            "GET", leases_path(self.namespace), query={"labelSelector": f"warmbuild.dev/ephemeral-for={self.pool}"}
-        ).body.get("items", [])
-        from warmbuild.kube.views import parse_lease
-
-        return [f"{v.name} held by {v.holder}" for v in map(parse_lease, items) if not v.is_free(now)]
 
     def ephemeral_pods(self) -> list[str]:
         pods = self.admin.request(
