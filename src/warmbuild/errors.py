@@ -62,6 +62,12 @@ class ClusterUnavailable(ClusterError):
     may end (a restart of kube-apiserver or etcd), not a refusal. Placement retries it within --max-wait."""
 
 
+class ClusterRefused(ClusterError):
+    """401 or an RBAC 403: the identity is not let in. Final, except right after an outage: a
+    restarting API server answers requests before its authorizer's caches are filled, and refuses
+    everything meanwhile, so placement gives a refusal that follows an outage a short grace."""
+
+
 class NoSlotAvailable(WarmbuildError):
     exit_code = 7
 

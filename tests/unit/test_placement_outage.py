@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from warmbuild.errors import ClusterError, ClusterUnavailable
+from warmbuild.errors import ClusterError, ClusterRefused, ClusterUnavailable
 from warmbuild.kube.client import KubeClient
 from warmbuild.kube.kubeconfig import ClusterAccess
 from warmbuild.pool import placement
@@ -25,6 +25,24 @@ BUILDERS = (
     Builder("builder-0", "uid-0", "tcp://10.0.0.1:1234", 1),
     Builder("builder-1", "uid-1", "tcp://10.0.0.2:1234", 1),
 )
+
+
+class Phased:
+    """Down (refused connections) until `up_at`, then refusing (403, an authorizer still filling its
+    caches) until `authorized_at`, then the Lease API."""
+
+    def __init__(self, api, clock, up_at: float, authorized_at: float):
+        self.api, self.clock, self.up_at, self.authorized_at = api, clock, up_at, authorized_at
+
+    def server_now(self):
+        return self.api.server_now()
+
+    def request(self, method, path, body=None, query=None, content_type="application/json", timeout=None):
+        if self.clock.now < self.up_at:
+            raise ClusterUnavailable("cannot reach the Kubernetes API at https://127.0.0.1:6443 (test): refused")
+        if self.clock.now < self.authorized_at:
+            raise ClusterRefused("missing permission: list leases.coordination.k8s.io in namespace ns (test)")
+        return self.api.request(method, path, body, query, content_type, timeout)
 
 
 class Flaky:
@@ -154,3 +172,18 @@ def test_a_refused_connection_is_an_outage():
     client = KubeClient(ClusterAccess(server=f"https://127.0.0.1:{port}", description="test", token="t"))
     with pytest.raises(ClusterUnavailable, match=f"cannot reach the Kubernetes API at https://127.0.0.1:{port}"):
         client.request("GET", "/api/v1/namespaces/ns/pods")
+
+
+def test_refusals_from_a_restarted_api_server_catching_up_are_part_of_the_outage(lease_api, fake_monotonic):
+    clock = fake_monotonic
+    lines: list[str] = []
+    grant = place(Phased(lease_api, clock, up_at=10, authorized_at=13), clock, lines=lines)
+    assert grant.lease is not None and 13 <= clock.now < 15
+    assert len(lines) == 2 and lines[1].startswith("the Kubernetes API answers again after 1"), lines
+
+
+def test_refusals_that_outlast_the_grace_after_an_outage_are_the_refusal(lease_api, fake_monotonic):
+    clock = fake_monotonic
+    with pytest.raises(ClusterRefused, match="missing permission: list leases"):
+        place(Phased(lease_api, clock, up_at=5, authorized_at=10_000), clock, max_wait=120)
+    assert 5 + placement.REFUSED_GRACE_SECONDS <= clock.now < 5 + placement.REFUSED_GRACE_SECONDS + 2

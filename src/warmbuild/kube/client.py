@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from .. import __version__
-from ..errors import ClusterError, ClusterUnavailable
+from ..errors import ClusterError, ClusterRefused, ClusterUnavailable
 from .kubeconfig import ClusterAccess, ExecPlugin, in_cluster_access, kubeconfig_paths, read_kubeconfig
 
 REQUEST_TIMEOUT_SECONDS = 15
@@ -235,12 +235,12 @@ class KubeClient:
                     f"the API server refused to {verb_for(method, path)} {resource}{where}: "
                     f"{message.split('denied request: ', 1)[-1]}"
                 ) from None
-            raise ClusterError(
+            raise ClusterRefused(
                 f"missing permission: {verb_for(method, path)} {resource}{where} "
                 f"({self.description}); grant it in the Role bound to this identity"
             ) from None
         if status == 401:
-            raise ClusterError(
+            raise ClusterRefused(
                 f"the Kubernetes API at {self.host} rejected the credentials ({self.description}): "
                 "the token is missing, expired or not trusted"
             ) from None

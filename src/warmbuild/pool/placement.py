@@ -16,7 +16,8 @@ An API server that does not answer (restarting, or etcd restarting behind it: re
 timed out, 5xx, 429 — `ClusterUnavailable`) is an outage, not a verdict (`_Outage`): placement says
 so once, reads the pool again every second, says when it answers again, and ends only when
 --max-wait is used up, with one line naming the last error (exit 6). A refusal (403, 401, a bad
-certificate) still ends it at once. A slot write whose answer the outage swallowed may have been
+certificate) still ends it at once — except right after an outage, when a restarted API server
+refuses everyone until its authorizer has caught up: refusals then get REFUSED_GRACE_SECONDS. A slot write whose answer the outage swallowed may have been
 committed: once the API answers, a Lease of that builder naming this placement's holder identity
 (unique to it) is taken as granted, not left held until it expires.
 """
@@ -30,7 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from ..errors import ClusterUnavailable, NoSlotAvailable
+from ..errors import ClusterRefused, ClusterUnavailable, NoSlotAvailable
 from ..kube.client import KubeClient
 from ..kube.views import LeaseView
 from .history import PoolHistory
@@ -42,6 +43,7 @@ from .workload import WorkloadKey
 
 T = TypeVar("T")
 OUTAGE_RETRY_SECONDS = 1.0  # while the API server does not answer, placement reads the pool again this often
+REFUSED_GRACE_SECONDS = 15.0  # 401/403 right after an outage: a restarted API server's authorizer catching up
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,8 @@ class _Outage:
         self, request: PlacementRequest, log: Callable[[str], None], sleep: Callable[[float], None], started: float
     ):
         self.request, self.log, self.sleep, self.started = request, log, sleep, started
-        self.since: float | None = None
+        self.since: float | None = None  # when the API stopped answering (None: it answers)
+        self.refused_at: float | None = None  # when refusals after an outage began
 
     def patient(self, reader: PoolReader) -> PoolReader:
         return _PatientReader(reader, self)
@@ -265,15 +268,29 @@ class _Outage:
                 answer = read()
             except ClusterUnavailable as exc:
                 self.failed(exc)
-                waited = time.monotonic() - self.started
-                self.sleep(min(OUTAGE_RETRY_SECONDS, max(0.0, self.request.max_wait_seconds - waited) + 0.01))
+                self._pause()
                 continue
+            except ClusterRefused as exc:
+                # Right after an outage, a restarted API server refuses everyone until its authorizer
+                # has caught up (seen on the testbed: 403 for a second or two before /readyz): a short grace.
+                now = time.monotonic()
+                self.refused_at = self.refused_at or now
+                if self.since is None or now - self.refused_at > REFUSED_GRACE_SECONDS:
+                    raise
+                self.failed(ClusterUnavailable(exc.message))
+                self._pause()
+                continue
+            self.refused_at = None
             if self.since is not None:
                 self.log(
                     f"the Kubernetes API answers again after {time.monotonic() - self.since:.0f}s; placement goes on"
                 )
                 self.since = None
             return answer
+
+    def _pause(self) -> None:
+        waited = time.monotonic() - self.started
+        self.sleep(min(OUTAGE_RETRY_SECONDS, max(0.0, self.request.max_wait_seconds - waited) + 0.01))
 
     def failed(self, exc: ClusterUnavailable) -> None:
         """Note one unanswered request; raise the placement's error when --max-wait is used up."""
