@@ -546,3 +546,21 @@ def test_every_replica_down_past_max_wait_is_the_one_clear_error():
         make_client(A, B, fake=fake).acquire(request(max_wait=10))
     assert caught.value.exit_code == 6 and "\n" not in caught.value.message
     assert 10 <= fake.now - 100 < 13
+
+
+@responses.activate
+def test_a_503_from_the_first_request_is_an_answer_and_waited_through():
+    """The scheduler is there but the API server behind it restarts: it answers 503 until it is back."""
+    fake = FakeTime()
+    lines: list[str] = []
+
+    def on_any(req):
+        if fake.now < 115:
+            return 503, {}, json.dumps({"error": "cannot review the token: cannot reach the Kubernetes API"})
+        return 200, {}, json.dumps(GRANTED)
+
+    responses.add_callback(responses.POST, acquire_url(A), callback=on_any)
+    responses.add_callback(responses.POST, acquire_url(B), callback=on_any)
+    grant = make_client(A, B, fake=fake).acquire(request(max_wait=60), log=lines.append)
+    assert grant.lease.name == "builders-1-slot-0" and 115 <= fake.now < 118
+    assert len(lines) == 1 and "answered 503: cannot review the token" in lines[0], lines

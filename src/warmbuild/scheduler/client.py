@@ -10,7 +10,8 @@ the broken long-poll is re-sent to the next replica at once (a refused or reset 
 within milliseconds; one that is gone without a reset within the 1.5 s connect timeout). A replica
 that hangs mid-poll (stopped, not dead) is noticed only at the poll's read timeout.
 A scheduler that never answered this client is a clear error within seconds (a wrong URL or CA);
-once one has answered, every replica being unreachable at once (a rollout, a restart) is waited
+once one has answered — a scheduler's JSON error counts: a 503 while the API server behind it
+restarts is an answer from a live replica — every replica being unreachable or answering 5xx at once (a rollout, a restart) is waited
 through within --max-wait, with one line, then the same error. 401/403 and other 4xx answers are
 not retried. A renewal has a budget instead
 (under a third of the lease duration, `pool.leases.renew_timeout`): its attempts, timeouts and
@@ -202,7 +203,7 @@ class SchedulerClient:
         self.clock = clock
         self._current = random.randrange(len(options.urls))  # spread clients over replicas
         self._held: dict[str, tuple[str, float]] = {}  # lease name -> (pool, when acquired by self.clock)
-        self._answered = False  # has any replica answered this client yet
+        self._answered = False  # has any replica answered this client yet (any HTTP status)
 
     # -- SlotBroker -------------------------------------------------------------------------------
 
@@ -393,8 +394,10 @@ class SchedulerClient:
                     problem = f"cannot connect to {url}: {_short(exc)}"
                 else:
                     document, problem = _decode(response, url)
+                    # A JSON answer, even a 503 (the API server behind it restarting), is a warmbuild
+                    # scheduler at a right URL with a verified certificate.
+                    self._answered = self._answered or problem is None or _json_error(response)
                     if problem is None:
-                        self._answered = True
                         return self._check_status(
                             response.status_code, document, url, lost_on_409, response.headers.get("Retry-After")
                         )
@@ -445,6 +448,14 @@ def _decode(response: requests.Response, url: str) -> tuple[dict, str | None]:
     if not isinstance(document, dict):
         return {}, f"{url} answered {response.status_code} with malformed JSON: {_short(response.text) or 'empty body'}"
     return document, None
+
+
+def _json_error(response: requests.Response) -> bool:
+    try:
+        document = response.json()
+    except ValueError:
+        return False
+    return isinstance(document, dict) and "error" in document
 
 
 def _short(value, limit: int = 160) -> str:
