@@ -440,7 +440,7 @@ class Soak:
         tags_ok = unreported_killed = 0
         for build in builds:
             digest = self.registry_digest(build.tag)
-            reported = build.result.get("digest") if build.result.get("status") == "success" else None
+            reported = reported_digest(build)
             if reported:
                 if digest == reported:
                     tags_ok += 1
@@ -517,6 +517,12 @@ class Soak:
         }
 
 
+def reported_digest(build: Build) -> str | None:
+    """The digest the build's result file says it pushed (None unless pushed)."""
+    image = build.result.get("image") or {}
+    return image.get("digest") if image.get("pushed") else None
+
+
 def attempts(build: Build) -> int:
     value = build.result.get("attempts")
     if isinstance(value, list):
@@ -527,7 +533,7 @@ def attempts(build: Build) -> int:
 
 
 def outcome(build: Build) -> str:
-    if build.exit_code == 0 and build.result.get("status") == "success" and build.result.get("digest"):
+    if build.exit_code == 0 and build.result.get("status") == "success" and reported_digest(build):
         return "success"
     if build.signalled == "SIGKILL":
         return "killed (SIGKILL)"
@@ -557,7 +563,7 @@ def outcome_problems(build: Build) -> list[str]:
     if build.exit_code == 0:
         if outcome(build) != "success":
             problems.append(
-                f"exit 0 but the result says {build.result.get('status')!r}, digest {build.result.get('digest')!r}"
+                f"exit 0 but the result says {build.result.get('status')!r}, digest {reported_digest(build)!r}"
             )
         return problems
     if build.exit_code not in DOCUMENTED_EXITS:

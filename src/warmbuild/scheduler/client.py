@@ -45,7 +45,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from ..errors import ClusterError, InputError, LeaseLost, NoSlotAvailable
+from ..errors import ClusterError, ClusterUnavailable, InputError, LeaseLost, NoSlotAvailable
 from ..kube.kubeconfig import IN_CLUSTER_TOKEN
 from ..pool.leases import SlotKeeper, SlotLease
 from ..pool.membership import Builder
@@ -65,7 +65,7 @@ class SchedulerError(ClusterError):
     """The scheduler refused or could not answer (exit 6, like other cluster access problems)."""
 
 
-class SchedulerUnavailable(SchedulerError):
+class SchedulerUnavailable(SchedulerError, ClusterUnavailable):
     """No replica answered within the retries."""
 
 
