@@ -121,6 +121,12 @@ def _add_pool_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds to wait for the affine builder before spilling (default 60)",
     )
     pool.add_argument(
+        "--retries",
+        type=int,
+        default=env("WARMBUILD_RETRIES", "1"),  # a string: argparse converts it, refusing a bad value with exit 2
+        help="times a build that lost its builder before pushing runs again on another builder (default 1)",
+    )
+    pool.add_argument(
         "--lease-seconds",
         type=int,
         default=int(env("WARMBUILD_LEASE_SECONDS", "15")),
@@ -349,6 +355,7 @@ def _pool_flags(args: argparse.Namespace, named_dockerfile: Path | None) -> Pool
             state_file=args.state_file,
             tls=_tls_files(args),
             buildctl=args.buildctl,
+            retries=args.retries,
         )
     )
 

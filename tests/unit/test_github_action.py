@@ -234,11 +234,17 @@ def test_inline_secret_values_go_through_the_environment_never_argv():
     assert "s3cret" not in err.value.message and "item 1" in err.value.message
 
 
+def test_retries_input_becomes_the_flag():
+    assert "--retries=2" in build_invocation({"retries": "2"}).flags
+    assert not any(flag.startswith("--retries") for flag in build_invocation({}).flags)
+
+
 @pytest.mark.parametrize(
     "inputs, fragment",
     [
         ({"push": "yes"}, "input 'push' is 'yes': write true or false"),
         ({"max-wait": "soon"}, "input 'max-wait' is 'soon'"),
+        ({"retries": "-1"}, "input 'retries' is '-1': write a whole number"),
         ({"fallback": "maybe"}, "input 'fallback' is 'maybe': write one of auto, wait, ephemeral, fail"),
         ({"secret-envs": "hf"}, "input 'secret-envs', item 1: write id=ENV_VARIABLE"),
     ],

@@ -91,6 +91,7 @@ HOLDER_ANNOTATIONS = (
 RENEW_RETRY_SECONDS = 1.0  # after a failed renewal: soon, so a recovered API server is noticed early
 RENEW_TIMEOUT_MAX_SECONDS = 10.0
 RENEW_OUTAGE_LIMIT_SECONDS = 120.0  # without one answered renewal for this long, give the slot up
+LEASE_DELETED = "was deleted (its builder left the pool)"  # LeaseLost's words when the Lease is gone
 
 
 class NotYourSlot(Exception):
@@ -315,6 +316,11 @@ def try_acquire_slot(
     return None
 
 
+def builder_left(reason: str) -> bool:
+    """Whether a lost slot's reason says its Lease was deleted: the builder pod went, taking it along."""
+    return LEASE_DELETED in reason
+
+
 def renew_interval(duration: float) -> float:
     """Seconds between renewals of a lease of `duration` seconds."""
     return max(0.5, duration / 3)
@@ -354,7 +360,7 @@ def renew_slot(
         try:
             lease = parse_lease(client.request("GET", path, timeout=left()).body)
         except KubeNotFound:
-            raise LeaseLost(f"slot lease {held.name} was deleted (its builder left the pool)") from None
+            raise LeaseLost(f"slot lease {held.name} {LEASE_DELETED}") from None
         if not lease.holder or lease.holder != held.holder or lease.transitions != held.transitions:
             raise LeaseLost(f"slot lease {held.name} is now held by {lease.holder or 'nobody'}")
         if token_hash is not None and not token_matches(lease, token_hash):
@@ -366,7 +372,7 @@ def renew_slot(
         except KubeConflict:
             continue  # changed between our read and write: read again and re-check the holder
         except KubeNotFound:
-            raise LeaseLost(f"slot lease {held.name} was deleted (its builder left the pool)") from None
+            raise LeaseLost(f"slot lease {held.name} {LEASE_DELETED}") from None
     raise ClusterError(f"could not renew slot lease {held.name}: it kept changing under us")
 
 

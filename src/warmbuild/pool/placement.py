@@ -20,6 +20,10 @@ certificate) still ends it at once — except right after an outage, when a rest
 refuses everyone until its authorizer has caught up: refusals then get REFUSED_GRACE_SECONDS. A slot write whose answer the outage swallowed may have been
 committed: once the API answers, a Lease of that builder naming this placement's holder identity
 (unique to it) is taken as granted, not left held until it expires.
+
+Before the policy sees the pool, builders out of the rotation are set aside (`policy.out_of_rotation`):
+those marked unhealthy within the cool-down (`pool.health`, read from the same Lease listing) and
+those this build already lost on an earlier attempt (`PlacementRequest.avoid`).
 """
 
 from __future__ import annotations
@@ -34,10 +38,19 @@ from typing import Protocol, TypeVar
 from ..errors import ClusterRefused, ClusterUnavailable, NoSlotAvailable
 from ..kube.client import KubeClient
 from ..kube.views import LeaseView
+from .health import health_marks
 from .history import PoolHistory
 from .leases import DEFAULT_LEASE_SECONDS, HolderInfo, SlotLease, list_pool_leases, try_acquire_slot
 from .membership import Builder, discover_builders
-from .policy import POLL_SECONDS, RoundInputs, estimate_paths, estimate_slot_wait, placement_round
+from .policy import (
+    POLL_SECONDS,
+    HealthMark,
+    RoundInputs,
+    estimate_paths,
+    estimate_slot_wait,
+    out_of_rotation,
+    placement_round,
+)
 from .run_certs import RunTls
 from .workload import WorkloadKey
 
@@ -56,6 +69,7 @@ class PlacementRequest:
     lease_seconds: int = DEFAULT_LEASE_SECONDS
     fallback: str = "wait"  # auto | wait | ephemeral | fail; "wait" never answers ephemeral
     untrusted: bool = False
+    avoid: tuple[str, ...] = ()  # builders this build already lost (a retry): never placed there again
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,7 @@ class Grant:
     reason: str
     requested_at: datetime | None = None  # API-server time placement began (for the history record)
     run_tls: RunTls | None = None  # an ephemeral builder's per-run CA, client pair and server name
+    marked: bool = False  # the builder carries an unhealthy mark past its cool-down: a success clears it
 
 
 class PoolReader(Protocol):
@@ -151,10 +166,11 @@ def _place(
             fallback=request.fallback,
             untrusted=request.untrusted,
         )
-        builders, leases = reader.read()
+        listed, leases = reader.read()
+        now = client.server_now()
+        builders, marks = _rotation(listed, leases, request.avoid, now)
         by_name = {b.name: b for b in builders}
         capacities = {b.name: b.slots for b in builders}
-        now = client.server_now()
         in_flight = in_flight_by_builder(leases, builders, now)
 
         def affine_wait(name: str, leases=leases, now=now, records=records) -> float:  # this round's view
@@ -173,6 +189,7 @@ def _place(
                     round_.affine,
                     round(waited, 3),
                     f"affine builder {round_.affine}{suffix}",
+                    marked=round_.affine in marks,
                 )
             # Lost the race for the affine slot: this round goes on as if it were busy.
             round_ = placement_round(
@@ -189,7 +206,16 @@ def _place(
                 held = _take(client, request, by_name[name], leases, outage)
                 if held is not None:
                     reason = decision.reason.replace("spilled", f"spilled to {name}")
-                    return Grant("spill", held, by_name[name], False, round_.affine, round(waited, 3), reason)
+                    return Grant(
+                        "spill",
+                        held,
+                        by_name[name],
+                        False,
+                        round_.affine,
+                        round(waited, 3),
+                        reason,
+                        marked=name in marks,
+                    )
             # Lost every race for the free slots we saw: look again.
         elif round_.action == "ephemeral":
             return Grant("ephemeral", None, None, False, round_.affine, round(waited, 3), decision.reason)
@@ -198,7 +224,12 @@ def _place(
                 pass  # builders may be starting: keep looking until the wait is used up
             else:
                 hint = "raise --max-wait, allow --fallback auto|ephemeral, or add builders"
-                if not builders:
+                if not builders and listed:
+                    hint = (
+                        f"all {len(listed)} ready builders are out of the rotation (unhealthy, or lost by an "
+                        "earlier attempt of this build; see warmbuild pool status)"
+                    )
+                elif not builders:
                     hint = (
                         f"check that namespace {request.namespace} exists and the builder StatefulSet "
                         "runs there (warmbuild pool status)"
@@ -212,6 +243,15 @@ def _place(
             )
         last_action = round_.action
         sleep(min(POLL_SECONDS * (0.5 + random.random()), max(0.0, request.max_wait_seconds - waited) + 0.01))
+
+
+def _rotation(
+    builders: tuple[Builder, ...], leases: dict[str, LeaseView], avoid: tuple[str, ...], now: datetime
+) -> tuple[tuple[Builder, ...], dict[str, HealthMark]]:
+    """The builders this round may use (`policy.out_of_rotation` decides) and the marks they carry."""
+    marks = health_marks(leases, builders)
+    skipped = out_of_rotation((b.name for b in builders), marks, avoid, now)
+    return tuple(b for b in builders if b.name not in skipped), marks
 
 
 def _take(

@@ -18,7 +18,7 @@ import signal
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
@@ -56,6 +56,8 @@ class AcquireBody(_Strict):
     run_url: str = Field(default="", max_length=2048)
     holder_hint: str = Field(default="", max_length=200)
     fallback: Literal["wait", "fail"] = "wait"
+    # builders this caller's build already lost (a retry): never granted again
+    avoid_builders: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(default=[], max_length=16)
 
 
 class RenewBody(_Strict):

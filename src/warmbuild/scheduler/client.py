@@ -232,6 +232,8 @@ class SchedulerClient:
                 # The scheduler waits then spills, or fails at once; auto/ephemeral need a Kubernetes client.
                 "fallback": "fail" if request.fallback == "fail" else "wait",
             }
+            if request.avoid:  # sent only on a retry, so a scheduler older than the field serves every first try
+                body["avoid_builders"] = list(request.avoid)
             try:
                 answer = self._call(
                     "POST",
@@ -295,6 +297,14 @@ class SchedulerClient:
 
     def record(self, request: PlacementRequest, grant: Grant, result) -> None:
         """Nothing: this runner has no access to the pool's history; the scheduler's placement reads it."""
+
+    def mark_unhealthy(self, request: PlacementRequest, grant: Grant, reason: str, log=lambda _line: None) -> bool:
+        """Nothing: this runner has no Lease rights, and the scheduler takes no caller's word about a
+        builder. A retry through the scheduler still avoids the builder (`avoid_builders`)."""
+        return False
+
+    def clear_unhealthy(self, request: PlacementRequest, grant: Grant) -> None:
+        """Nothing (see `mark_unhealthy`)."""
 
     def renew(self, lease: SlotLease, timeout: float | None = None) -> SlotLease:
         """Extend the hold, within `timeout` seconds if given; LeaseLost if the scheduler says another

@@ -64,6 +64,7 @@ class AcquireAsk:
     run_url: str = ""
     holder_hint: str = ""
     fallback: str = "wait"  # wait: wait, then spill | fail: spill at once or answer fallback
+    avoid_builders: tuple[str, ...] | list[str] = ()  # builders the caller's build already lost
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,14 @@ class SlotService:
             release_token_hash=token_hash(release_token),
         )
         request = PlacementRequest(
-            self.namespace, ask.pool, key, holder, remaining, ask.lease_seconds, fallback=ask.fallback
+            self.namespace,
+            ask.pool,
+            key,
+            holder,
+            remaining,
+            ask.lease_seconds,
+            fallback=ask.fallback,
+            avoid=tuple(ask.avoid_builders),
         )
 
         def note_wait(line: str) -> None:  # placement says it waits: count this acquirer as queued demand
