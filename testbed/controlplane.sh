@@ -278,15 +278,10 @@ print("\n".join(line[4:] for line in lines if line.startswith("    ") or not lin
     || tb_die "rendering the API server's authentication config failed; see $WARMBUILD_TESTBED_DIR/logs/helm-authn.log"
 }
 
-tb_controlplane_up() {
-  local dirs etcd_bin k8s_bin started=$SECONDS
-  dirs="$(tb_cp_binaries)" || exit 1
-  { read -r etcd_bin; read -r k8s_bin; } <<<"$dirs"
-  tb_cp_pki
-  mkdir -p "$CP_KUBECONFIGS" "$WARMBUILD_TESTBED_DIR/etcd" && chmod 700 "$CP_KUBECONFIGS" "$WARMBUILD_TESTBED_DIR/etcd"
-  local name
-  for name in admin kube-controller-manager kube-scheduler; do tb_cp_cert_kubeconfig "$name"; done
-
+# tb_cp_start_etcd ETCD_BIN_DIR: start etcd (unless running) and wait until it is healthy.
+# Also what testbed/fault uses to bring it back after a restart.
+tb_cp_start_etcd() {
+  local etcd_bin="$1"
   # A throwaway single-member etcd: no fsync, plain HTTP on loopback.
   tb_start etcd "$etcd_bin/etcd" \
     --name=warmbuild-testbed \
@@ -296,8 +291,11 @@ tb_controlplane_up() {
     --initial-cluster="warmbuild-testbed=$ETCD_PEER_URL" \
     --unsafe-no-fsync=true
   tb_cp_wait_http etcd "$ETCD_URL/health" 60
-  tb_cp_oidc_up
+}
 
+# tb_cp_start_apiserver K8S_BIN_DIR: start kube-apiserver (unless running) and wait until it is ready.
+tb_cp_start_apiserver() {
+  local k8s_bin="$1"
   # The endpoint reconciler would publish the advertise address (loopback) as the endpoint of the
   # "kubernetes" Service; Endpoints may not hold loopback addresses, and nothing here uses it.
   tb_start kube-apiserver "$k8s_bin/kube-apiserver" \
@@ -316,6 +314,20 @@ tb_controlplane_up() {
     --profiling=false
   tb_cp_wait_http kube-apiserver "$APISERVER_URL/readyz" 180 \
     --cacert "$CP_PKI/ca.crt" --cert "$CP_PKI/admin.crt" --key "$CP_PKI/admin.key"
+}
+
+tb_controlplane_up() {
+  local dirs etcd_bin k8s_bin started=$SECONDS
+  dirs="$(tb_cp_binaries)" || exit 1
+  { read -r etcd_bin; read -r k8s_bin; } <<<"$dirs"
+  tb_cp_pki
+  mkdir -p "$CP_KUBECONFIGS" "$WARMBUILD_TESTBED_DIR/etcd" && chmod 700 "$CP_KUBECONFIGS" "$WARMBUILD_TESTBED_DIR/etcd"
+  local name
+  for name in admin kube-controller-manager kube-scheduler; do tb_cp_cert_kubeconfig "$name"; done
+
+  tb_cp_start_etcd "$etcd_bin"
+  tb_cp_oidc_up
+  tb_cp_start_apiserver "$k8s_bin"
 
   # Their health ports serve self-signed certificates; /healthz needs no credentials. Client
   # certificates are checked against the testbed CA without looking up the front-proxy CA

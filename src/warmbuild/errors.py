@@ -6,7 +6,8 @@ Exit codes (documented in README and docs/architecture.md):
   3  the builder could not be reached, or was lost during the build (and could not be retried)
   4  a tool warmbuild needs is missing (buildctl)
   5  the registry refused the push or the pull, or kept failing it after retries
-  6  cluster access: credentials, permissions, pool state
+  6  cluster access: credentials, permissions, pool state; the API server unreachable (placement
+     retries that within --max-wait first)
   7  no slot could be had within the allowed wait
   8  the build's slot lease was taken over or lost (fencing): the build was aborted
   9  an ephemeral builder did not start (the pod's events are quoted)
@@ -78,6 +79,17 @@ class RegistryUnavailable(RegistryRefused):
 
 class ClusterError(WarmbuildError):
     exit_code = 6
+
+
+class ClusterUnavailable(ClusterError):
+    """The API server did not answer (refused, reset, timed out) or answered 5xx/429: an outage that
+    may end (a restart of kube-apiserver or etcd), not a refusal. Placement retries it within --max-wait."""
+
+
+class ClusterRefused(ClusterError):
+    """401 or an RBAC 403: the identity is not let in. Final, except right after an outage: a
+    restarting API server answers requests before its authorizer's caches are filled, and refuses
+    everything meanwhile, so placement gives a refusal that follows an outage a short grace."""
 
 
 class NoSlotAvailable(WarmbuildError):

@@ -47,7 +47,15 @@ from .config import (
     repository_identity,
     validate_image_reference,
 )
-from .errors import BuilderLost, BuilderUnreachable, BuildFailed, Cancelled, WarmbuildError
+from .errors import (
+    BuilderLost,
+    BuilderUnreachable,
+    BuildFailed,
+    Cancelled,
+    ClusterRefused,
+    ClusterUnavailable,
+    WarmbuildError,
+)
 from .pool.broker import SlotBroker
 from .pool.ephemeral import EphemeralSettings, load_ephemeral_settings
 from .pool.leases import HolderInfo, builder_left
@@ -56,8 +64,10 @@ from .pool.run_certs import RunTls
 from .pool.state import ReleaseState, remove_state, state_file_path, write_state
 from .pool.workload import WorkloadKey, derive_workload_key
 from .report import Attempt, BuildResult, Placement, Timings, render_table, result_to_dict, write_result_file
-from .signals import signals_deferred
+from .signals import signal_pending, signals_deferred
 from .trust import Trust, check_direct_builder, decide_trust
+
+RELEASE_OUTAGE_SECONDS = 30.0  # a release the API server or scheduler does not answer is asked again this long
 
 
 class AttemptLost(Exception):
@@ -531,15 +541,40 @@ def write_run_tls(directory: Path, run_tls: RunTls) -> TlsFiles:
 
 
 def _give_back(broker: SlotBroker, grant: Grant, state_file: Path, log: TextIO) -> None:
-    """Release the slot or delete the ephemeral builder. On failure the build's outcome stands: the
-    state file stays for a `warmbuild release` post step to try again, and a slot frees itself when
-    its lease expires (an ephemeral builder is collected by `warmbuild gc`)."""
-    try:
-        broker.release(grant)
-        remove_state(state_file)
-    except WarmbuildError as exc:
-        if grant.path == "ephemeral":
-            what = f"delete ephemeral builder {grant.builder.name} ('warmbuild release' or 'warmbuild gc' will)"
-        else:
-            what = f"release slot {grant.lease.name} (it frees itself within {grant.lease.duration_seconds}s)"
-        print(f"warmbuild: warning: could not {what}: {exc.message}", file=log, flush=True)
+    """Release the slot or delete the ephemeral builder. An API server or scheduler that does not
+    answer (restarting) is asked again every second for up to RELEASE_OUTAGE_SECONDS — an ephemeral
+    builder left behind would run until `warmbuild gc` — unless a cancel signal is waiting (the
+    job must end within seconds then); a refusal right after such an outage (the restarted API
+    server's authorizer catching up) gets the same time. On failure the build's outcome stands: the state file stays
+    for a `warmbuild release` post step to try again, and a slot frees itself when its lease
+    expires (an ephemeral builder is collected by `warmbuild gc`)."""
+    deadline = time.monotonic() + RELEASE_OUTAGE_SECONDS
+    said = False
+    while True:
+        try:
+            broker.release(grant)
+            remove_state(state_file)
+            return
+        except (ClusterUnavailable, ClusterRefused) as exc:
+            # A 401/403 is final, except right after the API was away: a restarted API server
+            # refuses everyone until its authorizer has caught up.
+            retry = isinstance(exc, ClusterUnavailable) or said
+            if retry and time.monotonic() < deadline and not signal_pending():
+                if not said:
+                    print(
+                        f"warmbuild: {exc.message}; asking again every second for up to {RELEASE_OUTAGE_SECONDS:.0f}s",
+                        file=log,
+                        flush=True,
+                    )
+                    said = True
+                time.sleep(1.0)
+                continue
+            failure = exc
+        except WarmbuildError as exc:
+            failure = exc
+        break
+    if grant.path == "ephemeral":
+        what = f"delete ephemeral builder {grant.builder.name} ('warmbuild release' or 'warmbuild gc' will)"
+    else:
+        what = f"release slot {grant.lease.name} (it frees itself within {grant.lease.duration_seconds}s)"
+    print(f"warmbuild: warning: could not {what}: {failure.message}", file=log, flush=True)

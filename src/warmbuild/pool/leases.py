@@ -59,6 +59,7 @@ from __future__ import annotations
 import hmac
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -275,8 +276,13 @@ def try_acquire_slot(
     known: Mapping[str, LeaseView],
     duration: int = DEFAULT_LEASE_SECONDS,
 ) -> SlotLease | None:
-    """Take any free slot of `builder`, or return None. `known` is a recent listing of the pool's Leases."""
-    for slot in range(builder.slots):
+    """Take any free slot of `builder`, or return None. `known` is a recent listing of the pool's Leases.
+
+    The slots are tried from an offset of the holder's own (random per acquisition), not from slot 0:
+    acquirers racing for one builder from the same listing then mostly write different Leases
+    instead of all losing the first one's compare-and-swap to one winner, one 409 each, in turn."""
+    offset = zlib.crc32(holder.identity.encode()) % builder.slots if builder.slots else 0
+    for slot in (*range(offset, builder.slots), *range(offset)):
         name = slot_lease_name(builder.name, slot)
         lease = known.get(name)
         now = client.server_now()

@@ -1,9 +1,19 @@
 """The scheduler's client: a `SlotBroker` over HTTPS, for runners without Lease permissions.
 
-Needs only `requests`. Several scheduler URLs (replicas) may be given; a request that cannot be
-answered (connection refused, timeout, 5xx, malformed JSON) goes to the next replica, with a short
-backoff after each round, for a bounded number of rounds: a dead scheduler is a clear error
-within seconds. 401/403 and other 4xx answers are not retried. A renewal has a budget instead
+Needs only `requests`. Several scheduler replicas may be given, as comma-separated URLs
+(`--scheduler https://a:8443,https://b:8443`), or as one name that resolves to several addresses
+(a headless Service: urllib3 tries each address of the name in turn when it connects). A request
+that cannot be answered (connection refused or reset, connect timeout, 5xx, malformed JSON) goes
+to the next replica at once, with a short backoff after each round over all of them, for a bounded
+number of rounds. So a replica killed while a caller waits on it costs that caller well under 2 s:
+the broken long-poll is re-sent to the next replica at once (a refused or reset connection fails
+within milliseconds; one that is gone without a reset within the 1.5 s connect timeout). A replica
+that hangs mid-poll (stopped, not dead) is noticed only at the poll's read timeout.
+A scheduler that never answered this client is a clear error within seconds (a wrong URL or CA);
+once one has answered — a scheduler's JSON error counts: a 503 while the API server behind it
+restarts is an answer from a live replica — every replica being unreachable or answering 5xx at once (a rollout, a restart) is waited
+through within --max-wait, with one line, then the same error. 401/403 and other 4xx answers are
+not retried. A renewal has a budget instead
 (under a third of the lease duration, `pool.leases.renew_timeout`): its attempts, timeouts and
 backoffs all end within it, and the keeper (`SchedulerKeeper`, the rule of `pool.leases.SlotKeeper`)
 retries an unreachable scheduler through an outage; only 409 (LeaseLost) aborts the build.
@@ -44,7 +54,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from ..errors import BuilderStartFailed, ClusterError, InputError, LeaseLost, NoSlotAvailable
+from ..errors import BuilderStartFailed, ClusterError, ClusterUnavailable, InputError, LeaseLost, NoSlotAvailable
 from ..kube.kubeconfig import IN_CLUSTER_TOKEN
 from ..kube.oidc import GitHubOidcTokenSource
 from ..pool.leases import SlotKeeper, SlotLease
@@ -53,7 +63,8 @@ from ..pool.placement import Grant, PlacementRequest
 from ..pool.run_certs import RunTls
 
 PROJECTED_TOKEN = Path("/var/run/secrets/warmbuild.dev/scheduler/token")
-CONNECT_TIMEOUT_SECONDS = 3.0
+CONNECT_TIMEOUT_SECONDS = 1.5  # a replica that is gone (no RST) costs at most this before the next is asked
+OUTAGE_RETRY_SECONDS = 1.0
 READ_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 20.0
 ROUNDS = 3
@@ -65,7 +76,7 @@ class SchedulerError(ClusterError):
     """The scheduler refused or could not answer (exit 6, like other cluster access problems)."""
 
 
-class SchedulerUnavailable(SchedulerError):
+class SchedulerUnavailable(SchedulerError, ClusterUnavailable):
     """No replica answered within the retries."""
 
 
@@ -235,6 +246,7 @@ class SchedulerClient:
         self.clock = clock
         self._current = random.randrange(len(options.urls))  # spread clients over replicas
         self._held: dict[str, tuple[str, float]] = {}  # lease name -> (pool, when acquired by self.clock)
+        self._answered = False  # has any replica answered this client yet (any HTTP status)
 
     # -- SlotBroker -------------------------------------------------------------------------------
 
@@ -244,7 +256,7 @@ class SchedulerClient:
             started + request.max_wait_seconds + 2 * self.options.poll_seconds + 60
         )  # a server that only says "wait"
         announced = False
-        busy_said = False
+        busy_said = outage_said = False
         while True:
             waited = self.clock() - started
             body = {
@@ -276,6 +288,19 @@ class SchedulerClient:
                     log(f"{busy.message}; waiting")
                     busy_said = True
                 self.sleep(max(0.5, min(busy.retry_after, 30.0)))
+                continue
+            except SchedulerUnavailable as down:
+                # Never answered: a wrong URL or CA, said within seconds. Answered before: every replica
+                # is restarting at once (a rollout, the API server behind them): wait within --max-wait.
+                if not self._answered or self.clock() - started >= request.max_wait_seconds:
+                    raise
+                if not outage_said:
+                    log(
+                        f"{down.message}; asking again every {OUTAGE_RETRY_SECONDS:g}s for up to "
+                        f"{request.max_wait_seconds - (self.clock() - started):.0f}s (--max-wait)"
+                    )
+                    outage_said = True
+                self.sleep(OUTAGE_RETRY_SECONDS)
                 continue
             decision = answer.get("decision")
             if decision == "granted":
@@ -441,6 +466,9 @@ class SchedulerClient:
                     problem = f"cannot connect to {url}: {_short(exc)}"
                 else:
                     document, problem = _decode(response, url)
+                    # A JSON answer, even a 503 (the API server behind it restarting), is a warmbuild
+                    # scheduler at a right URL with a verified certificate.
+                    self._answered = self._answered or problem is None or _json_error(response)
                     if problem is None:
                         return self._check_status(
                             response.status_code, document, url, lost_on_409, response.headers.get("Retry-After")
@@ -494,6 +522,14 @@ def _decode(response: requests.Response, url: str) -> tuple[dict, str | None]:
     if not isinstance(document, dict):
         return {}, f"{url} answered {response.status_code} with malformed JSON: {_short(response.text) or 'empty body'}"
     return document, None
+
+
+def _json_error(response: requests.Response) -> bool:
+    try:
+        document = response.json()
+    except ValueError:
+        return False
+    return isinstance(document, dict) and "error" in document
 
 
 def _short(value, limit: int = 160) -> str:
