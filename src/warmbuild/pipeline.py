@@ -121,9 +121,7 @@ def run_build(
                 delay := registry_retry_delay(outcome.failure, ignored_export_errors(outcome), registry_retries)
             ) is not None:
                 what = outcome.failure.message if outcome.failure else "; ".join(ignored_export_errors(outcome))
-                retried = (
-                    f"the registry failed the push or cache export; solved again on the same builder after {delay:g}s"
-                )
+                retried = f"the registry failed the push, a pull or the cache export; solved again on the same builder after {delay:g}s"
                 print(f"warmbuild: warning: {retried}: {what}", file=log, flush=True)
                 warnings = (*warnings, f"{retried}: {what}")
                 _sleep(delay)

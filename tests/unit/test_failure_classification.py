@@ -121,3 +121,16 @@ def test_a_lease_deleted_with_its_builder_stops_the_solve_as_a_lost_builder():
     abort.trigger(reason, builder_left=builder_left(reason))
     abort.trigger("a second reason", builder_left=False)  # the first reason stands
     assert abort.reason == reason and abort.builder_left
+
+
+def test_a_registry_away_while_the_from_image_resolves_is_the_registrys_not_the_builds():
+    refused = 'failed to do request: Head "http://127.0.0.1:5000/v2/library/python/manifests/3.11-slim": dial tcp 127.0.0.1:5000: connect: connection refused'
+    for name in (
+        "[internal] load metadata for 127.0.0.1:5000/library/python:3.11-slim",
+        "[stage-0 1/3] FROM 127.0.0.1:5000/library/python:3.11-slim@sha256:ab",
+    ):
+        failed = classify(step(name, refused))
+        assert isinstance(failed, RegistryUnavailable) and failed.exit_code == 5 and "pull" in failed.message
+    # A FROM that names no such image is the Dockerfile's fault.
+    missing = classify(step("[internal] load metadata for 127.0.0.1:5000/nope:1", "127.0.0.1:5000/nope:1: not found"))
+    assert type(missing) is BuildFailed

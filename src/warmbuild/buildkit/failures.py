@@ -11,7 +11,7 @@ the caller, because each is handled differently:
   runs again on another builder — but only while `push_started` is false: once the image export of a
   pushing build began, part of the image or even its tag may be in the registry, and a second
   builder would push again (a different digest under the same tag), so the build fails with one line.
-- `RegistryUnavailable` (exit 5): the push (or a cache export) failed on the registry's side —
+- `RegistryUnavailable` (exit 5): the push (or a cache export, or the pull of a FROM image) failed on the registry's side —
   connection refused or reset, a 5xx, a timeout, or BuildKit's own upload collision. The solve is
   run again on the SAME builder after a pause (`registry_retry_delay`): every step is cached there,
   so a re-run costs the push, and the blobs that made it are found, not uploaded again.
@@ -90,6 +90,10 @@ REGISTRY_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
 # A failed cache export is only a warning: it is tried again briefly, never for long.
 CACHE_EXPORT_RETRY_DELAYS = (1.0, 2.0)
 
+# Steps that read from a registry: resolving a FROM image, pulling its layers. Their connection
+# errors and 5xx are the registry's (found by the soak: a registry away during FROM resolution).
+PULL_STEP = re.compile(r"^\[internal\] load metadata for |^\[[^\]]*\] FROM ")
+
 IMAGE_EXPORT_PREFIXES = ("exporting to image", "exporting to oci image", "exporting to docker image")
 
 
@@ -148,6 +152,8 @@ def classify_failure(
         cause = infrastructure_cause(failed.error or "", log_tail)
         if cause is not None:
             return _lost(f"{cause} on the builder in step '{failed.name}': {failed.error}", cause, pushing)
+        if PULL_STEP.match(failed.name) and is_registry_outage(failed.error or ""):
+            return RegistryUnavailable(f"the registry failed the pull in step '{failed.name}': {failed.error}")
         return BuildFailed(f"step '{failed.name}' failed: {failed.error}", log_tail=log_tail)
     message = buildctl_message.removeprefix("error: ") or "no message"  # the error line reads as one
     cause = infrastructure_cause(message)
