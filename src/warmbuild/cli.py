@@ -277,6 +277,12 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="waiting acquirers list the pool every round instead of sharing one watch per pool",
     )
+    scheduler.add_argument(
+        "--ephemeral-config",
+        default=None,
+        help="YAML of ephemeral builder settings (as for build): the scheduler then starts ephemeral "
+        "builders for untrusted callers (without it they are refused)",
+    )
     add_history_commands(sub, _add_cluster_arguments)  # history export
     add_simulation_commands(sub)  # simulate, plan
     return parser
@@ -433,6 +439,7 @@ def command_scheduler(args: argparse.Namespace) -> int:
         args.max_poll_seconds,
         args.max_concurrent,
         args.pool_watch,
+        args.ephemeral_config,
     )
     return 0
 

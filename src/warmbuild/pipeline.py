@@ -414,8 +414,18 @@ def _place_and_build(
                 f"({previous.cause}): {grant.reason}",
             )
         queue_seconds = time.monotonic() - started  # earlier attempts included
+        untrusted = placement.untrusted or grant.untrusted
+        if grant.untrusted and not placement.untrusted:
+            if not attempts:  # said once per build, not per attempt
+                say("the scheduler found this build untrusted: an ephemeral builder, registry cache import only")
+            kept, dropped = exports_allowed(request.cache_exports, untrusted=True)
+            if dropped:
+                warnings = (f"--cache-to dropped ({len(dropped)} export(s)): an untrusted build never writes a cache",)
+                if not attempts:
+                    say(f"warning: {warnings[0]}")
+                request = replace(request, cache_exports=kept)
         cache = cache_options(
-            grant.path, options.cache_ref, options.cache_export, request.push, placement.untrusted, request.compression
+            grant.path, options.cache_ref, options.cache_export, request.push, untrusted, request.compression
         )
         request = replace(
             request,
@@ -428,6 +438,8 @@ def _place_and_build(
                 say(f"starting an ephemeral builder: {grant.reason}")
                 begun = time.monotonic()
                 grant = broker.start_ephemeral(placement, grant, options.ephemeral, on_created)
+                if grant.lease.release_token:  # started by the scheduler: released through it, by token
+                    held(lease=grant.lease.name, holder=grant.lease.holder, release_token=grant.lease.release_token)
                 keeper = broker.keep(grant, on_lost=_aborter(abort), log=say)
                 grant = broker.wait_ready(grant, options.ephemeral)
                 startup_seconds = time.monotonic() - begun

@@ -337,6 +337,10 @@ def test_cluster_access_from_inputs():
     assert dict(cluster_access({"scheduler": "https://127.0.0.1:8443", "token": "sa"}).env) == {
         "WARMBUILD_SCHEDULER_TOKEN": "sa"
     }
+    # Off the cluster: the scheduler and the job's own OIDC token, nothing else.
+    assert dict(cluster_access({"scheduler": "https://sched", "oidc-audience": "warmbuild-scheduler"}).env) == {
+        "WARMBUILD_SCHEDULER_OIDC_AUDIENCE": "warmbuild-scheduler"
+    }
     oidc = cluster_access({"server": "https://127.0.0.1:6443", "oidc-audience": "warmbuild"})
     assert dict(oidc.env)["WARMBUILD_K8S_OIDC_AUDIENCE"] == "warmbuild"
     for bad, fragment in (
@@ -346,6 +350,7 @@ def test_cluster_access_from_inputs():
         ({"server": "https://127.0.0.1:6443", "token": "t", "oidc-audience": "a"}, "exactly one of"),
         ({"server": "https://127.0.0.1:6443", "token": "t", "certificate-authority-data": "not base64!"}, "not base64"),
         ({"scheduler": "https://127.0.0.1:8443", "kubeconfig": KUBECONFIG}, "with input 'scheduler'"),
+        ({"scheduler": "https://127.0.0.1:8443", "token": "t", "oidc-audience": "a"}, "not both"),
     ):
         with pytest.raises(InputError) as err:
             cluster_access(bad)

@@ -36,6 +36,8 @@ class Reviewer:
 
 
 class Service:
+    ephemeral = None  # a scheduler without ephemeral settings: untrusted callers are refused
+
     def __init__(self):
         self.inside = threading.Event()
         self.release = threading.Event()

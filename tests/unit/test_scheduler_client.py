@@ -13,7 +13,8 @@ import requests
 import responses
 
 from warmbuild import cli
-from warmbuild.errors import InputError, LeaseLost, NoSlotAvailable
+from warmbuild.errors import ClusterError, InputError, LeaseLost, NoSlotAvailable
+from warmbuild.pool.ephemeral import EphemeralSettings
 from warmbuild.pool.leases import HolderInfo
 from warmbuild.pool.placement import PlacementRequest
 from warmbuild.pool.workload import explicit_key
@@ -230,10 +231,30 @@ def test_an_unverifiable_certificate_stops_at_once_and_names_the_flag():
 
 
 @responses.activate
-def test_untrusted_builds_are_refused_before_any_request():
-    with pytest.raises(NoSlotAvailable, match="untrusted build needs an ephemeral builder"):
-        make_client(A).acquire(request(untrusted=True))
-    assert not responses.calls
+def test_an_untrusted_build_says_so_and_gets_the_ephemeral_builder_the_scheduler_started():
+    answer = {
+        **GRANTED,
+        "path": "ephemeral",
+        "affine": False,
+        "untrusted": True,
+        "lease": {**GRANTED["lease"], "name": "warmbuild-default-ephemeral-0123abcd"},
+        "builder": {"name": "warmbuild-default-ephemeral-0123abcd", "address": "", "server_name": "pod.name"},
+        "run_tls": {"server_name": "pod.name", "ca": "CA", "cert": "CERT", "key": "KEY"},
+    }
+    responses.post(acquire_url(A), json=answer)
+    client = make_client(A)
+    grant = client.acquire(request(untrusted=True))
+    sent = json.loads(responses.calls[-1].request.body)
+    assert sent["untrusted"] is True and sent["key_path"] == "repo|Dockerfile"
+    assert grant.path == "ephemeral" and grant.untrusted and grant.run_tls.key_pem == b"KEY"
+    assert "KEY" not in repr(grant)
+    status_url = f"{A}/v1/slots/warmbuild-default-ephemeral-0123abcd/ephemeral"
+    responses.post(status_url, json={"ready": False, "address": "", "failed": ""})
+    responses.post(status_url, json={"ready": True, "address": "tcp://10.0.0.9:1234", "failed": ""})
+    ready = client.wait_ready(client.start_ephemeral(request(), grant, EphemeralSettings(), None), EphemeralSettings())
+    assert ready.builder.address == "tcp://10.0.0.9:1234"
+    body = json.loads(responses.calls[-1].request.body)
+    assert body["release_token"] == "secret-release-token" and body["holder"] == grant.lease.holder
 
 
 @responses.activate
@@ -564,3 +585,23 @@ def test_a_503_from_the_first_request_is_an_answer_and_waited_through():
     grant = make_client(A, B, fake=fake).acquire(request(max_wait=60), log=lines.append)
     assert grant.lease.name == "builders-1-slot-0" and 115 <= fake.now < 118
     assert len(lines) == 1 and "answered 503: cannot review the token" in lines[0], lines
+
+
+@responses.activate
+def test_on_github_the_scheduler_gets_the_jobs_oidc_token_re_minted_for_each_request():
+    responses.get("https://token.test/request", json={"value": "x.eyJleHAiOiAxfQ.y"})  # exp long past: re-mint
+    environ = {
+        "WARMBUILD_SCHEDULER_OIDC_AUDIENCE": "warmbuild-scheduler",
+        "ACTIONS_ID_TOKEN_REQUEST_URL": "https://token.test/request",
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "request-token",
+    }
+    options = scheduler_options(A, None, None, None, environ)
+    assert options.token_source is not None and options.token_file is None
+    assert responses.calls[0].request.params == {"audience": "warmbuild-scheduler"}
+    options.token_source()
+    assert len(responses.calls) == 2  # expired: minted again
+    # Without the job's permission: one line naming it.
+    with pytest.raises(ClusterError, match="id-token: write"):
+        scheduler_options(A, None, None, None, {"WARMBUILD_SCHEDULER_OIDC_AUDIENCE": "a"})
+    # A token given outright wins.
+    assert scheduler_options(A, "given", None, None, environ).token == "given"

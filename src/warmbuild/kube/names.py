@@ -34,6 +34,19 @@ UNHEALTHY_ANNOTATION = "warmbuild.dev/unhealthy"
 UNHEALTHY_SINCE_ANNOTATION = "warmbuild.dev/unhealthy-since"
 UNHEALTHY_BY_ANNOTATION = "warmbuild.dev/unhealthy-by"
 
+# ------------------------------------------------------ TokenReview user.extra keys (verified CI claims)
+# Set by the API server's JWT authenticators for CI platforms' OIDC tokens, as the chart renders them
+# (templates/apiserver-authentication.yaml): one value each, the same keys for GitHub and GitLab.
+
+VERIFIED_ISSUER = "warmbuild.dev/issuer"  # "github" | "gitlab"
+VERIFIED_REPOSITORY = "warmbuild.dev/repository"  # GitHub repository, GitLab project_path
+VERIFIED_REF = "warmbuild.dev/ref"  # always a full ref: refs/heads/..., refs/tags/..., refs/pull/...
+VERIFIED_EVENT = "warmbuild.dev/event"  # GitHub event_name, GitLab pipeline_source
+VERIFIED_PROTECTED = "warmbuild.dev/protected"  # "true" | "false": the ref is protected
+VERIFIED_FORK = "warmbuild.dev/fork"  # "true" | "false": the event may run a change from outside
+VERIFIED_WORKFLOW = "warmbuild.dev/workflow"  # GitHub job_workflow_ref, GitLab ci_config_ref_uri
+VERIFIED_AUDIENCE = "warmbuild.dev/audience"  # the token's aud claim (one or more values)
+
 # ---------------------------------------------------------------------------------------------- limits
 
 LABEL_VALUE_MAX = 63  # Kubernetes: a label value is at most 63 characters

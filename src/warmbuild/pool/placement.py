@@ -86,6 +86,7 @@ class Grant:
     reason: str
     requested_at: datetime | None = None  # API-server time placement began (for the history record)
     run_tls: RunTls | None = None  # an ephemeral builder's per-run CA, client pair and server name
+    untrusted: bool = False  # the scheduler found the caller untrusted (its grant or verified claims)
     marked: bool = False  # the builder carries an unhealthy mark past its cool-down: a success clears it
 
 

@@ -18,6 +18,12 @@ not retried. A renewal has a budget instead
 backoffs all end within it, and the keeper (`SchedulerKeeper`, the rule of `pool.leases.SlotKeeper`)
 retries an unreachable scheduler through an outage; only 409 (LeaseLost) aborts the build.
 
+An untrusted caller (its own --untrusted, or the scheduler's verdict on its grant or verified CI
+claims) gets an ephemeral builder the scheduler started: the grant says `untrusted`, carries the run
+Lease, the pod's name and its per-run certificates; `wait_ready` asks the scheduler until the pod is
+Ready; release deletes it. The key sent names the part the job chose (`key_path`) besides the whole
+key: a caller with a verified repository gets that repository's key, whatever it sends.
+
 Acquire is a long-poll loop: each request waits at most `poll_seconds` on the server; a "wait"
 answer means poll again, reporting how long we have waited, until "granted" or "fallback". A 429
 (this identity is at its limit) is waited out for its Retry-After, and polled again.
@@ -28,8 +34,11 @@ lives in the grant's `SlotLease.release_token` (never in a repr) and in the 0600
 
 The token sent is one minted for the scheduler's audience (default `warmbuild-scheduler`): in a pod,
 a projected service account token at PROJECTED_TOKEN (the chart's examples mount one there), else
---scheduler-token-file / WARMBUILD_SCHEDULER_TOKEN(_FILE); the pod's own API-server token is the last
-resort, accepted only by a scheduler configured with `audiences: []`.
+--scheduler-token-file / WARMBUILD_SCHEDULER_TOKEN(_FILE) (a GitLab job's `id_tokens` variable, a
+Jenkins credential file), else on GitHub Actions the job's own OIDC token for
+WARMBUILD_SCHEDULER_OIDC_AUDIENCE (`kube.oidc.GitHubOidcTokenSource`, re-minted before it expires, so a
+long build still renews); the pod's own API-server token is the last resort, accepted only by a
+scheduler configured with `audiences: []`.
 """
 
 from __future__ import annotations
@@ -45,11 +54,13 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from ..errors import ClusterError, ClusterUnavailable, InputError, LeaseLost, NoSlotAvailable
+from ..errors import BuilderStartFailed, ClusterError, ClusterUnavailable, InputError, LeaseLost, NoSlotAvailable
 from ..kube.kubeconfig import IN_CLUSTER_TOKEN
+from ..kube.oidc import GitHubOidcTokenSource
 from ..pool.leases import SlotKeeper, SlotLease
 from ..pool.membership import Builder
 from ..pool.placement import Grant, PlacementRequest
+from ..pool.run_certs import RunTls
 
 PROJECTED_TOKEN = Path("/var/run/secrets/warmbuild.dev/scheduler/token")
 CONNECT_TIMEOUT_SECONDS = 1.5  # a replica that is gone (no RST) costs at most this before the next is asked
@@ -87,6 +98,7 @@ class SchedulerOptions:
     token: str
     ca_file: str | None = None  # None: the system's CA bundle
     token_file: str | None = None  # re-read for every request: kubelet rotates projected tokens
+    token_source: Callable[[], str] | None = None  # e.g. GitHub's OIDC token, re-minted before it expires
     poll_seconds: float = POLL_SECONDS
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS
     read_timeout: float = READ_TIMEOUT_SECONDS
@@ -118,8 +130,21 @@ def scheduler_token_file(token: str | None, token_file: str | None, environ: Map
     return token_file
 
 
+def oidc_token_source(
+    token: str | None, token_file: str | None, environ: Mapping[str, str]
+) -> Callable[[], str] | None:
+    """GitHub's OIDC token for WARMBUILD_SCHEDULER_OIDC_AUDIENCE, unless a token or file is given."""
+    audience = (environ.get("WARMBUILD_SCHEDULER_OIDC_AUDIENCE") or "").strip()
+    if not audience or token or token_file or environ.get("WARMBUILD_SCHEDULER_TOKEN"):
+        return None
+    if environ.get("WARMBUILD_SCHEDULER_TOKEN_FILE"):
+        return None
+    return GitHubOidcTokenSource.from_env(environ, audience).token
+
+
 def scheduler_token(token: str | None, token_file: str | None, environ: Mapping[str, str]) -> str:
-    """The bearer token: --scheduler-token / WARMBUILD_SCHEDULER_TOKEN, a token file, or the pod's SA token."""
+    """The bearer token: --scheduler-token / WARMBUILD_SCHEDULER_TOKEN, a token file, the job's OIDC
+    token, or the pod's SA token."""
     token = token or environ.get("WARMBUILD_SCHEDULER_TOKEN")
     if token:
         return token.strip()
@@ -127,7 +152,8 @@ def scheduler_token(token: str | None, token_file: str | None, environ: Mapping[
     if not token_file:
         raise InputError(
             "no token for the scheduler: pass --scheduler-token-file FILE, or set WARMBUILD_SCHEDULER_TOKEN "
-            "(a Kubernetes service account token), or run in a pod with a service account"
+            "(a GitLab id_tokens variable, or a Kubernetes service account token), or "
+            "WARMBUILD_SCHEDULER_OIDC_AUDIENCE on GitHub Actions, or run in a pod with a service account"
         )
     try:
         text = Path(token_file).read_text().strip()
@@ -144,8 +170,12 @@ def scheduler_options(
     environ = os.environ if environ is None else environ
     if ca_file and not Path(ca_file).is_file():
         raise InputError(f"--scheduler-ca {ca_file} does not exist")
+    parsed = parse_scheduler_urls(urls)
+    source = oidc_token_source(token, token_file, environ)
+    if source is not None:
+        return SchedulerOptions(urls=parsed, token=source(), ca_file=ca_file, token_source=source)
     return SchedulerOptions(
-        urls=parse_scheduler_urls(urls),
+        urls=parsed,
         token=scheduler_token(token, token_file, environ),
         ca_file=ca_file,
         token_file=scheduler_token_file(token, token_file, environ),
@@ -180,11 +210,24 @@ def grant_from_answer(answer: dict, waited_seconds: float) -> Grant:
             path=str(answer["path"]),
             waited_seconds=round(waited_seconds, 3),
             reason=str(answer.get("reason", "")),
+            run_tls=_run_tls(answer.get("run_tls")),
+            untrusted=answer.get("untrusted") is True,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SchedulerError(
             f"the scheduler's grant is incomplete ({type(exc).__name__}: {exc}); is it a warmbuild scheduler?"
         ) from None
+
+
+def _run_tls(document) -> RunTls | None:
+    if not document:
+        return None
+    return RunTls(
+        server_name=str(document["server_name"]),
+        ca_pem=str(document["ca"]).encode(),
+        cert_pem=str(document["cert"]).encode(),
+        key_pem=str(document["key"]).encode(),
+    )
 
 
 class SchedulerClient:
@@ -208,11 +251,6 @@ class SchedulerClient:
     # -- SlotBroker -------------------------------------------------------------------------------
 
     def acquire(self, request: PlacementRequest, log: Callable[[str], None] = lambda _line: None) -> Grant:
-        if request.untrusted:
-            raise NoSlotAvailable(
-                "an untrusted build needs an ephemeral builder, which the scheduler does not start: "
-                "build with --pool and Kubernetes credentials instead of --scheduler"
-            )
         started = self.clock()
         give_up = (
             started + request.max_wait_seconds + 2 * self.options.poll_seconds + 60
@@ -231,6 +269,8 @@ class SchedulerClient:
                 "holder_hint": request.holder.identity,
                 # The scheduler waits then spills, or fails at once; auto/ephemeral need a Kubernetes client.
                 "fallback": "fail" if request.fallback == "fail" else "wait",
+                "key_path": request.key.path,
+                "untrusted": request.untrusted,
             }
             if request.avoid:  # sent only on a retry, so a scheduler older than the field serves every first try
                 body["avoid_builders"] = list(request.avoid)
@@ -287,13 +327,35 @@ class SchedulerClient:
                 )
 
     def start_ephemeral(self, request: PlacementRequest, grant: Grant, settings, on_created) -> Grant:
-        raise NoSlotAvailable(
-            "the scheduler does not start ephemeral builders: build with --pool and Kubernetes "
-            "credentials instead of --scheduler"
-        )
+        """Nothing to start: the scheduler made the pod with the grant (its release token, not the
+        pod, is what `warmbuild release` needs, so `on_created` is not called)."""
+        if grant.lease is None or grant.builder is None:
+            raise SchedulerError("the scheduler's ephemeral grant names no builder; is it a warmbuild scheduler?")
+        return grant
 
     def wait_ready(self, grant: Grant, settings) -> Grant:
-        return grant  # never an ephemeral grant (start_ephemeral refuses)
+        """Ask the scheduler until the ephemeral builder is Ready (BuilderStartFailed, exit 9, if it
+        fails or is not Ready within the settings' startup timeout)."""
+        deadline = self.clock() + settings.startup_timeout_seconds
+        lease = grant.lease
+        while True:
+            left = deadline - self.clock()
+            if left <= 0:
+                raise BuilderStartFailed(
+                    f"ephemeral builder {grant.builder.name} was not ready after "
+                    f"{settings.startup_timeout_seconds:.0f}s (the scheduler started it)"
+                )
+            wait = min(self.options.poll_seconds, left)
+            answer = self._call(
+                "POST",
+                f"/v1/slots/{quote(lease.name, safe='')}/ephemeral",
+                {"holder": lease.holder, "release_token": lease.release_token, "wait_seconds": round(wait, 3)},
+                read_timeout=wait + self.options.read_timeout,
+            )
+            if answer.get("failed"):
+                raise BuilderStartFailed(f"ephemeral builder {grant.builder.name}: {answer['failed']}")
+            if answer.get("ready") and answer.get("address"):
+                return replace(grant, builder=replace(grant.builder, address=str(answer["address"])))
 
     def record(self, request: PlacementRequest, grant: Grant, result) -> None:
         """Nothing: this runner has no access to the pool's history; the scheduler's placement reads it."""
@@ -420,6 +482,8 @@ class SchedulerClient:
         )
 
     def _token(self) -> str:
+        if self.options.token_source is not None:
+            return self.options.token_source()
         if self.options.token_file:
             try:
                 return Path(self.options.token_file).read_text().strip() or self.options.token
