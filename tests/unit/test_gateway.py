@@ -214,3 +214,76 @@ def test_without_a_csr_a_grant_has_no_gateway_part(gateway_app):
     base, _service, _ = gateway_app
     answer = post(base, "/v1/pools/default/acquire", {"workload_key": "k", "max_wait_seconds": 0}).json()
     assert answer["decision"] == "granted" and "gateway" not in answer
+
+
+# -- the client ------------------------------------------------------------------------------------
+
+responses = pytest.importorskip("responses")
+
+from warmbuild.pipeline import builder_endpoint  # noqa: E402
+from warmbuild.pool.leases import HolderInfo  # noqa: E402
+from warmbuild.pool.placement import PlacementRequest  # noqa: E402
+from warmbuild.pool.workload import explicit_key  # noqa: E402
+from warmbuild.scheduler.client import SchedulerClient, SchedulerOptions  # noqa: E402
+
+URL = "https://gw.example.com:8443"
+
+
+@responses.activate
+def test_a_runner_builds_through_the_gateway_with_its_own_key_and_the_granted_certificate(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    signer = GrantSigner.from_files(*map(str, make_ca(tmp_path)))
+    sent: list[dict] = []
+
+    def grant(request):
+        import json
+
+        body = json.loads(request.body)
+        sent.append(body)
+        certificate = signer.sign(body["csr"], "builders-1", 15).cert_pem
+        return (
+            200,
+            {},
+            json.dumps(
+                {
+                    "decision": "granted",
+                    "waited_seconds": 0.0,
+                    "reason": "affine",
+                    "lease": {
+                        "name": "builders-1-slot-0",
+                        "namespace": "warmbuild",
+                        "holder": "h/1@ci",
+                        "transitions": 1,
+                        "duration_seconds": 15,
+                        "acquired_at": "2026-01-02T03:04:05+00:00",
+                        "release_token": "t",
+                    },
+                    "builder": {"name": "builders-1", "address": "tcp://10.0.0.7:1234", "server_name": "b.svc"},
+                    "path": "warm",
+                    "affine": True,
+                    "gateway": {
+                        "address": "gw.example.com:8443",
+                        "server_name": "builders-1.builders.warmbuild.internal",
+                        "ca": "GATEWAY CA\n",
+                        "certificate": certificate,
+                    },
+                }
+            ),
+        )
+
+    responses.add_callback(responses.POST, f"{URL}/v1/pools/default/acquire", callback=grant)
+    responses.post(f"{URL}/v1/slots/builders-1-slot-0/release", json={"released": True})
+    client = SchedulerClient(SchedulerOptions(urls=(URL,), token="tok"))
+    placement = PlacementRequest("warmbuild", "default", explicit_key("k"), HolderInfo("h"), 0, 15)
+    granted = client.acquire(placement)
+    route = granted.gateway
+    assert route.address == "tcp://gw.example.com:8443" and route.server_name.startswith("builders-1.")
+    assert route.key.parent.parent == tmp_path / "warmbuild" and route.key.parent.stat().st_mode & 0o777 == 0o700
+    assert certificate_name(route.cert.read_bytes()) == "builders-1" and route.ca.read_text() == "GATEWAY CA\n"
+    assert "PRIVATE" not in sent[0]["csr"]
+    with builder_endpoint(granted, None) as endpoint:  # no TLS flags given: the gateway's files all the same
+        assert endpoint.address == "tcp://gw.example.com:8443"
+        assert endpoint.tls.server_name == "builders-1.builders.warmbuild.internal"
+        assert endpoint.tls.key == route.key and endpoint.tls.cert == route.cert
+    assert client.release(granted) is True
+    assert not route.key.parent.exists()  # the key and certificate end with the grant
