@@ -287,3 +287,22 @@ def test_a_runner_builds_through_the_gateway_with_its_own_key_and_the_granted_ce
         assert endpoint.tls.key == route.key and endpoint.tls.cert == route.cert
     assert client.release(granted) is True
     assert not route.key.parent.exists()  # the key and certificate end with the grant
+
+
+def test_an_ephemeral_builder_behind_the_gateway_accepts_the_gateway_and_the_gateway_can_verify_it(tmp_path):
+    from warmbuild.pool.run_certs import GatewayTrust, make_run_certificates
+
+    (tmp_path / "grant").mkdir()
+    (tmp_path / "pool").mkdir()
+    grant_cert, grant_key = make_ca(tmp_path / "grant")
+    pool_ca = make_ca(tmp_path / "pool")[0].read_bytes()
+    trust = GatewayTrust(pool_ca, grant_cert.read_bytes(), grant_key.read_bytes())
+    made = make_run_certificates("warmbuild-p-ephemeral-ab12", 600, gateway=trust)
+    server = x509.load_pem_x509_certificate(made.server_cert_pem)
+    grant = x509.load_pem_x509_certificate(grant_cert.read_bytes())
+    server.verify_directly_issued_by(grant)  # the gateway's upstream bundle holds the grant CA
+    assert pool_ca in made.ca_pem and made.ca_pem.count(b"BEGIN CERTIFICATE") == 2  # run CA + the pool CA
+    assert made.client.ca_pem == grant_cert.read_bytes()
+    assert "PRIVATE" not in repr(trust)
+    plain = make_run_certificates("warmbuild-p-ephemeral-cd34", 600)
+    assert plain.ca_pem == plain.client.ca_pem and plain.ca_pem.count(b"BEGIN CERTIFICATE") == 1
