@@ -839,9 +839,8 @@ class PodWorker(threading.Thread):
             text = text.replace(mount["mountPath"].rstrip("/"), str(volumes_dir / mount["name"]))
         host_config = self.pod_dir / "haproxy.cfg"
         host_config.write_text(text)
-        env = {**os.environ, **self.container_env(pod, proxy)}
-        sync_argv, sync_env = self.host_command(pod, container_named(pod, "sync"), kubeconfig)
-        env.update({k: v for k, v in sync_env.items() if k not in os.environ or k == "KUBECONFIG"})
+        sync_argv, env = self.host_command(pod, container_named(pod, "sync"), kubeconfig)
+        env.update(self.container_env(pod, proxy))  # one process group: both containers' variables
         return [str(RUN_GATEWAY), str(host_config), "--", *sync_argv], env
 
     def host_command(self, pod: dict, container: dict, kubeconfig: Path) -> tuple[list[str], dict[str, str]]:
@@ -859,9 +858,9 @@ class PodWorker(threading.Thread):
                     part = part.replace(root, str(volumes_dir / mount["name"]))
                     break
             mapped.append(part)
-        env = {name: value for name, value in os.environ.items() if name != "KUBECONFIG"}
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG" and not k.startswith("WARMBUILD_K8S_")}
         env.update(container_env)
-        env["KUBECONFIG"] = str(kubeconfig)
+        env["KUBECONFIG"] = str(kubeconfig)  # the pod's service account, as in the pod
         return mapped, env
 
     def host_path(self, container: dict, path: str) -> Path:
