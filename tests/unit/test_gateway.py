@@ -306,3 +306,32 @@ def test_an_ephemeral_builder_behind_the_gateway_accepts_the_gateway_and_the_gat
     assert "PRIVATE" not in repr(trust)
     plain = make_run_certificates("warmbuild-p-ephemeral-cd34", 600)
     assert plain.ca_pem == plain.client.ca_pem and plain.ca_pem.count(b"BEGIN CERTIFICATE") == 1
+
+
+def test_the_map_replaces_the_running_one_atomically_through_the_admin_socket(tmp_path):
+    """A stand-in for HAProxy's admin socket: one command line per connection, as HAProxy reads it."""
+    import socket as socketlib
+
+    from warmbuild.gateway.sync import push_map
+
+    path = str(tmp_path / "admin.sock")
+    server = socketlib.socket(socketlib.AF_UNIX)
+    server.bind(path)
+    server.listen()
+    lines: list[str] = []
+
+    def serve():
+        for answer in ("New version created: 4\n", "\n"):
+            connection, _ = server.accept()
+            with connection:
+                lines.append(connection.recv(65536).decode().strip())
+                connection.sendall(answer.encode())
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    push_map(path, tmp_path / "builders.map", {"b-0.d.internal": "10.0.0.5|1234|b-0.b.ns.svc"})
+    thread.join(5)
+    server.close()
+    map_file = tmp_path / "builders.map"
+    assert lines[0] == f"prepare map {map_file}"
+    assert lines[1] == f"add map @4 {map_file} b-0.d.internal 10.0.0.5|1234|b-0.b.ns.svc;commit map @4 {map_file}"
