@@ -335,3 +335,20 @@ def test_the_map_replaces_the_running_one_atomically_through_the_admin_socket(tm
     map_file = tmp_path / "builders.map"
     assert lines[0] == f"prepare map {map_file}"
     assert lines[1] == f"add map @4 {map_file} b-0.d.internal 10.0.0.5|1234|b-0.b.ns.svc;commit map @4 {map_file}"
+
+
+def test_the_scheduler_gives_its_ephemeral_builders_the_gateways_trust(gateway_app):
+    """What the scheduler hands `make_run_certificates` for an ephemeral builder behind the gateway."""
+    from warmbuild.pool.run_certs import make_run_certificates
+
+    _base, _service, tmp_path = gateway_app
+    ca_cert, ca_key = tmp_path / "ca.crt", tmp_path / "ca.key"
+    issuer = GatewayIssuer.from_options(
+        GatewayOptions("gw:8443", str(tmp_path / "gateway-ca.crt"), str(ca_cert), str(ca_key), "")
+    )
+    trust = issuer.run_trust()
+    assert trust.server_ca_cert_pem == ca_cert.read_bytes() and trust.client_ca_pem == b"GATEWAY CA\n"
+    made = make_run_certificates("warmbuild-p-ephemeral-ef56", 600, gateway=trust)
+    x509.load_pem_x509_certificate(made.server_cert_pem).verify_directly_issued_by(
+        x509.load_pem_x509_certificate(ca_cert.read_bytes())
+    )

@@ -73,4 +73,8 @@ def test_builders_admit_the_gateway_and_the_gateway_admits_everyone_on_its_port(
 def test_the_gateway_needs_the_charts_generated_certificates():
     message = render_error(sets=(*GATEWAY, "tls.certManager.enabled=true"))
     assert "gateway.enabled needs tls.enabled with the chart's generated certificates" in message
-    assert not [d for d in render(sets=("scheduler.enabled=true", "scheduler.tls.existingSecret=s")) if "gateway" in d["metadata"]["name"]]
+    assert not [
+        d
+        for d in render(sets=("scheduler.enabled=true", "scheduler.tls.existingSecret=s"))
+        if "gateway" in d["metadata"]["name"]
+    ]

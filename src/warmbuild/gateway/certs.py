@@ -76,6 +76,7 @@ class GrantSigner:
 
         self._ca = x509.load_pem_x509_certificate(ca_cert_pem)
         self._key = serialization.load_pem_private_key(ca_key_pem, password=None)
+        self._key_pem = ca_key_pem
         self.ca_cert_pem = ca_cert_pem
 
     @classmethod

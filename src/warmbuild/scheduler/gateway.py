@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..gateway.certs import MARGIN_SECONDS, BadCsr, GrantSigner
 from ..gateway.names import check_domain, gateway_server_name
+from ..pool.run_certs import GatewayTrust
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,12 @@ class GatewayIssuer:
         except ValueError as exc:
             raise InputError(f"the gateway's settings: {exc}") from None
         return cls(signer, options.address, ca_pem, domain)
+
+    def run_trust(self) -> GatewayTrust:
+        """For an ephemeral builder the scheduler starts for a runner behind the gateway: its run
+        certificates (`pool.run_certs.make_run_certificates(..., gateway=...)`) make it accept the
+        gateway (the pool CA) and be verifiable by it (its server certificate signed by the grant CA)."""
+        return GatewayTrust(self.ca_pem.encode(), self.signer.ca_cert_pem, self.signer._key_pem)
 
     def check(self, csr_pem: str) -> None:
         """BadCsr unless `csr_pem` can be signed (before a slot is taken for it)."""
