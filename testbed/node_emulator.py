@@ -675,6 +675,7 @@ class PodWorker(threading.Thread):
         self.not_before = 0.0  # crash-loop back-off: no new start before this monotonic time
         self.quick_exits = 0
         self.finished = False  # the container ended for good (restartPolicy, deadline)
+        self.empty_dirs: set[str] = set()  # the gateway pod's emptyDir volumes (volume_dir)
 
     def update(self, pod: dict | None) -> None:
         self.latest = pod
@@ -818,11 +819,18 @@ class PodWorker(threading.Thread):
 
     # ---- the gateway pod: HAProxy and its sync sidecar, every container path mapped to the host
 
+    def volume_dir(self, name: str) -> Path:
+        """Where a volume lives on the host. emptyDirs under a short path: HAProxy takes unix socket
+        paths of at most 97 bytes, and the sockets of the gateway pod live in one."""
+        if name in self.empty_dirs:
+            return Path("/tmp") / f"wb-{self.uid[:8]}" / name
+        return self.pod_dir / "volumes" / name
+
     def gateway_process(self, pod: dict) -> tuple[list[str], dict[str, str]]:
         """(argv, env) of testbed/run-gateway for this pod, after its init containers ran."""
-        volumes_dir = self.pod_dir / "volumes"
+        self.empty_dirs = {v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v}
         for volume in pod["spec"].get("volumes") or []:
-            self.write_volume(pod, volume, volumes_dir / volume["name"])
+            self.write_volume(pod, volume, self.volume_dir(volume["name"]))
         kubeconfig = self.pod_dir / "kubeconfig"
         self.emulator.write_service_account_kubeconfig(pod, kubeconfig)
         for init in pod["spec"].get("initContainers") or []:
@@ -836,7 +844,7 @@ class PodWorker(threading.Thread):
         config = self.host_path(proxy, args[args.index("-f") + 1])
         text = config.read_text()
         for mount in sorted(proxy.get("volumeMounts") or [], key=lambda m: -len(m["mountPath"])):  # longest first
-            text = text.replace(mount["mountPath"].rstrip("/"), str(volumes_dir / mount["name"]))
+            text = text.replace(mount["mountPath"].rstrip("/"), str(self.volume_dir(mount["name"])))
         host_config = self.pod_dir / "haproxy.cfg"
         host_config.write_text(text)
         sync_argv, env = self.host_command(pod, container_named(pod, "sync"), kubeconfig)
@@ -849,13 +857,12 @@ class PodWorker(threading.Thread):
         argv = [expand_env_references(part, container_env) for part in (container.get("command") or [])]
         argv += [expand_env_references(part, container_env) for part in (container.get("args") or [])]
         mounts = sorted(container.get("volumeMounts") or [], key=lambda m: -len(m["mountPath"]))
-        volumes_dir = self.pod_dir / "volumes"
         mapped = []
         for part in argv:
             for mount in mounts:
                 root = mount["mountPath"].rstrip("/")
                 if root in part:
-                    part = part.replace(root, str(volumes_dir / mount["name"]))
+                    part = part.replace(root, str(self.volume_dir(mount["name"])))
                     break
             mapped.append(part)
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG" and not k.startswith("WARMBUILD_K8S_")}
@@ -867,7 +874,7 @@ class PodWorker(threading.Thread):
         mount, rest = mount_for(container, path)
         if mount is None:
             raise RuntimeError(f"{path}: no volumeMount covers it")
-        return self.pod_dir / "volumes" / mount["name"] / rest
+        return self.volume_dir(mount["name"]) / rest
 
     def write_volume(self, pod: dict, volume: dict, directory: Path) -> None:
         """Secret and projected-Secret volumes as below; a ConfigMap's keys as files; an emptyDir empty."""
@@ -1071,6 +1078,7 @@ class PodWorker(threading.Thread):
         """A StatefulSet pod keeps its buildkitd root (its "volume") for the next pod of that name."""
         (self.pod_dir / "kubeconfig").unlink(missing_ok=True)
         shutil.rmtree(self.pod_dir / "volumes", ignore_errors=True)  # Secrets never outlive the pod
+        shutil.rmtree(Path("/tmp") / f"wb-{self.uid[:8]}", ignore_errors=True)  # emptyDirs (volume_dir)
         if not keep_cache:
             shutil.rmtree(self.pod_dir, ignore_errors=True)
 

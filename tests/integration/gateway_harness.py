@@ -159,100 +159,102 @@ def gateway_release(core, directory: Path):
     ]
     with private_node(core, NODE, FIRST_IP, state):
         remove_release(core)
-        done = helm(
-            "install",
-            RELEASE,
-            str(CHART),
-            "--namespace",
-            NAMESPACE,
-            "--create-namespace",
-            "--wait",
-            "--timeout",
-            "180s",
-            "--set",
-            f"pool={POOL}",
-            "--set",
-            f"builder.replicas={REPLICAS}",
-            "--set",
-            "persistence.enabled=false",
-            "--set",
-            "drain.enabled=false",
-            "--set",
-            "scheduler.enabled=true",
-            "--set",
-            "scheduler.replicas=0",  # the scheduler runs on the host, as the chart's scheduler identity
-            "--set",
-            "gateway.enabled=true",
-            "--set",
-            "gateway.replicas=1",
-            "--set",
-            f"gateway.schedulerAddress=127.0.0.1:{scheduler_port}",
-            "--set-json",
-            f"gateway.sync.command={json.dumps([sys.executable, '-m', 'warmbuild.cli'])}",
-            *placement,
-            timeout=240,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        pods = core.list_namespaced_pod(NAMESPACE, label_selector="app.kubernetes.io/component=gateway").items
-        (pod,) = pods
-        gateway_ip = pod.status.pod_ip
-        gateway_log = state / "pods" / f"{NAMESPACE}_{pod.metadata.name}" / "buildkitd.log"
-        scheduler_ca, cert, key = scheduler_tls_for(gateway_ip, directory / "scheduler-tls")
-        grant = secret_files(core, f"{RELEASE}-scheduler-grant-ca", directory / "grant")
-        auth = directory / "auth.yaml"
-        auth.write_text(
-            "grants:\n"
-            f"  - {{pools: [{POOL}], users: ['system:serviceaccount:{NAMESPACE}:{RELEASE}-ci']}}\n"
-            f"audiences: [{AUDIENCE}]\n"
-        )
-        env = {
-            **os.environ,
-            "KUBECONFIG": "",
-            "WARMBUILD_K8S_SERVER": connect(os.environ["KUBECONFIG"]).host,
-            "WARMBUILD_K8S_TOKEN": token_for(core, f"{RELEASE}-scheduler"),
-            "WARMBUILD_K8S_CA_FILE": str(Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "pki" / "ca.crt"),
-        }
-        log = open(directory / "scheduler.log", "w")
-        scheduler = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "warmbuild.cli",
-                "scheduler",
-                f"--listen=127.0.0.1:{scheduler_port}",
-                f"--tls-cert={cert}",
-                f"--tls-key={key}",
-                f"--namespace={NAMESPACE}",
-                f"--auth-config={auth}",
-                f"--gateway-address={gateway_ip}:8443",
-                f"--gateway-ca={grant['gateway-ca.crt']}",
-                f"--grant-ca-cert={grant['tls.crt']}",
-                f"--grant-ca-key={grant['tls.key']}",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        url = f"https://{gateway_ip}:8443"
         try:
-
-            def ready() -> bool:
-                assert scheduler.poll() is None, (directory / "scheduler.log").read_text()
-                try:
-                    return requests.get(f"{url}/readyz", verify=str(scheduler_ca), timeout=2).status_code == 200
-                except requests.RequestException:
-                    return False
-
-            wait_for(ready, 30, "the scheduler to answer through the gateway")
-            token = token_for(core, f"{RELEASE}-ci", [AUDIENCE])
-            yield GatewaySetup(directory, gateway_ip, gateway_log, url, scheduler_ca, token, grant, state)
-        finally:
-            scheduler.send_signal(signal.SIGTERM)
+            done = helm(
+                "install",
+                RELEASE,
+                str(CHART),
+                "--namespace",
+                NAMESPACE,
+                "--create-namespace",
+                "--wait",
+                "--timeout",
+                "180s",
+                "--set",
+                f"pool={POOL}",
+                "--set",
+                f"builder.replicas={REPLICAS}",
+                "--set",
+                "persistence.enabled=false",
+                "--set",
+                "drain.enabled=false",
+                "--set",
+                "scheduler.enabled=true",
+                "--set",
+                "scheduler.replicas=0",  # the scheduler runs on the host, as the chart's scheduler identity
+                "--set",
+                "gateway.enabled=true",
+                "--set",
+                "gateway.replicas=1",
+                "--set",
+                f"gateway.schedulerAddress=127.0.0.1:{scheduler_port}",
+                "--set-json",
+                f"gateway.sync.command={json.dumps([sys.executable, '-m', 'warmbuild.cli'])}",
+                *placement,
+                timeout=240,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            pods = core.list_namespaced_pod(NAMESPACE, label_selector="app.kubernetes.io/component=gateway").items
+            (pod,) = pods
+            gateway_ip = pod.status.pod_ip
+            gateway_log = state / "pods" / f"{NAMESPACE}_{pod.metadata.name}" / "buildkitd.log"
+            scheduler_ca, cert, key = scheduler_tls_for(gateway_ip, directory / "scheduler-tls")
+            grant = secret_files(core, f"{RELEASE}-scheduler-grant-ca", directory / "grant")
+            auth = directory / "auth.yaml"
+            auth.write_text(
+                "grants:\n"
+                f"  - {{pools: [{POOL}], users: ['system:serviceaccount:{NAMESPACE}:{RELEASE}-ci']}}\n"
+                f"audiences: [{AUDIENCE}]\n"
+            )
+            env = {
+                **os.environ,
+                "KUBECONFIG": "",
+                "WARMBUILD_K8S_SERVER": connect(os.environ["KUBECONFIG"]).host,
+                "WARMBUILD_K8S_TOKEN": token_for(core, f"{RELEASE}-scheduler"),
+                "WARMBUILD_K8S_CA_FILE": str(Path(os.environ["WARMBUILD_TESTBED_DIR"]) / "pki" / "ca.crt"),
+            }
+            log = open(directory / "scheduler.log", "w")
+            scheduler = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "warmbuild.cli",
+                    "scheduler",
+                    f"--listen=127.0.0.1:{scheduler_port}",
+                    f"--tls-cert={cert}",
+                    f"--tls-key={key}",
+                    f"--namespace={NAMESPACE}",
+                    f"--auth-config={auth}",
+                    f"--gateway-address={gateway_ip}:8443",
+                    f"--gateway-ca={grant['gateway-ca.crt']}",
+                    f"--grant-ca-cert={grant['tls.crt']}",
+                    f"--grant-ca-key={grant['tls.key']}",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            url = f"https://{gateway_ip}:8443"
             try:
-                scheduler.wait(15)
-            except subprocess.TimeoutExpired:
-                scheduler.kill()
-                scheduler.wait()
-            log.close()
+
+                def ready() -> bool:
+                    assert scheduler.poll() is None, (directory / "scheduler.log").read_text()
+                    try:
+                        return requests.get(f"{url}/readyz", verify=str(scheduler_ca), timeout=2).status_code == 200
+                    except requests.RequestException:
+                        return False
+
+                wait_for(ready, 30, "the scheduler to answer through the gateway")
+                token = token_for(core, f"{RELEASE}-ci", [AUDIENCE])
+                yield GatewaySetup(directory, gateway_ip, gateway_log, url, scheduler_ca, token, grant, state)
+            finally:
+                scheduler.send_signal(signal.SIGTERM)
+                try:
+                    scheduler.wait(15)
+                except subprocess.TimeoutExpired:
+                    scheduler.kill()
+                    scheduler.wait()
+                log.close()
+        finally:
             remove_release(core)  # while the emulator runs, so that it finalizes the pods
