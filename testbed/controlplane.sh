@@ -5,7 +5,12 @@
 #   tb_controlplane_up       build (once), make the PKI (once), start, wait for health, create the
 #                            warmbuild namespace + CI service account, write the kubeconfigs
 #   tb_controlplane_exports  print the export lines for KUBECONFIG, WARMBUILD_CI_KUBECONFIG, WARMBUILD_NAMESPACE
-#   tb_controlplane_down     stop the four processes (state in etcd is kept)
+#   tb_controlplane_down     stop the four processes and the OIDC issuer (state in etcd is kept)
+#
+# The API server also verifies CI platforms' OIDC tokens: testbed/oidc_issuer.py stands in for
+# GitHub's and GitLab's issuers on https://127.0.0.4:9443, and kube-apiserver runs the chart's own
+# AuthenticationConfiguration (deploy/helm/warmbuild, apiServerAuthentication) rendered with the
+# stand-in's issuer URLs and CA, so TokenReview returns the verified claims the scheduler reads.
 
 KUBERNETES_VERSION="v1.37.2"   # must match testbed/go/kubernetes/go.mod
 ETCD_VERSION="v3.7.3"          # must match testbed/go/etcd/go.mod
@@ -22,6 +27,10 @@ CI_SERVICE_ACCOUNT="warmbuild-ci"
 CI_TOKEN_SECONDS=$((7 * 24 * 3600))
 
 CP_PKI="$WARMBUILD_TESTBED_DIR/pki"
+CP_OIDC="$WARMBUILD_TESTBED_DIR/oidc"
+OIDC_URL="https://127.0.0.4:9443"  # must match HOST and PORT in testbed/oidc_issuer.py
+OIDC_AUDIENCE="warmbuild-scheduler"
+OIDC_VENV="$WARMBUILD_CACHE/oidc-venv"
 CP_KUBECONFIGS="$WARMBUILD_TESTBED_DIR/kubeconfig"
 
 # tb_cp_binaries: build (once) and print the etcd and the Kubernetes binary directories, one a line.
@@ -222,15 +231,57 @@ tb_cp_ci_kubeconfig() {
   tb_log "wrote $file (service account $WARMBUILD_NAMESPACE/$CI_SERVICE_ACCOUNT)"
 }
 
-tb_controlplane_up() {
-  local dirs etcd_bin k8s_bin started=$SECONDS
-  dirs="$(tb_cp_binaries)" || exit 1
-  { read -r etcd_bin; read -r k8s_bin; } <<<"$dirs"
-  tb_cp_pki
-  mkdir -p "$CP_KUBECONFIGS" "$WARMBUILD_TESTBED_DIR/etcd" && chmod 700 "$CP_KUBECONFIGS" "$WARMBUILD_TESTBED_DIR/etcd"
-  local name
-  for name in admin kube-controller-manager kube-scheduler; do tb_cp_cert_kubeconfig "$name"; done
+# tb_cp_oidc_venv: the issuer's own Python environment (cryptography), made once per version of
+# testbed/config/oidc-requirements.txt.
+tb_cp_oidc_venv() {
+  local requirements="$TESTBED_SRC/config/oidc-requirements.txt" stamp="$OIDC_VENV/.requirements"
+  if [[ -x "$OIDC_VENV/bin/python" ]] && cmp -s "$requirements" "$stamp"; then return 0; fi
+  tb_log "creating $OIDC_VENV (the OIDC issuer's Python environment)"
+  rm -rf "$OIDC_VENV"
+  python3 -m venv "$OIDC_VENV" >&2 || tb_die "python3 -m venv $OIDC_VENV failed (is python3-venv installed?)"
+  "$OIDC_VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements" >&2 \
+    || tb_die "installing $requirements into $OIDC_VENV failed"
+  cp "$requirements" "$stamp"
+}
 
+# tb_cp_oidc_up: start the OIDC issuer stand-in and render the API server's authentication config
+# from the chart (helm template, the apiServerAuthentication values) with its URLs and CA.
+tb_cp_oidc_up() {
+  tb_cp_oidc_venv
+  "$OIDC_VENV/bin/python" "$TESTBED_SRC/oidc_issuer.py" --state-dir "$CP_OIDC" init \
+    || tb_die "could not make the OIDC issuer's keys"
+  tb_start oidc-issuer "$OIDC_VENV/bin/python" "$TESTBED_SRC/oidc_issuer.py" --state-dir "$CP_OIDC" serve
+  tb_cp_wait_http oidc-issuer "$OIDC_URL/github/.well-known/openid-configuration" 30 --cacert "$CP_OIDC/ca.crt"
+  local helm="${TB_HELM_BIN:-}" values
+  [[ -x "$helm" ]] || helm="$(ls "$WARMBUILD_CACHE"/bin/helm-*/helm 2>/dev/null | tail -n1)"
+  [[ -x "$helm" ]] || tb_die "no helm to render the API server's authentication config (testbed/helm.sh)"
+  values="$(mktemp)"
+  "$OIDC_VENV/bin/python" - "$CP_OIDC/ca.crt" "$OIDC_URL" "$OIDC_AUDIENCE" >"$values" <<'PY'
+import json, sys
+ca, url, audience = sys.argv[1], sys.argv[2], sys.argv[3]
+pem = open(ca).read()
+print(json.dumps({"apiServerAuthentication": {"enabled": True, "audiences": [audience],
+    "github": {"enabled": True, "issuer": url + "/github", "certificateAuthority": pem},
+    "gitlab": {"enabled": True, "issuer": url + "/gitlab", "certificateAuthority": pem}}}))
+PY
+  "$helm" template warmbuild "$TESTBED_SRC/../deploy/helm/warmbuild" --namespace "$WARMBUILD_NAMESPACE" \
+      -f "$values" --show-only templates/apiserver-authentication.yaml 2>"$WARMBUILD_TESTBED_DIR/logs/helm-authn.log" \
+    | "$OIDC_VENV/bin/python" -c 'import sys, json
+doc = sys.stdin.read()
+start = doc.index("authentication-config.yaml: |") if "authentication-config.yaml: |" in doc else -1
+if start < 0: sys.exit("no authentication-config.yaml in the rendered chart")
+lines = doc[start:].splitlines()[1:]
+print("\n".join(line[4:] for line in lines if line.startswith("    ") or not line.strip()))' \
+    | tb_cp_write_file "$CP_OIDC/authentication-config.yaml"
+  rm -f "$values"
+  grep -q "kind: AuthenticationConfiguration" "$CP_OIDC/authentication-config.yaml" \
+    || tb_die "rendering the API server's authentication config failed; see $WARMBUILD_TESTBED_DIR/logs/helm-authn.log"
+}
+
+# tb_cp_start_etcd ETCD_BIN_DIR: start etcd (unless running) and wait until it is healthy.
+# Also what testbed/fault uses to bring it back after a restart.
+tb_cp_start_etcd() {
+  local etcd_bin="$1"
   # A throwaway single-member etcd: no fsync, plain HTTP on loopback.
   tb_start etcd "$etcd_bin/etcd" \
     --name=warmbuild-testbed \
@@ -240,7 +291,11 @@ tb_controlplane_up() {
     --initial-cluster="warmbuild-testbed=$ETCD_PEER_URL" \
     --unsafe-no-fsync=true
   tb_cp_wait_http etcd "$ETCD_URL/health" 60
+}
 
+# tb_cp_start_apiserver K8S_BIN_DIR: start kube-apiserver (unless running) and wait until it is ready.
+tb_cp_start_apiserver() {
+  local k8s_bin="$1"
   # The endpoint reconciler would publish the advertise address (loopback) as the endpoint of the
   # "kubernetes" Service; Endpoints may not hold loopback addresses, and nothing here uses it.
   tb_start kube-apiserver "$k8s_bin/kube-apiserver" \
@@ -255,9 +310,24 @@ tb_controlplane_up() {
     --service-cluster-ip-range="$SERVICE_CIDR" \
     --endpoint-reconciler-type=none \
     --allow-privileged=true \
+    --authentication-config="$CP_OIDC/authentication-config.yaml" \
     --profiling=false
   tb_cp_wait_http kube-apiserver "$APISERVER_URL/readyz" 180 \
     --cacert "$CP_PKI/ca.crt" --cert "$CP_PKI/admin.crt" --key "$CP_PKI/admin.key"
+}
+
+tb_controlplane_up() {
+  local dirs etcd_bin k8s_bin started=$SECONDS
+  dirs="$(tb_cp_binaries)" || exit 1
+  { read -r etcd_bin; read -r k8s_bin; } <<<"$dirs"
+  tb_cp_pki
+  mkdir -p "$CP_KUBECONFIGS" "$WARMBUILD_TESTBED_DIR/etcd" && chmod 700 "$CP_KUBECONFIGS" "$WARMBUILD_TESTBED_DIR/etcd"
+  local name
+  for name in admin kube-controller-manager kube-scheduler; do tb_cp_cert_kubeconfig "$name"; done
+
+  tb_cp_start_etcd "$etcd_bin"
+  tb_cp_oidc_up
+  tb_cp_start_apiserver "$k8s_bin"
 
   # Their health ports serve self-signed certificates; /healthz needs no credentials. Client
   # certificates are checked against the testbed CA without looking up the front-proxy CA
@@ -295,6 +365,9 @@ tb_controlplane_exports() {
   printf 'export KUBECONFIG=%q\n' "$CP_KUBECONFIGS/admin.yaml"
   printf 'export WARMBUILD_CI_KUBECONFIG=%q\n' "$CP_KUBECONFIGS/ci.yaml"
   printf 'export WARMBUILD_NAMESPACE=%q\n' "$WARMBUILD_NAMESPACE"
+  printf 'export WARMBUILD_OIDC_ISSUER=%q\n' "$OIDC_URL"
+  printf 'export WARMBUILD_OIDC_CA=%q\n' "$CP_OIDC/ca.crt"
+  printf 'export WARMBUILD_OIDC_PYTHON=%q\n' "$OIDC_VENV/bin/python"
 }
 
 tb_controlplane_down() {
@@ -302,4 +375,5 @@ tb_controlplane_down() {
   tb_stop kube-controller-manager
   tb_stop kube-apiserver
   tb_stop etcd
+  tb_stop oidc-issuer
 }

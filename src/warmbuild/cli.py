@@ -122,6 +122,12 @@ def _add_pool_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds to wait for the affine builder before spilling (default 60)",
     )
     pool.add_argument(
+        "--retries",
+        type=int,
+        default=env("WARMBUILD_RETRIES", "1"),  # a string: argparse converts it, refusing a bad value with exit 2
+        help="times a build that lost its builder before pushing runs again on another builder (default 1)",
+    )
+    pool.add_argument(
         "--lease-seconds",
         type=int,
         default=int(env("WARMBUILD_LEASE_SECONDS", "15")),
@@ -293,6 +299,12 @@ def make_parser() -> argparse.ArgumentParser:
         "--gateway-domain", default="", help="map keys are BUILDER.DOMAIN (default builders.warmbuild.internal)"
     )
     _add_cluster_arguments(sync)
+    scheduler.add_argument(
+        "--ephemeral-config",
+        default=None,
+        help="YAML of ephemeral builder settings (as for build): the scheduler then starts ephemeral "
+        "builders for untrusted callers (without it they are refused)",
+    )
     add_history_commands(sub, _add_cluster_arguments)  # history export
     add_simulation_commands(sub)  # simulate, plan
     return parser
@@ -371,6 +383,7 @@ def _pool_flags(args: argparse.Namespace, named_dockerfile: Path | None) -> Pool
             state_file=args.state_file,
             tls=_tls_files(args),
             buildctl=args.buildctl,
+            retries=args.retries,
         )
     )
 
@@ -449,7 +462,8 @@ def command_scheduler(args: argparse.Namespace) -> int:
         args.max_poll_seconds,
         args.max_concurrent,
         args.pool_watch,
-        GatewayOptions(
+        args.ephemeral_config,
+        gateway=GatewayOptions(
             address=args.gateway_address,
             ca_file=args.gateway_ca,
             grant_ca_cert=args.grant_ca_cert,

@@ -119,6 +119,9 @@ class BuildRequest:
     compression: Compression = Compression()
 
 
+MAX_RETRIES = 5  # each retry is a whole build on another builder: more would hide a broken pool
+
+
 @dataclass(frozen=True)
 class PoolFlags:
     """A pool build's flags as given (`--pool` and the options beside it), checked by
@@ -143,11 +146,14 @@ class PoolFlags:
     state_file: str | None = None
     tls: TlsFiles | None = None
     buildctl: str | None = None
+    retries: int = 1  # builds run again elsewhere after losing their builder before the push
 
 
 def check_pool_flags(flags: PoolFlags) -> PoolFlags:
     if flags.max_wait_seconds < 0:
         raise InputError("--max-wait must be 0 or more seconds")
+    if not 0 <= flags.retries <= MAX_RETRIES:
+        raise InputError(f"--retries must be 0 to {MAX_RETRIES}: how often a build that lost its builder runs again")
     if not 3 <= flags.lease_seconds <= MAX_LEASE_SECONDS:
         raise InputError(
             f"--lease-seconds must be 3 to {MAX_LEASE_SECONDS}: a holder that dies keeps its slot that long"

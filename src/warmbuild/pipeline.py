@@ -29,7 +29,8 @@ from .buildkit import (
     check_buildkit_answers,
     check_reachable,
     find_buildctl,
-    is_transient_push_failure,
+    ignored_export_errors,
+    registry_retry_delay,
     run_solve,
 )
 from .cache import cache_options, default_cache_ref, exports_allowed
@@ -46,17 +47,37 @@ from .config import (
     repository_identity,
     validate_image_reference,
 )
-from .errors import BuilderUnreachable, BuildFailed, Cancelled, WarmbuildError
+from .errors import (
+    BuilderLost,
+    BuilderUnreachable,
+    BuildFailed,
+    Cancelled,
+    ClusterRefused,
+    ClusterUnavailable,
+    WarmbuildError,
+)
 from .pool.broker import SlotBroker
 from .pool.ephemeral import EphemeralSettings, load_ephemeral_settings
-from .pool.leases import HolderInfo
+from .pool.leases import HolderInfo, builder_left
 from .pool.placement import Grant, PlacementRequest
 from .pool.run_certs import RunTls
 from .pool.state import ReleaseState, remove_state, state_file_path, write_state
 from .pool.workload import WorkloadKey, derive_workload_key
-from .report import BuildResult, Placement, Timings, render_table, result_to_dict, write_result_file
-from .signals import signals_deferred
+from .report import Attempt, BuildResult, Placement, Timings, render_table, result_to_dict, write_result_file
+from .signals import signal_pending, signals_deferred
 from .trust import Trust, check_direct_builder, decide_trust
+
+RELEASE_OUTAGE_SECONDS = 30.0  # a release the API server or scheduler does not answer is asked again this long
+
+
+class AttemptLost(Exception):
+    """Raised by `run_build` instead of reporting when the builder was lost before the push began and
+    the caller may try again elsewhere: nothing was written or published for this attempt."""
+
+    def __init__(self, failure: BuilderLost, attempt: Attempt):
+        super().__init__(failure.message)
+        self.failure = failure
+        self.attempt = attempt
 
 
 def run_build(
@@ -72,31 +93,65 @@ def run_build(
     abort: SolveAbort | None = None,
     on_result: Callable[[BuildResult], None] | None = None,
     warnings: tuple[str, ...] = (),
+    attempts: tuple[Attempt, ...] = (),
+    retry_lost: bool = False,
+    on_lost: Callable[[BuilderLost], bool] | None = None,
 ) -> BuildResult:
     """Run the solve and report it. Raises the build's WarmbuildError after the result is written.
-    `warnings` are the caller's (e.g. a dropped --cache-to), reported ahead of BuildKit's."""
+    `warnings` are the caller's (e.g. a dropped --cache-to), reported ahead of BuildKit's.
+
+    A push that failed on the registry's side is solved again on this builder with backoff
+    (`buildkit.registry_retry_delay`). A lost builder (`BuilderLost`) is first given to `on_lost`
+    (which marks it unhealthy and says whether it did); then, with `retry_lost` and nothing pushed
+    yet, `AttemptLost` is raised without a result, for the caller to try another builder. `attempts`
+    are the earlier tries of this build, reported with this one."""
     environ = os.environ if environ is None else environ
     log = sys.stderr if log is None else log
     started_at = datetime.now(timezone.utc)
     failure: WarmbuildError | None = None
     outcome = None
+    registry_retries = 0
     try:
         with log_section(log, environ, "warmbuild_build", f"Build on {builder.address}"):
             buildctl_path = find_buildctl(buildctl)
             check_reachable(builder)
             check_buildkit_answers(buildctl_path, builder)
             outcome = run_solve(buildctl_path, builder, request, progress_out=log, abort=abort)
-            if is_transient_push_failure(outcome.failure):
-                retried = "the push collided with itself in the registry (a blob uploaded twice at once); pushed again"
-                print(f"warmbuild: warning: {retried}: {outcome.failure.message}", file=log, flush=True)
-                warnings = (*warnings, retried)
+            while (
+                delay := registry_retry_delay(outcome.failure, ignored_export_errors(outcome), registry_retries)
+            ) is not None:
+                what = outcome.failure.message if outcome.failure else "; ".join(ignored_export_errors(outcome))
+                retried = (
+                    f"the registry failed the push or cache export; solved again on the same builder after {delay:g}s"
+                )
+                print(f"warmbuild: warning: {retried}: {what}", file=log, flush=True)
+                warnings = (*warnings, f"{retried}: {what}")
+                _sleep(delay)
+                registry_retries += 1
                 outcome = run_solve(buildctl_path, builder, request, progress_out=log, abort=abort)
         failure = outcome.failure
     except WarmbuildError as exc:
         failure = exc
+    finished_at = datetime.now(timezone.utc)
+    seconds = round(startup_seconds + (finished_at - started_at).total_seconds(), 3)
+    marked = False
+    if isinstance(failure, BuilderLost) and on_lost is not None:
+        with signals_deferred():
+            marked = on_lost(failure)
+    this = Attempt(
+        number=len(attempts) + 1,
+        builder=placement.builder,
+        builder_name=placement.builder_name,
+        path=placement.path,
+        outcome=_attempt_outcome(failure),
+        reason=failure.message if failure else None,
+        cause=failure.cause if isinstance(failure, BuilderLost) else None,
+        seconds=seconds,
+        marked_unhealthy=marked,
+    )
+    if retry_lost and isinstance(failure, BuilderLost) and failure.retryable:
+        raise AttemptLost(failure, this)
     with signals_deferred():  # after the solve, a second signal must not leave the result half written
-        finished_at = datetime.now(timezone.utc)
-
         wall = (finished_at - started_at).total_seconds()
         timings = Timings(
             queue_seconds=round(queue_seconds, 3),
@@ -117,15 +172,17 @@ def run_build(
             timings=timings,
             cache=outcome.cache if outcome else CacheStats(0, 0),
             steps=outcome.steps if outcome else (),
-            image_digest=outcome.image_digest if outcome else None,
-            config_digest=outcome.config_digest if outcome else None,
+            image_digest=outcome.image_digest if outcome and failure is None else None,
+            config_digest=outcome.config_digest if outcome and failure is None else None,
             image_names=outcome.image_names if outcome else (),
-            pushed=bool(outcome and request.push and outcome.image_digest),
+            pushed=bool(failure is None and outcome and request.push and outcome.image_digest),
             started_at=started_at,
             finished_at=finished_at,
             error=failure.message if failure else None,
             exit_code=failure.exit_code if failure else 0,
             warnings=warnings + (outcome.warnings if outcome else ()),
+            attempts=(*attempts, this),
+            registry_retries=registry_retries,
         )
         if on_result is not None:
             on_result(result)
@@ -143,6 +200,18 @@ def run_build(
         return result
 
 
+def _attempt_outcome(failure: WarmbuildError | None) -> str:
+    if failure is None:
+        return "success"
+    if isinstance(failure, Cancelled):
+        return "cancelled"
+    return "lost" if isinstance(failure, BuilderLost) else "failed"
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 @dataclass(frozen=True)
 class PoolBuild:
     """What a pool build needs besides its BuildRequest, derived once by `plan_pool_build`."""
@@ -156,6 +225,7 @@ class PoolBuild:
     cache_export: str = "auto"
     ephemeral: EphemeralSettings = EphemeralSettings()
     buildctl: str | None = None
+    retries: int = 1  # --retries: further attempts on other builders after a builder was lost
 
 
 def workload_key_of(request: BuildRequest, flags: PoolFlags, environ: Mapping[str, str]) -> WorkloadKey:
@@ -210,6 +280,7 @@ def plan_pool_build(request: BuildRequest, flags: PoolFlags, environ: Mapping[st
         cache_export=flags.cache_export,
         ephemeral=ephemeral,
         buildctl=flags.buildctl,
+        retries=flags.retries,
     )
 
 
@@ -230,15 +301,33 @@ def run_pool_build(
     request: BuildRequest, options: PoolBuild, broker: SlotBroker, log: TextIO | None = None
 ) -> BuildResult:
     """Place the build in the pool through `broker`, run it there, give back the slot or delete the
-    ephemeral builder whatever happens, and add the build to the pool's history."""
+    ephemeral builder whatever happens, and add the build to the pool's history.
+
+    A builder lost before the push began (`AttemptLost`) costs an attempt, not the build: its slot is
+    given back, and up to `options.retries` times the build is placed again, never on a builder it
+    already lost. Every attempt and its reason are in the result."""
     log = sys.stderr if log is None else log
     started = time.monotonic()
     reported: list[BuildResult] = []
+    attempts: list[Attempt] = []
     try:
-        return _place_and_build(request, options, broker, log, started, reported)
+        while True:
+            try:
+                return _place_and_build(request, options, broker, log, started, reported, tuple(attempts))
+            except AttemptLost as lost:
+                attempts.append(lost.attempt)
+                print(
+                    f"warmbuild: attempt {lost.attempt.number} lost its builder "
+                    f"{lost.attempt.builder_name or lost.attempt.builder} ({lost.failure.cause}) before anything "
+                    f"was pushed; retry {len(attempts)} of {options.retries} on another builder",
+                    file=log,
+                    flush=True,
+                )
     except WarmbuildError as failure:
         if not reported:  # placement or builder startup failed: no solve ran, but CI still gets a result
-            report_unbuilt(request, failure, queue_seconds=time.monotonic() - started, log=log)
+            report_unbuilt(
+                request, failure, queue_seconds=time.monotonic() - started, log=log, attempts=tuple(attempts)
+            )
         raise
 
 
@@ -249,10 +338,15 @@ def report_unbuilt(
     queue_seconds: float,
     log: TextIO,
     environ: Mapping[str, str] | None = None,
+    attempts: tuple[Attempt, ...] = (),
 ) -> BuildResult:
-    """The result of a build that never reached a builder: written and published like any other."""
+    """The result of a build that never reached a builder: written and published like any other.
+    After earlier attempts (a retry that found no builder) they are reported, and this one too."""
     environ = os.environ if environ is None else environ
     now = datetime.now(timezone.utc)
+    if attempts:
+        outcome = "cancelled" if isinstance(failure, Cancelled) else "failed"
+        attempts = (*attempts, Attempt(len(attempts) + 1, "", None, "none", outcome, reason=failure.message))
     result = BuildResult(
         status="cancelled" if isinstance(failure, Cancelled) else "failed",
         placement=Placement(builder="", path="none", reason=failure.message),
@@ -262,6 +356,7 @@ def report_unbuilt(
         finished_at=now,
         error=failure.message,
         exit_code=failure.exit_code,
+        attempts=attempts,
     )
     with signals_deferred():
         document = result_to_dict(result, __version__)
@@ -278,8 +373,10 @@ def _place_and_build(
     log: TextIO,
     started: float,
     reported: list[BuildResult],
+    attempts: tuple[Attempt, ...] = (),
 ) -> BuildResult:
-    placement = options.placement
+    lost_builders = tuple(dict.fromkeys(a.builder_name for a in attempts if a.builder_name and a.path != "ephemeral"))
+    placement = replace(options.placement, avoid=lost_builders)
 
     def say(line: str) -> None:
         print(f"warmbuild: {line}", file=log, flush=True)
@@ -292,22 +389,43 @@ def _place_and_build(
 
     warnings: tuple[str, ...] = ()
     if placement.untrusted:
-        say(f"untrusted build ({options.trust.reason}): an ephemeral builder, registry cache import only")
+        if not attempts:  # said once per build, not per attempt
+            say(f"untrusted build ({options.trust.reason}): an ephemeral builder, registry cache import only")
         kept, dropped = exports_allowed(request.cache_exports, untrusted=True)
         if dropped:
             warnings = (f"--cache-to dropped ({len(dropped)} export(s)): an untrusted build never writes a cache",)
-            say(f"warning: {warnings[0]}")
+            if not attempts:
+                say(f"warning: {warnings[0]}")
             request = replace(request, cache_exports=kept)
     title = f"Placement: a slot in pool '{placement.pool}' (namespace {placement.namespace})"
+    if attempts:
+        title += f", attempt {len(attempts) + 1}"
     grant: Grant | None = None
     keeper = None
     abort = SolveAbort()
     try:  # from the moment a slot is granted, every way out gives it back
         with log_section(log, os.environ, "warmbuild_placement", title):
             grant = broker.acquire(placement, log=say)
-        queue_seconds = time.monotonic() - started
+        if attempts:
+            previous = attempts[-1]
+            grant = replace(
+                grant,
+                reason=f"attempt {len(attempts) + 1}, after {previous.builder_name or previous.builder} was lost "
+                f"({previous.cause}): {grant.reason}",
+            )
+        queue_seconds = time.monotonic() - started  # earlier attempts included
+        untrusted = placement.untrusted or grant.untrusted
+        if grant.untrusted and not placement.untrusted:
+            if not attempts:  # said once per build, not per attempt
+                say("the scheduler found this build untrusted: an ephemeral builder, registry cache import only")
+            kept, dropped = exports_allowed(request.cache_exports, untrusted=True)
+            if dropped:
+                warnings = (f"--cache-to dropped ({len(dropped)} export(s)): an untrusted build never writes a cache",)
+                if not attempts:
+                    say(f"warning: {warnings[0]}")
+                request = replace(request, cache_exports=kept)
         cache = cache_options(
-            grant.path, options.cache_ref, options.cache_export, request.push, placement.untrusted, request.compression
+            grant.path, options.cache_ref, options.cache_export, request.push, untrusted, request.compression
         )
         request = replace(
             request,
@@ -320,7 +438,9 @@ def _place_and_build(
                 say(f"starting an ephemeral builder: {grant.reason}")
                 begun = time.monotonic()
                 grant = broker.start_ephemeral(placement, grant, options.ephemeral, on_created)
-                keeper = broker.keep(grant, on_lost=abort.trigger, log=say)
+                if grant.lease.release_token:  # started by the scheduler: released through it, by token
+                    held(lease=grant.lease.name, holder=grant.lease.holder, release_token=grant.lease.release_token)
+                keeper = broker.keep(grant, on_lost=_aborter(abort), log=say)
                 grant = broker.wait_ready(grant, options.ephemeral)
                 startup_seconds = time.monotonic() - begun
             say(f"ephemeral builder {grant.builder.name} ready at {grant.builder.address} after {startup_seconds:.1f}s")
@@ -328,15 +448,24 @@ def _place_and_build(
             held(lease=grant.lease.name, holder=grant.lease.holder, release_token=grant.lease.release_token or None)
             via = f" through the gateway {grant.gateway.address}" if grant.gateway else ""
             say(f"slot {grant.lease.name} on {grant.builder.name} ({grant.builder.address}){via}; {grant.reason}")
-            keeper = broker.keep(grant, on_lost=abort.trigger, log=say)
+            keeper = broker.keep(grant, on_lost=_aborter(abort), log=say)
         built = grant
 
         def on_result(result: BuildResult) -> None:
             reported.append(result)
-            broker.record(placement, built, result)
+            if not result.lost_builder:  # a dead builder's attempt says nothing about the workload
+                broker.record(placement, built, result)
+
+        def on_lost(lost: BuilderLost) -> bool:  # an infrastructure failure: out of the rotation
+            if built.path == "ephemeral" or not lost.unhealthy:
+                return False  # an ephemeral builder is deleted anyway
+            marked = broker.mark_unhealthy(placement, built, lost.cause, say)
+            if marked:
+                say(f"marked builder {built.builder.name} unhealthy ({lost.cause}): placement skips it for a while")
+            return marked
 
         with builder_endpoint(grant, options.tls) as endpoint:
-            return run_build(
+            result = run_build(
                 request,
                 endpoint,
                 Placement(
@@ -353,7 +482,14 @@ def _place_and_build(
                 abort=abort,
                 on_result=on_result,
                 warnings=warnings,
+                attempts=attempts,
+                retry_lost=len(attempts) < options.retries,
+                on_lost=on_lost,
             )
+        if grant.marked:  # its health check passed: a build succeeded on a builder that carried a mark
+            broker.clear_unhealthy(placement, grant)
+            say(f"builder {grant.builder.name} built successfully again: its unhealthy mark is removed")
+        return result
     finally:
         # Cancellation cleanup: runs to its end even if another signal arrives (signals_deferred).
         with signals_deferred():
@@ -361,6 +497,11 @@ def _place_and_build(
                 keeper.stop()
             if grant is not None and grant.lease is not None:
                 _give_back(broker, grant, options.state_file, log)
+
+
+def _aborter(abort: SolveAbort) -> Callable[[str], None]:
+    """The keeper's `on_lost`: stop the solve, saying whether the Lease went with its builder pod."""
+    return lambda reason: abort.trigger(reason, builder_left=builder_left(reason))
 
 
 @contextmanager
@@ -410,15 +551,40 @@ def write_run_tls(directory: Path, run_tls: RunTls) -> TlsFiles:
 
 
 def _give_back(broker: SlotBroker, grant: Grant, state_file: Path, log: TextIO) -> None:
-    """Release the slot or delete the ephemeral builder. On failure the build's outcome stands: the
-    state file stays for a `warmbuild release` post step to try again, and a slot frees itself when
-    its lease expires (an ephemeral builder is collected by `warmbuild gc`)."""
-    try:
-        broker.release(grant)
-        remove_state(state_file)
-    except WarmbuildError as exc:
-        if grant.path == "ephemeral":
-            what = f"delete ephemeral builder {grant.builder.name} ('warmbuild release' or 'warmbuild gc' will)"
-        else:
-            what = f"release slot {grant.lease.name} (it frees itself within {grant.lease.duration_seconds}s)"
-        print(f"warmbuild: warning: could not {what}: {exc.message}", file=log, flush=True)
+    """Release the slot or delete the ephemeral builder. An API server or scheduler that does not
+    answer (restarting) is asked again every second for up to RELEASE_OUTAGE_SECONDS — an ephemeral
+    builder left behind would run until `warmbuild gc` — unless a cancel signal is waiting (the
+    job must end within seconds then); a refusal right after such an outage (the restarted API
+    server's authorizer catching up) gets the same time. On failure the build's outcome stands: the state file stays
+    for a `warmbuild release` post step to try again, and a slot frees itself when its lease
+    expires (an ephemeral builder is collected by `warmbuild gc`)."""
+    deadline = time.monotonic() + RELEASE_OUTAGE_SECONDS
+    said = False
+    while True:
+        try:
+            broker.release(grant)
+            remove_state(state_file)
+            return
+        except (ClusterUnavailable, ClusterRefused) as exc:
+            # A 401/403 is final, except right after the API was away: a restarted API server
+            # refuses everyone until its authorizer has caught up.
+            retry = isinstance(exc, ClusterUnavailable) or said
+            if retry and time.monotonic() < deadline and not signal_pending():
+                if not said:
+                    print(
+                        f"warmbuild: {exc.message}; asking again every second for up to {RELEASE_OUTAGE_SECONDS:.0f}s",
+                        file=log,
+                        flush=True,
+                    )
+                    said = True
+                time.sleep(1.0)
+                continue
+            failure = exc
+        except WarmbuildError as exc:
+            failure = exc
+        break
+    if grant.path == "ephemeral":
+        what = f"delete ephemeral builder {grant.builder.name} ('warmbuild release' or 'warmbuild gc' will)"
+    else:
+        what = f"release slot {grant.lease.name} (it frees itself within {grant.lease.duration_seconds}s)"
+    print(f"warmbuild: warning: could not {what}: {failure.message}", file=log, flush=True)

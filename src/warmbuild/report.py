@@ -42,6 +42,22 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One try of a build on one builder. A pool build whose builder was lost before its push
+    began is tried again elsewhere (`--retries`): every try is one Attempt, the last is the build's."""
+
+    number: int  # 1, 2, …
+    builder: str  # address ("" when placement itself failed)
+    builder_name: str | None
+    path: str  # direct | warm | spill | ephemeral | none
+    outcome: str  # success | failed | cancelled | lost (the builder went away or broke; see `reason`)
+    reason: str | None = None  # why it ended, when it did not succeed
+    cause: str | None = None  # lost only: connection lost | unreachable | not answering | disk full | …
+    seconds: float = 0.0  # from its placement to its end
+    marked_unhealthy: bool = False  # the builder was taken out of the rotation for a cool-down
+
+
+@dataclass(frozen=True)
 class BuildResult:
     status: str  # success | failed | cancelled
     placement: Placement
@@ -57,6 +73,27 @@ class BuildResult:
     error: str | None = None
     exit_code: int = 0
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    attempts: tuple[Attempt, ...] = ()  # every try, the last one included; empty: never placed
+    registry_retries: int = 0  # solves run again on the same builder after a registry-side push failure
+
+    @property
+    def lost_builder(self) -> bool:
+        """The build ended because its (last) builder was lost: nothing it says about the workload."""
+        return bool(self.attempts) and self.attempts[-1].outcome == "lost"
+
+
+def attempt_to_dict(attempt: Attempt) -> dict:
+    return {
+        "number": attempt.number,
+        "builder": attempt.builder,
+        "builder_name": attempt.builder_name,
+        "path": attempt.path,
+        "outcome": attempt.outcome,
+        "reason": attempt.reason,
+        "cause": attempt.cause,
+        "seconds": attempt.seconds,
+        "marked_unhealthy": attempt.marked_unhealthy,
+    }
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -109,6 +146,9 @@ def result_to_dict(result: BuildResult, version: str) -> dict:
             for s in result.steps
         ],
         "warnings": list(result.warnings),
+        "attempts": len(result.attempts),
+        "attempt_history": [attempt_to_dict(a) for a in result.attempts],
+        "registry_retries": result.registry_retries,
         "started_at": _iso(result.started_at),
         "finished_at": _iso(result.finished_at),
     }
@@ -169,6 +209,11 @@ def render_table(result: BuildResult) -> str:
     rows.append(
         ("cache", f"{result.cache.cached_steps}/{result.cache.total_steps} steps cached ({result.cache.ratio:.0%})")
     )
+    if len(result.attempts) > 1:
+        for attempt in result.attempts:
+            rows.append((f"attempt {attempt.number}", attempt_line(attempt)))
+    if result.registry_retries:
+        rows.append(("registry", f"pushed again {result.registry_retries}x after registry failures"))
     rows.extend(phase_rows(result))
     width = max(len(k) for k, _ in rows)
     lines.extend(f"  {k.ljust(width)}  {v}" for k, v in rows)
@@ -177,6 +222,16 @@ def render_table(result: BuildResult) -> str:
         lines.append("  slowest steps:")
         lines.extend(f"    {_seconds(s.duration_seconds):>7}  {s.name}" for s in slow)
     return "\n".join(lines)
+
+
+def attempt_line(attempt: Attempt) -> str:
+    where = attempt.builder_name or attempt.builder or "no builder"
+    line = f"{where} ({attempt.path}): {attempt.outcome}, {_seconds(attempt.seconds)}"
+    if attempt.reason and attempt.outcome != "success":
+        line += f" — {attempt.reason}"
+    if attempt.marked_unhealthy:
+        line += " [marked unhealthy]"
+    return line
 
 
 def _md_escape(text: str) -> str:
@@ -200,6 +255,23 @@ def render_markdown_summary(result: BuildResult) -> str:
     out.append(
         f"| cache | {result.cache.cached_steps}/{result.cache.total_steps} steps cached ({result.cache.ratio:.0%}) |"
     )
+    if len(result.attempts) > 1 or result.registry_retries:
+        out += [
+            "",
+            "**Attempts**",
+            "",
+            "| # | builder | path | outcome | time | reason |",
+            "|---:|---|---|---|---:|---|",
+        ]
+        for a in result.attempts:
+            reason = "" if a.outcome == "success" else _md_escape(a.reason or "")[:300]
+            marked = " (marked unhealthy)" if a.marked_unhealthy else ""
+            where = _md_escape(a.builder_name or a.builder or "-")
+            out.append(
+                f"| {a.number} | `{where}` | {a.path} | {a.outcome}{marked} | {_seconds(a.seconds)} | {reason} |"
+            )
+        if result.registry_retries:
+            out += ["", f"The push was tried again {result.registry_retries}x after registry failures (same builder)."]
     out += ["", "| phase | time |", "|---|---:|"]
     out += [f"| {k.strip()} | {v} |" for k, v in phase_rows(result)]
     shown = [s for s in result.steps if s.name][:100]

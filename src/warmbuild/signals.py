@@ -37,6 +37,11 @@ def _remember(signum, _frame):
     _pending.append(signum)
 
 
+def signal_pending() -> bool:
+    """A cancel signal arrived inside `signals_deferred()` and waits for the block to end."""
+    return bool(_pending)
+
+
 @contextmanager
 def signals_deferred() -> Iterator[None]:
     """Run the block to its end; a cancel signal received meanwhile is raised after it.

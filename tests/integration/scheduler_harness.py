@@ -77,8 +77,16 @@ def ci_scheduler_token() -> str:
     return _CI_SCHEDULER_TOKEN[0]
 
 
-def ensure_scheduler_identity(admin) -> str:
-    """The scheduler's ServiceAccount and RBAC; returns a fresh token for it."""
+EPHEMERAL_RULES = [  # the chart's warmbuild.ephemeralRules, for a scheduler that starts ephemeral builders
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list"]},
+]
+
+
+def ensure_scheduler_identity(admin, ephemeral_builders: bool = False) -> str:
+    """The scheduler's ServiceAccount and RBAC (with `ephemeral_builders`, the chart's rules for
+    starting them, under the same admission policies); returns a fresh token for it."""
     ensure_service_account(admin, SCHEDULER_SA)
     rbac = "/apis/rbac.authorization.k8s.io/v1"
     apply(
@@ -96,6 +104,7 @@ def ensure_scheduler_identity(admin) -> str:
                 },
                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
                 {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": ["get", "list", "watch"]},
+                *(EPHEMERAL_RULES if ephemeral_builders else []),
             ],
         },
     )
@@ -223,12 +232,13 @@ class SchedulerSetup:
     auth_config: Path
 
 
-def prepare(admin, directory: Path, grants: list[dict], **config) -> SchedulerSetup:
+def prepare(admin, directory: Path, grants: list[dict], ephemeral_builders: bool = False, **config) -> SchedulerSetup:
     """TLS files, the scheduler's identity, and an auth config of `grants` (and e.g. limits=...)."""
     ca, cert, key = make_tls(directory / "tls")
     auth_config = directory / "auth.yaml"
     auth_config.write_text(yaml.safe_dump({"grants": grants, **config}))
-    return SchedulerSetup(directory, ensure_scheduler_identity(admin), ca, cert, key, auth_config)
+    token = ensure_scheduler_identity(admin, ephemeral_builders)
+    return SchedulerSetup(directory, token, ca, cert, key, auth_config)
 
 
 class SchedulerProcess:

@@ -24,6 +24,7 @@ from pathlib import Path
 import poolkit
 import pytest
 import requests
+from registry_proxy import ThrottlingProxy
 
 from warmbuild.kube.client import connect
 from warmbuild.pool.leases import list_pool_leases
@@ -160,62 +161,6 @@ def test_a_signal_during_a_step_cancels_the_solve_in_direct_mode(signum, tmp_pat
     signalled_at = run.signal(signum)
     assert_cancelled_within_budget(run, signalled_at, 128 + signum, marker, result_file)
     assert not alive(buildctl)
-
-
-class ThrottlingProxy:
-    """A TCP proxy in front of the real registry that slows uploads, so a push takes seconds.
-
-    It listens on 127.0.0.1:5001, the address the testbed's buildkitd already allows plain HTTP to,
-    and notes the moment the first blob upload starts: then the build is certainly pushing.
-    """
-
-    def __init__(self, upstream=("127.0.0.1", 5000), listen=("127.0.0.1", 5001), bytes_per_second=1_000_000):
-        self.upstream, self.rate = upstream, bytes_per_second
-        self.upload_started = threading.Event()
-        self.server = socket.create_server(listen)
-        self.server.settimeout(0.2)
-        self.stopped = threading.Event()
-        self.sockets: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while not self.stopped.is_set():
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                continue
-            upstream = socket.create_connection(self.upstream)
-            self.sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket, upload: bool):
-        try:
-            while True:
-                data = source.recv(16384)
-                if not data:
-                    break
-                if upload:
-                    if b"/blobs/uploads/" in data and data.startswith((b"POST ", b"PATCH ", b"PUT ")):
-                        self.upload_started.set()
-                    time.sleep(len(data) / self.rate)
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, target):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self):
-        self.stopped.set()
-        self.thread.join()
-        self.server.close()
-        for s in self.sockets:
-            s.close()
 
 
 def test_a_signal_during_the_push_cancels_it_and_nothing_is_pushed(tmp_path, builder, registry):

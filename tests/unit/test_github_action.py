@@ -234,11 +234,17 @@ def test_inline_secret_values_go_through_the_environment_never_argv():
     assert "s3cret" not in err.value.message and "item 1" in err.value.message
 
 
+def test_retries_input_becomes_the_flag():
+    assert "--retries=2" in build_invocation({"retries": "2"}).flags
+    assert not any(flag.startswith("--retries") for flag in build_invocation({}).flags)
+
+
 @pytest.mark.parametrize(
     "inputs, fragment",
     [
         ({"push": "yes"}, "input 'push' is 'yes': write true or false"),
         ({"max-wait": "soon"}, "input 'max-wait' is 'soon'"),
+        ({"retries": "-1"}, "input 'retries' is '-1': write a whole number"),
         ({"fallback": "maybe"}, "input 'fallback' is 'maybe': write one of auto, wait, ephemeral, fail"),
         ({"secret-envs": "hf"}, "input 'secret-envs', item 1: write id=ENV_VARIABLE"),
     ],
@@ -331,6 +337,10 @@ def test_cluster_access_from_inputs():
     assert dict(cluster_access({"scheduler": "https://127.0.0.1:8443", "token": "sa"}).env) == {
         "WARMBUILD_SCHEDULER_TOKEN": "sa"
     }
+    # Off the cluster: the scheduler and the job's own OIDC token, nothing else.
+    assert dict(cluster_access({"scheduler": "https://sched", "oidc-audience": "warmbuild-scheduler"}).env) == {
+        "WARMBUILD_SCHEDULER_OIDC_AUDIENCE": "warmbuild-scheduler"
+    }
     oidc = cluster_access({"server": "https://127.0.0.1:6443", "oidc-audience": "warmbuild"})
     assert dict(oidc.env)["WARMBUILD_K8S_OIDC_AUDIENCE"] == "warmbuild"
     for bad, fragment in (
@@ -340,6 +350,7 @@ def test_cluster_access_from_inputs():
         ({"server": "https://127.0.0.1:6443", "token": "t", "oidc-audience": "a"}, "exactly one of"),
         ({"server": "https://127.0.0.1:6443", "token": "t", "certificate-authority-data": "not base64!"}, "not base64"),
         ({"scheduler": "https://127.0.0.1:8443", "kubeconfig": KUBECONFIG}, "with input 'scheduler'"),
+        ({"scheduler": "https://127.0.0.1:8443", "token": "t", "oidc-audience": "a"}, "not both"),
     ):
         with pytest.raises(InputError) as err:
             cluster_access(bad)

@@ -21,7 +21,7 @@ HEADER, JOBS = yaml.safe_load_all(TEMPLATE.read_text())
 JOB_KEY = "$[[ inputs.job-name ]]"
 JOB = JOBS[JOB_KEY]
 INPUTS = HEADER["spec"]["inputs"]
-TEMPLATE_ONLY_INPUTS = {"job-name", "stage", "image"}  # used by the job's own keys, not by warmbuild
+TEMPLATE_ONLY_INPUTS = {"job-name", "stage", "image", "oidc-audience"}  # the job's own keys, not warmbuild's
 INTERPOLATION = re.compile(r"\$\[\[\s*inputs\.([A-Za-z0-9_-]+)\s*\]\]")
 
 
@@ -70,6 +70,8 @@ def test_every_warmbuild_input_reaches_the_job_as_its_variable_only():
     interpolated = {v for k, v in variables.items() if isinstance(v, str) and INTERPOLATION.search(v)}
     assert len(interpolated) == len(GITLAB_INPUTS)
     assert INTERPOLATION.fullmatch(JOB["stage"]) and INTERPOLATION.fullmatch(JOB["image"]["name"])
+    # The job's GitLab ID token for the scheduler: the only other interpolation, its audience.
+    assert JOB["id_tokens"] == {"WARMBUILD_SCHEDULER_TOKEN": {"aud": "$[[ inputs.oidc-audience ]]"}}
     for key in ("script", "after_script"):
         for line in JOB[key]:
             assert "$[[" not in line and "$WARMBUILD_INPUT" not in line, line

@@ -499,6 +499,7 @@ def test_scheduler_variant_renders_the_https_service_its_access_config_and_rbac(
         "--tls-key=/tls/tls.key",
         "--namespace=$(POD_NAMESPACE)",
         "--auth-config=/etc/warmbuild/auth-config.yaml",
+        "--ephemeral-config=/etc/warmbuild/ephemeral-config.yaml",
     ]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https", "scheme": "HTTPS"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -513,7 +514,16 @@ def test_scheduler_variant_renders_the_https_service_its_access_config_and_rbac(
         "limits": {"concurrent_requests": 16, "held_slots": 0},
     }
     assert one(docs, "Service", "warmbuild-scheduler")["spec"]["ports"][0]["port"] == 8443
-    assert rules(one(docs, "Role", "warmbuild-scheduler")) == POOL_RULES  # never pod create
+    # Pod create only for the ephemeral builders of untrusted callers, under the admission policies.
+    assert rules(one(docs, "Role", "warmbuild-scheduler")) == CI_RULES
+    assert yaml.safe_load(one(docs, "ConfigMap", "warmbuild-scheduler")["data"]["ephemeral-config.yaml"]) == {}
+    policy, _ = admission(docs)
+    assert "system:serviceaccount:warmbuild:warmbuild-scheduler" in policy["spec"]["matchConditions"][0]["expression"]
+    without = render(variant="scheduler", sets=("scheduler.ephemeralBuilders=false",))
+    assert rules(one(without, "Role", "warmbuild-scheduler")) == POOL_RULES  # never pod create
+    assert "--ephemeral-config" not in str(one(without, "Deployment", "warmbuild-scheduler"))
+    policy, _ = admission(without)
+    assert "warmbuild-scheduler" not in policy["spec"]["matchConditions"][0]["expression"]
     cluster_role = one(docs, "ClusterRole")
     assert rules(cluster_role) == [(("authentication.k8s.io",), ("tokenreviews",), ("create",), ())]
     binding = one(docs, "ClusterRoleBinding")
@@ -618,7 +628,12 @@ def test_the_admission_policy_checks_pods_the_ci_identities_create_or_delete_in_
         {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "DELETE"], "resources": ["pods"]}
     ]
     (condition,) = spec["matchConditions"]
-    assert condition["expression"] == 'request.userInfo.username in ["system:serviceaccount:warmbuild:warmbuild-ci"]'
+    # The CI identity, and the scheduler's ServiceAccount (it starts ephemeral builders for untrusted
+    # callers; named even before the scheduler is enabled, so it is checked from its first pod).
+    assert condition["expression"] == (
+        'request.userInfo.username in ["system:serviceaccount:warmbuild:warmbuild-ci",'
+        '"system:serviceaccount:warmbuild:warmbuild-scheduler"]'
+    )
     assert binding["spec"] == {
         "policyName": policy["metadata"]["name"],
         "validationActions": ["Deny"],
@@ -682,7 +697,8 @@ def test_the_admission_policy_follows_the_ci_roles_subjects_and_the_pools_epheme
     (condition,) = policy["spec"]["matchConditions"]
     assert condition["expression"] == (
         'request.userInfo.username in ["system:serviceaccount:warmbuild:warmbuild-ci","jenkins",'
-        '"system:serviceaccount:gitlab:runner"] || request.userInfo.groups.exists(g, g in ["ci-runners"])'
+        '"system:serviceaccount:gitlab:runner","system:serviceaccount:warmbuild:warmbuild-scheduler"] '
+        '|| request.userInfo.groups.exists(g, g in ["ci-runners"])'
     )
     texts = messages(policy)
     assert any("privileged containers are refused" in text for text in texts)  # a rootless pool

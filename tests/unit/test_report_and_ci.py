@@ -92,9 +92,13 @@ def test_result_to_dict_schema_and_keys():
         "cache",
         "steps",
         "warnings",
+        "attempts",
+        "attempt_history",
+        "registry_retries",
         "started_at",
         "finished_at",
     }
+    assert doc["attempts"] == 0 and doc["attempt_history"] == [] and doc["registry_retries"] == 0
     assert doc["warmbuild_version"] == VERSION
     assert doc["status"] == "success" and doc["exit_code"] == 0 and doc["error"] is None
     assert doc["image"] == {

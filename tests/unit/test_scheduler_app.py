@@ -36,12 +36,15 @@ class Reviewer:
 
 
 class Service:
+    ephemeral = None  # a scheduler without ephemeral settings: untrusted callers are refused
+
     def __init__(self):
         self.inside = threading.Event()
         self.release = threading.Event()
         self.acquires = 0
 
     def acquire(self, who, ask):
+        self.asked = ask
         self.acquires += 1
         self.inside.set()
         self.release.wait(5)
@@ -85,6 +88,16 @@ def test_an_untrusted_caller_is_refused_before_placement(app):
     answer = call(client, "POST", "/v1/pools/default/acquire", "forks", {"workload_key": "k", "max_wait_seconds": 0})
     assert answer.status_code == 403 and answer.json()["code"] == "untrusted"
     assert "ephemeral builder" in answer.json()["error"] and service.acquires == 0
+
+
+def test_a_retry_names_the_builders_its_build_lost_and_placement_gets_them(app):
+    client, service = app
+    service.release.set()
+    body = {"workload_key": "k", "max_wait_seconds": 0, "avoid_builders": ["builders-0"]}
+    assert call(client, "POST", "/v1/pools/default/acquire", "ci", body).status_code == 200
+    assert list(service.asked.avoid_builders) == ["builders-0"]
+    too_many = dict(body, avoid_builders=[f"b-{i}" for i in range(17)])
+    assert call(client, "POST", "/v1/pools/default/acquire", "ci", too_many).status_code == 400
 
 
 def test_one_identity_beyond_its_concurrent_requests_gets_429_and_others_do_not(app):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -12,7 +13,8 @@ import requests
 import responses
 
 from warmbuild import cli
-from warmbuild.errors import InputError, LeaseLost, NoSlotAvailable
+from warmbuild.errors import ClusterError, InputError, LeaseLost, NoSlotAvailable
+from warmbuild.pool.ephemeral import EphemeralSettings
 from warmbuild.pool.leases import HolderInfo
 from warmbuild.pool.placement import PlacementRequest
 from warmbuild.pool.workload import explicit_key
@@ -229,10 +231,30 @@ def test_an_unverifiable_certificate_stops_at_once_and_names_the_flag():
 
 
 @responses.activate
-def test_untrusted_builds_are_refused_before_any_request():
-    with pytest.raises(NoSlotAvailable, match="untrusted build needs an ephemeral builder"):
-        make_client(A).acquire(request(untrusted=True))
-    assert not responses.calls
+def test_an_untrusted_build_says_so_and_gets_the_ephemeral_builder_the_scheduler_started():
+    answer = {
+        **GRANTED,
+        "path": "ephemeral",
+        "affine": False,
+        "untrusted": True,
+        "lease": {**GRANTED["lease"], "name": "warmbuild-default-ephemeral-0123abcd"},
+        "builder": {"name": "warmbuild-default-ephemeral-0123abcd", "address": "", "server_name": "pod.name"},
+        "run_tls": {"server_name": "pod.name", "ca": "CA", "cert": "CERT", "key": "KEY"},
+    }
+    responses.post(acquire_url(A), json=answer)
+    client = make_client(A)
+    grant = client.acquire(request(untrusted=True))
+    sent = json.loads(responses.calls[-1].request.body)
+    assert sent["untrusted"] is True and sent["key_path"] == "repo|Dockerfile"
+    assert grant.path == "ephemeral" and grant.untrusted and grant.run_tls.key_pem == b"KEY"
+    assert "KEY" not in repr(grant)
+    status_url = f"{A}/v1/slots/warmbuild-default-ephemeral-0123abcd/ephemeral"
+    responses.post(status_url, json={"ready": False, "address": "", "failed": ""})
+    responses.post(status_url, json={"ready": True, "address": "tcp://10.0.0.9:1234", "failed": ""})
+    ready = client.wait_ready(client.start_ephemeral(request(), grant, EphemeralSettings(), None), EphemeralSettings())
+    assert ready.builder.address == "tcp://10.0.0.9:1234"
+    body = json.loads(responses.calls[-1].request.body)
+    assert body["release_token"] == "secret-release-token" and body["holder"] == grant.lease.holder
 
 
 @responses.activate
@@ -468,3 +490,116 @@ def test_the_state_file_keeps_the_release_token_for_the_post_step_readable_by_it
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert read_state(path) == state and read_state(path).release_token == "secret-release-token"
     assert "secret-release-token" not in repr(state)
+
+
+WAIT = {"decision": "wait", "waited_seconds": 20, "reason": "affine builder b-1 busy"}
+
+
+@responses.activate
+def test_a_replica_killed_while_a_caller_waits_on_it_costs_that_caller_no_pause():
+    """Replica A dies mid-poll (its connection reset), then refuses: the poll goes to B at once."""
+    fake = FakeTime()
+    calls: list[str] = []
+
+    def on_a(req):
+        calls.append("A")
+        fake.now += 20
+        if calls.count("A") == 1:
+            return 200, {}, json.dumps(WAIT)
+        raise requests.exceptions.ConnectionError("Connection aborted: ConnectionResetError(104)")
+
+    def on_b(req):
+        calls.append("B")
+        return 200, {}, json.dumps(GRANTED)
+
+    responses.add_callback(responses.POST, acquire_url(A), callback=on_a)
+    responses.add_callback(responses.POST, acquire_url(B), callback=on_b)
+    grant = make_client(A, B, fake=fake).acquire(request())
+    assert calls == ["A", "A", "B"] and grant.lease.name == "builders-1-slot-0"
+    assert fake.sleeps == [], "failed over without a backoff: well within 2 s"
+    assert json.loads(responses.calls[-1].request.body)["waited_seconds"] == 20  # the broken poll, re-sent
+
+
+def test_the_connect_timeout_keeps_a_failover_to_a_vanished_replica_under_2s():
+    client = SchedulerClient(SchedulerOptions(urls=(A, B), token="tok"))
+    assert client.options.connect_timeout < 2.0
+
+
+@responses.activate
+def test_every_replica_down_after_answering_is_waited_through_within_max_wait():
+    fake = FakeTime()
+    lines: list[str] = []
+    state = {"polls": 0}
+
+    def on_any(req):
+        state["polls"] += 1
+        if state["polls"] == 1:
+            return 200, {}, json.dumps(WAIT)
+        if fake.now < 130:  # both replicas restart for ~30 s
+            raise requests.exceptions.ConnectionError("[Errno 111] Connection refused")
+        return 200, {}, json.dumps(GRANTED)
+
+    fake.now = 100.0
+    responses.add_callback(responses.POST, acquire_url(A), callback=on_any)
+    responses.add_callback(responses.POST, acquire_url(B), callback=on_any)
+    grant = make_client(A, B, fake=fake).acquire(request(max_wait=60), log=lines.append)
+    assert grant.lease.name == "builders-1-slot-0"
+    outage = [line for line in lines if "no scheduler replica answered" in line]
+    assert len(outage) == 1 and re.search(r"asking again every 1s for up to 5\ds \(--max-wait\)$", outage[0]), lines
+
+
+@responses.activate
+def test_every_replica_down_past_max_wait_is_the_one_clear_error():
+    fake = FakeTime()
+    state = {"polls": 0}
+
+    def on_any(req):
+        state["polls"] += 1
+        if state["polls"] == 1:
+            return 200, {}, json.dumps(WAIT)
+        raise requests.exceptions.ConnectionError("[Errno 111] Connection refused")
+
+    responses.add_callback(responses.POST, acquire_url(A), callback=on_any)
+    responses.add_callback(responses.POST, acquire_url(B), callback=on_any)
+    with pytest.raises(SchedulerUnavailable, match=r"^no scheduler replica answered \(2 URLs, 6 attempts\)") as caught:
+        make_client(A, B, fake=fake).acquire(request(max_wait=10))
+    assert caught.value.exit_code == 6 and "\n" not in caught.value.message
+    assert 10 <= fake.now - 100 < 13
+
+
+@responses.activate
+def test_a_503_from_the_first_request_is_an_answer_and_waited_through():
+    """The scheduler is there but the API server behind it restarts: it answers 503 until it is back."""
+    fake = FakeTime()
+    lines: list[str] = []
+
+    def on_any(req):
+        if fake.now < 115:
+            return 503, {}, json.dumps({"error": "cannot review the token: cannot reach the Kubernetes API"})
+        return 200, {}, json.dumps(GRANTED)
+
+    responses.add_callback(responses.POST, acquire_url(A), callback=on_any)
+    responses.add_callback(responses.POST, acquire_url(B), callback=on_any)
+    grant = make_client(A, B, fake=fake).acquire(request(max_wait=60), log=lines.append)
+    assert grant.lease.name == "builders-1-slot-0" and 115 <= fake.now < 118
+    assert len(lines) == 1 and "answered 503: cannot review the token" in lines[0], lines
+
+
+@responses.activate
+def test_on_github_the_scheduler_gets_the_jobs_oidc_token_re_minted_for_each_request():
+    responses.get("https://token.test/request", json={"value": "x.eyJleHAiOiAxfQ.y"})  # exp long past: re-mint
+    environ = {
+        "WARMBUILD_SCHEDULER_OIDC_AUDIENCE": "warmbuild-scheduler",
+        "ACTIONS_ID_TOKEN_REQUEST_URL": "https://token.test/request",
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "request-token",
+    }
+    options = scheduler_options(A, None, None, None, environ)
+    assert options.token_source is not None and options.token_file is None
+    assert responses.calls[0].request.params == {"audience": "warmbuild-scheduler"}
+    options.token_source()
+    assert len(responses.calls) == 2  # expired: minted again
+    # Without the job's permission: one line naming it.
+    with pytest.raises(ClusterError, match="id-token: write"):
+        scheduler_options(A, None, None, None, {"WARMBUILD_SCHEDULER_OIDC_AUDIENCE": "a"})
+    # A token given outright wins.
+    assert scheduler_options(A, "given", None, None, environ).token == "given"

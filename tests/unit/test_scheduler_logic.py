@@ -44,7 +44,7 @@ def test_access_config_maps_users_and_groups_to_pools():
     [
         ("grants: [", "is not valid YAML"),
         ("{}", "needs a 'grants' list"),
-        ("grants: [{pools: [a]}]", "grants[0] names no users or groups"),
+        ("grants: [{pools: [a]}]", "grants[0] names no users, groups or repositories"),
         ("grants: [{users: [u]}]", "grants[0] names no pools"),
         ("grants: [{pools: [a], users: [u], teams: [t]}]", "grants[0] has unknown keys teams"),
         ("grants: [{pools: [a], users: [u], trusted: 'false'}]", "grants[0].trusted must be true or false"),

@@ -1,5 +1,6 @@
-"""BuildKit: buildctl command lines, running them, parsing progress and metadata."""
+"""BuildKit: buildctl command lines, running them, parsing progress and metadata, judging failures."""
 
+from .failures import registry_retry_delay
 from .progress import CacheStats, ProgressTracker, StepResult
 from .run import (
     SolveAbort,
@@ -7,7 +8,7 @@ from .run import (
     check_buildkit_answers,
     check_reachable,
     find_buildctl,
-    is_transient_push_failure,
+    ignored_export_errors,
     run_solve,
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "check_buildkit_answers",
     "check_reachable",
     "find_buildctl",
-    "is_transient_push_failure",
+    "ignored_export_errors",
+    "registry_retry_delay",
     "run_solve",
 ]

@@ -1,4 +1,8 @@
-"""Running buildctl: reachability check, the solve itself, and what it produced."""
+"""Running buildctl: reachability check, the solve itself, and what it produced.
+
+What a failure means (the build's fault, a lost or broken builder, the registry) is decided in
+`failures`; this module runs the process and hands it what the progress stream showed.
+"""
 
 from __future__ import annotations
 
@@ -18,33 +22,15 @@ from pathlib import Path
 from typing import TextIO
 
 from ..config import BuilderEndpoint, BuildRequest
-from ..errors import BuilderUnreachable, BuildFailed, Cancelled, LeaseLost, RegistryRefused, ToolMissing, WarmbuildError
+from ..errors import BuilderLost, BuilderUnreachable, Cancelled, LeaseLost, ToolMissing, WarmbuildError
 from .command import build_argv, connection_args
-from .phases import SolvePhases, is_export_step, solve_phases
+from .failures import classify_failure, push_started
+from .phases import SolvePhases, solve_phases
 from .progress import CacheStats, ProgressTracker, StepResult
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 CANCEL_GRACE_SECONDS = 3.0
 CLOCK_MARGIN = timedelta(seconds=5)  # builder and runner clocks may differ a little
-# A push that failed on the registry's side of a race, not a refusal: BuildKit uploads a blob the
-# image and the registry cache share twice at once, and the registry sees the two uploads collide.
-# Pushing again finds the blobs that made it and uploads the rest.
-TRANSIENT_PUSH_MARKERS = (
-    "provided digest did not match uploaded content",
-    "blob unknown to registry",
-    "unexpected commit digest",
-)
-PUSH_REFUSAL_MARKERS = (
-    "failed to push",
-    "unexpected status from push",
-    "push access denied",
-    "insufficient_scope",
-    "unauthorized",
-    "denied",
-    "401 unauthorized",
-    "403 forbidden",
-    "405 method not allowed",
-)
 
 
 @dataclass(frozen=True)
@@ -60,16 +46,13 @@ class SolveOutcome:
     failure: WarmbuildError | None = None  # set when the solve failed or was cancelled
 
 
-def is_transient_push_failure(failure: WarmbuildError | None) -> bool:
-    """A refused push whose registry error is a collision of concurrent uploads (worth one more push)."""
-    return isinstance(failure, RegistryRefused) and any(m in failure.message.lower() for m in TRANSIENT_PUSH_MARKERS)
-
-
 class SolveAbort:
-    """Lets another thread stop a running solve (fencing: the slot lease was lost)."""
+    """Lets another thread stop a running solve (fencing: the slot lease was lost). `builder_left`:
+    the Lease went with its builder pod, so the build did not lose a race, it lost its builder."""
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.builder_left = False
         self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
@@ -79,10 +62,11 @@ class SolveAbort:
             if self.reason is not None:
                 _interrupt(process)
 
-    def trigger(self, reason: str) -> None:
+    def trigger(self, reason: str, builder_left: bool = False) -> None:
         with self._lock:
             if self.reason is None:
                 self.reason = reason
+                self.builder_left = builder_left
             if self._process is not None:
                 _interrupt(self._process)
 
@@ -117,8 +101,9 @@ def check_reachable(builder: BuilderEndpoint, timeout: float = CONNECT_TIMEOUT_S
                 sock.connect(path)
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise BuilderUnreachable(
-            f"builder {builder.address} is unreachable ({reason}): check that buildkitd runs there and the address is right"
+        raise BuilderLost(
+            f"builder {builder.address} is unreachable ({reason}): check that buildkitd runs there and the address is right",
+            cause="unreachable",
         ) from None
 
 
@@ -128,15 +113,16 @@ def check_buildkit_answers(buildctl: str, builder: BuilderEndpoint, timeout: flo
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 2, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise BuilderUnreachable(
-            f"builder {builder.address} accepted a connection but did not answer as buildkitd within {timeout:.0f}s"
+        raise BuilderLost(
+            f"builder {builder.address} accepted a connection but did not answer as buildkitd within {timeout:.0f}s",
+            cause="not answering",
         ) from None
     if done.returncode != 0:
         detail = _last_line(done.stderr) or f"exit status {done.returncode}"
         if builder.tls is not None and ("x509:" in detail or "tls:" in detail):
             name = builder.tls.server_name or builder.address
             raise BuilderUnreachable(f"builder {builder.address} failed the TLS check as {name}: {detail}")
-        raise BuilderUnreachable(f"builder {builder.address} did not answer as buildkitd: {detail}")
+        raise BuilderLost(f"builder {builder.address} did not answer as buildkitd: {detail}", cause="not answering")
 
 
 def run_solve(
@@ -200,6 +186,11 @@ def run_solve(
         failure: WarmbuildError | None = None
         if received:
             failure = Cancelled(received[0], signal.Signals(received[0]).name)
+        elif abort is not None and abort.reason is not None and abort.builder_left:
+            failure = BuilderLost(
+                f"{abort.reason}: the build was stopped", cause="builder left the pool", unhealthy=False
+            )
+            failure.push_started = push_started(tracker.steps(), request.push)
         elif abort is not None and abort.reason is not None:
             failure = LeaseLost(
                 f"{abort.reason}: the build was aborted so that two builds never share a slot; rerun the job"
@@ -252,6 +243,13 @@ def _restore_handlers(previous) -> None:
         signal.signal(signum, handler)
 
 
+def ignored_export_errors(outcome: SolveOutcome) -> tuple[str, ...]:
+    """The errors of cache exports that failed without failing the build (CacheSpec.ignore_error)."""
+    if outcome.failure is not None:
+        return ()
+    return tuple(s.error for s in outcome.steps if s.error and s.name.startswith("exporting cache"))
+
+
 def _ignored_export_errors(steps: tuple[StepResult, ...], failure) -> tuple[str, ...]:
     """A cache export that may fail (CacheSpec.ignore_error) fails without failing the build: say so."""
     if failure is not None:
@@ -273,19 +271,14 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _failure(tracker: ProgressTracker, returncode: int, request: BuildRequest) -> Exception:
+def _failure(tracker: ProgressTracker, returncode: int, request: BuildRequest) -> WarmbuildError:
     failed = tracker.failed_step()
-    buildctl_message = _last_line("\n".join(tracker.unparsed))
-    if failed is not None and is_export_step(failed.name):
-        error = failed.error or buildctl_message
-        if request.push and any(m in error.lower() for m in PUSH_REFUSAL_MARKERS):
-            return RegistryRefused(f"the registry refused the push of {', '.join(request.tags)}: {error}")
-        return BuildFailed(f"step '{failed.name}' failed: {error}")
-    if failed is not None:
-        return BuildFailed(f"step '{failed.name}' failed: {failed.error}", log_tail=tracker.log_tail(failed.digest))
-    lowered = buildctl_message.lower()
-    if request.push and any(m in lowered for m in PUSH_REFUSAL_MARKERS) and "push" in lowered:
-        return RegistryRefused(f"the registry refused the push of {', '.join(request.tags)}: {buildctl_message}")
-    if "connection refused" in lowered or "unavailable" in lowered or "deadline exceeded" in lowered:
-        return BuilderUnreachable(f"lost the builder during the build: {buildctl_message}")
-    return BuildFailed(f"buildctl exited with status {returncode}: {buildctl_message or 'no message'}")
+    return classify_failure(
+        failed,
+        tracker.log_tail(failed.digest) if failed is not None else (),
+        _last_line("\n".join(tracker.unparsed)),
+        returncode,
+        request.tags,
+        request.push,
+        push_started(tracker.steps(), request.push),
+    )

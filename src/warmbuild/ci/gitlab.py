@@ -22,6 +22,7 @@ DOTENV_NAMES = {
     "push-seconds": "PUSH_SECONDS",
     "total-seconds": "TOTAL_SECONDS",
     "cache-hit-ratio": "CACHE_HIT_RATIO",
+    "attempts": "BUILD_ATTEMPTS",
 }
 
 

@@ -21,4 +21,5 @@ def output_values(result: BuildResult, result_document: dict) -> dict[str, str]:
         "push-seconds": f"{t.push_seconds:.3f}",
         "total-seconds": f"{t.total_seconds:.3f}",
         "cache-hit-ratio": f"{result.cache.ratio:.4f}",
+        "attempts": str(len(result.attempts)),  # builders tried: 2 when a lost builder's build ran again
     }

@@ -49,7 +49,8 @@ class ClusterAccess:
 
 def cluster_access(inputs: Mapping[str, str]) -> ClusterAccess:
     """Which credentials the inputs give: a kubeconfig, or a server with a token or OIDC audience;
-    with a scheduler, `token` is the bearer token for the scheduler instead."""
+    with a scheduler, `token` is the bearer token for the scheduler instead, or `oidc-audience` the
+    audience of the job's own OIDC token sent to it (no cluster credentials on the runner at all)."""
     kubeconfig, server, token = (
         inputs.get("kubeconfig", ""),
         inputs.get("server", "").strip(),
@@ -57,10 +58,15 @@ def cluster_access(inputs: Mapping[str, str]) -> ClusterAccess:
     )
     ca, audience = inputs.get("certificate-authority-data", "").strip(), inputs.get("oidc-audience", "").strip()
     if inputs.get("scheduler", "").strip():
-        if kubeconfig.strip() or server or audience or ca:
+        if kubeconfig.strip() or server or ca:
             raise InputError(
-                "with input 'scheduler', give only input 'token' (the scheduler checks it); no cluster credentials"
+                "with input 'scheduler', give only input 'oidc-audience' (the job's OIDC token, with "
+                "permissions id-token: write) or input 'token'; no cluster credentials"
             )
+        if token and audience:
+            raise InputError("with input 'scheduler', give input 'oidc-audience' or input 'token', not both")
+        if audience:
+            return ClusterAccess(env=(("WARMBUILD_SCHEDULER_OIDC_AUDIENCE", audience),))
         return ClusterAccess(env=(("WARMBUILD_SCHEDULER_TOKEN", token),) if token else ())
     if kubeconfig.strip():
         if server or token or audience:

@@ -51,6 +51,7 @@ BUILD_INPUTS = (
     *SECRET_INPUTS,
     "max-wait",
     "fallback",
+    "retries",
 )
 SECRET_ENV_PREFIX = "WARMBUILD_SECRET_"
 
@@ -113,6 +114,10 @@ def build_invocation(inputs: Mapping[str, str]) -> BuildInvocation:
         except ValueError:
             raise InputError(f"input 'max-wait' is '{get('max-wait')}': write a number of seconds, e.g. 60") from None
         argv.append(f"--max-wait={seconds:g}")
+    if get("retries"):
+        if not get("retries").isdigit():
+            raise InputError(f"input 'retries' is '{get('retries')}': write a whole number, e.g. 1 (0: never retry)")
+        argv.append(f"--retries={int(get('retries'))}")
     if get("fallback"):
         if get("fallback") not in FALLBACKS:
             raise InputError(f"input 'fallback' is '{get('fallback')}': write one of {', '.join(FALLBACKS)}")

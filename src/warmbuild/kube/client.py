@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from .. import __version__
-from ..errors import ClusterError
+from ..errors import ClusterError, ClusterRefused, ClusterUnavailable
 from .kubeconfig import ClusterAccess, ExecPlugin, in_cluster_access, kubeconfig_paths, read_kubeconfig
 
 REQUEST_TIMEOUT_SECONDS = 15
@@ -135,9 +135,7 @@ class KubeClient:
                 else:
                     response = self._open_within(method, path, body, query, content_type, deadline - time.monotonic())
             except (HTTPError, OSError) as exc:
-                raise ClusterError(
-                    f"cannot reach the Kubernetes API at {self.host} ({self.description}): {exc}"
-                ) from None
+                raise self._unreachable(exc) from None
             # A token an exec plugin printed may be revoked before the expiry it gave: run the plugin
             # again once, as kubectl does. A 401 is an answer, not a side effect, so retrying is safe.
             if not (response.status == 401 and attempt == 0 and self.credentials.forget_exec_credential()):
@@ -191,7 +189,7 @@ class KubeClient:
         try:
             response = self._open("GET", path, None, params, "application/json", timeout_seconds + 5, stream=True)
         except (HTTPError, OSError) as exc:
-            raise ClusterError(f"cannot reach the Kubernetes API at {self.host} ({self.description}): {exc}") from None
+            raise self._unreachable(exc) from None
         if response.status >= 400:
             data = response.data
             response.release_conn()
@@ -206,9 +204,18 @@ class KubeClient:
                         event = json.loads(line)
                         yield event.get("type"), event.get("object") or {}
         except (HTTPError, OSError) as exc:
-            raise ClusterError(f"the watch on {path} broke: {exc}") from None
+            raise ClusterUnavailable(f"the watch on {path} broke: {exc}") from None
         finally:
             response.release_conn()
+
+    def _unreachable(self, exc: BaseException) -> ClusterError:
+        """The error for a request that got no HTTP answer. A certificate the client cannot verify is
+        configuration (ClusterError); refused, reset, timed out, a handshake cut short are an outage
+        that may end (ClusterUnavailable: placement waits it out within --max-wait)."""
+        message = f"cannot reach the Kubernetes API at {self.host} ({self.description}): {exc}"
+        if "certificate" in str(exc).lower():
+            return ClusterError(message)
+        return ClusterUnavailable(message)
 
     def _raise_for(self, status: int, data: bytes, method: str, path: str):
         try:
@@ -228,14 +235,18 @@ class KubeClient:
                     f"the API server refused to {verb_for(method, path)} {resource}{where}: "
                     f"{message.split('denied request: ', 1)[-1]}"
                 ) from None
-            raise ClusterError(
+            raise ClusterRefused(
                 f"missing permission: {verb_for(method, path)} {resource}{where} "
                 f"({self.description}); grant it in the Role bound to this identity"
             ) from None
         if status == 401:
-            raise ClusterError(
+            raise ClusterRefused(
                 f"the Kubernetes API at {self.host} rejected the credentials ({self.description}): "
                 "the token is missing, expired or not trusted"
+            ) from None
+        if status >= 500 or status == 429:  # overloaded, restarting, or etcd unreachable behind it
+            raise ClusterUnavailable(
+                f"Kubernetes API error {status} on {method} {path.split('?')[0]}: {message or 'no message'}"
             ) from None
         raise ClusterError(f"Kubernetes API error {status} on {method} {path.split('?')[0]}: {message}") from None
 

@@ -26,6 +26,26 @@ WORKLOAD_KEY_ANNOTATION = "warmbuild.dev/workload-key"  # slot/run Leases, ephem
 WORKLOAD_KEY_HASH_ANNOTATION = "warmbuild.dev/workload-key-hash"  # slot/run Leases: the hash of the whole key
 # slot Leases the scheduler took: SHA-256 (hex) of the release token only the acquirer learned
 RELEASE_TOKEN_HASH_ANNOTATION = "warmbuild.dev/release-token-hash"
+# a builder's health Lease (`health_lease_name`): why its last solve failed for an infrastructure
+# reason (disk full, lost, unreachable…), since when (API-server time) and who said so (holder
+# identity and CI run URL). Placement skips the builder for a cool-down after `since`; a build that
+# succeeds there afterwards removes all three.
+UNHEALTHY_ANNOTATION = "warmbuild.dev/unhealthy"
+UNHEALTHY_SINCE_ANNOTATION = "warmbuild.dev/unhealthy-since"
+UNHEALTHY_BY_ANNOTATION = "warmbuild.dev/unhealthy-by"
+
+# ------------------------------------------------------ TokenReview user.extra keys (verified CI claims)
+# Set by the API server's JWT authenticators for CI platforms' OIDC tokens, as the chart renders them
+# (templates/apiserver-authentication.yaml): one value each, the same keys for GitHub and GitLab.
+
+VERIFIED_ISSUER = "warmbuild.dev/issuer"  # "github" | "gitlab"
+VERIFIED_REPOSITORY = "warmbuild.dev/repository"  # GitHub repository, GitLab project_path
+VERIFIED_REF = "warmbuild.dev/ref"  # always a full ref: refs/heads/..., refs/tags/..., refs/pull/...
+VERIFIED_EVENT = "warmbuild.dev/event"  # GitHub event_name, GitLab pipeline_source
+VERIFIED_PROTECTED = "warmbuild.dev/protected"  # "true" | "false": the ref is protected
+VERIFIED_FORK = "warmbuild.dev/fork"  # "true" | "false": the event may run a change from outside
+VERIFIED_WORKFLOW = "warmbuild.dev/workflow"  # GitHub job_workflow_ref, GitLab ci_config_ref_uri
+VERIFIED_AUDIENCE = "warmbuild.dev/audience"  # the token's aud claim (one or more values)
 
 # ---------------------------------------------------------------------------------------------- limits
 
@@ -34,6 +54,7 @@ ANNOTATIONS_TOTAL_MAX = 256 * 1024  # Kubernetes: all annotation keys and values
 # warmbuild's own cap on the workload-key text: readable in `pool status`, small on every Lease.
 # The text is cut, never the hash: readers compare the stored WORKLOAD_KEY_HASH_ANNOTATION.
 WORKLOAD_KEY_ANNOTATION_MAX = 250
+UNHEALTHY_REASON_MAX = 250  # the reason's text on the health Lease, cut for `pool status`
 # The longest slot Lease a build may ask for: a holder that dies keeps its slot at most this long.
 MAX_LEASE_SECONDS = 300
 
@@ -44,6 +65,11 @@ def history_configmap_name(pool: str) -> str:
 
 def slot_lease_name(builder_name: str, slot: int) -> str:
     return f"{builder_name}-slot-{slot}"
+
+
+def health_lease_name(builder_name: str) -> str:
+    """A builder's health Lease: never held, only annotated (a CI identity may update Leases, not pods)."""
+    return f"{builder_name}-health"
 
 
 def ephemeral_pod_name(pool: str, suffix: str) -> str:

@@ -19,6 +19,9 @@ from .names import (
     RELEASE_TOKEN_HASH_ANNOTATION,
     RUN_URL_ANNOTATION,
     SLOTS_ANNOTATION,
+    UNHEALTHY_ANNOTATION,
+    UNHEALTHY_BY_ANNOTATION,
+    UNHEALTHY_SINCE_ANNOTATION,
     WORKLOAD_KEY_ANNOTATION,
     WORKLOAD_KEY_HASH_ANNOTATION,
 )
@@ -127,6 +130,10 @@ class LeaseView:
     transitions: int  # with the name, the fencing token
     owner_uid: str | None  # the owning Pod's uid
     body: dict = field(default_factory=dict, compare=False, repr=False)
+    # a builder's health Lease only (names.health_lease_name): its unhealthy mark, if any
+    unhealthy_reason: str = ""
+    unhealthy_since: datetime | None = None  # server time; None when unmarked or unreadable
+    unhealthy_by: str = ""
 
     @property
     def expiry(self) -> datetime | None:
@@ -179,4 +186,16 @@ def parse_lease(body: dict) -> LeaseView:
         transitions=int(spec.get("leaseTransitions") or 0),
         owner_uid=owner_uid,
         body=body,
+        unhealthy_reason=annotations.get(UNHEALTHY_ANNOTATION, ""),
+        unhealthy_since=_time_or_none(annotations.get(UNHEALTHY_SINCE_ANNOTATION)),
+        unhealthy_by=annotations.get(UNHEALTHY_BY_ANNOTATION, ""),
     )
+
+
+def _time_or_none(text: str | None) -> datetime | None:
+    """An annotation's time, None when absent or not a time (anyone with Lease rights writes them)."""
+    try:
+        moment = parse_kube_time(text) if text else None
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None

@@ -13,7 +13,10 @@ then wait until it is ready), keep, release — so the pipeline has one code pat
 `keep` renews the grant's Lease every duration/3 and calls `on_lost` once when it is actually lost
 (taken over, released by someone else, deleted); an unreachable API server or scheduler is retried
 through, with one line to the log (the rule and its bounds: `pool.leases`). The broker that read the
-pool's history for placement also records the finished build in it (`record`).
+pool's history for placement also records the finished build in it (`record`), and marks a builder
+that failed for an infrastructure reason unhealthy (`mark_unhealthy`, `pool.health`) — the direct
+broker only: the scheduler's callers have no Lease rights, and the scheduler does not take a
+caller's word about a builder (it skips marks written by direct-mode jobs all the same).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
+from ..errors import WarmbuildError
 from ..kube.client import KubeClient
 from ..report import BuildResult
 from ..signals import signals_deferred
@@ -37,6 +41,7 @@ from .ephemeral import (
     tls_secret_manifest,
     wait_until_ready,
 )
+from .health import clear_unhealthy, try_mark_unhealthy
 from .history import PoolHistory, record_of
 from .leases import LeaseKeeper, SlotLease, release_slot, renew_slot
 from .membership import Builder
@@ -77,6 +82,13 @@ class SlotBroker(Protocol):
 
     def record(self, request: PlacementRequest, grant: Grant, result: BuildResult) -> None:
         """Add a finished build to the pool's history (never fails the build)."""
+
+    def mark_unhealthy(self, request: PlacementRequest, grant: Grant, reason: str, log: Callable[[str], None]) -> bool:
+        """Take the grant's warm builder out of the rotation for a cool-down (`pool.health`); True if
+        marked. Never fails the build."""
+
+    def clear_unhealthy(self, request: PlacementRequest, grant: Grant) -> None:
+        """A build succeeded on a builder that carried a mark: remove it (never fails the build)."""
 
 
 class DirectLeases:
@@ -139,6 +151,18 @@ class DirectLeases:
             delete_ephemeral_pod(self.client, grant.lease.namespace, grant.builder.name)
             return True
         return release_slot(self.client, grant.lease.namespace, grant.lease.name, grant.lease.holder)
+
+    def mark_unhealthy(
+        self, request: PlacementRequest, grant: Grant, reason: str, log: Callable[[str], None] = lambda _l: None
+    ) -> bool:
+        by = " ".join(part for part in (request.holder.identity, request.holder.run_url) if part)
+        return try_mark_unhealthy(self.client, request.namespace, request.pool, grant.builder, reason, by, log)
+
+    def clear_unhealthy(self, request: PlacementRequest, grant: Grant) -> None:
+        try:
+            clear_unhealthy(self.client, request.namespace, grant.builder)
+        except WarmbuildError:
+            pass  # the mark has expired anyway; the next success here tries again
 
     def record(self, request: PlacementRequest, grant: Grant, result: BuildResult) -> None:
         entry = record_of(request.key.hash, grant.requested_at or self.client.server_now(), result)

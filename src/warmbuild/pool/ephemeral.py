@@ -334,6 +334,16 @@ def wait_until_ready(client: KubeClient, namespace: str, name: str, timeout: flo
                 break
 
 
+def pod_readiness(client: KubeClient, namespace: str, name: str) -> tuple[str | None, str | None]:
+    """(buildkitd address if the pod is Ready, why it will never be if it failed), from one read;
+    BuilderStartFailed if the pod is gone."""
+    try:
+        pod = client.request("GET", pods_path(namespace, name)).body
+    except KubeNotFound:
+        raise BuilderStartFailed(f"ephemeral builder {name} was deleted while starting") from None
+    return _pod_ready_address(pod), _pod_failed_reason(pod)
+
+
 def pod_event_summary(client: KubeClient, namespace: str, name: str) -> str:
     """The pod's events, newest last, as one line: what the scheduler or kubelet said."""
     try:

@@ -59,6 +59,7 @@ from __future__ import annotations
 import hmac
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -90,6 +91,7 @@ HOLDER_ANNOTATIONS = (
 RENEW_RETRY_SECONDS = 1.0  # after a failed renewal: soon, so a recovered API server is noticed early
 RENEW_TIMEOUT_MAX_SECONDS = 10.0
 RENEW_OUTAGE_LIMIT_SECONDS = 120.0  # without one answered renewal for this long, give the slot up
+LEASE_DELETED = "was deleted (its builder left the pool)"  # LeaseLost's words when the Lease is gone
 
 
 class NotYourSlot(Exception):
@@ -274,8 +276,13 @@ def try_acquire_slot(
     known: Mapping[str, LeaseView],
     duration: int = DEFAULT_LEASE_SECONDS,
 ) -> SlotLease | None:
-    """Take any free slot of `builder`, or return None. `known` is a recent listing of the pool's Leases."""
-    for slot in range(builder.slots):
+    """Take any free slot of `builder`, or return None. `known` is a recent listing of the pool's Leases.
+
+    The slots are tried from an offset of the holder's own (random per acquisition), not from slot 0:
+    acquirers racing for one builder from the same listing then mostly write different Leases
+    instead of all losing the first one's compare-and-swap to one winner, one 409 each, in turn."""
+    offset = zlib.crc32(holder.identity.encode()) % builder.slots if builder.slots else 0
+    for slot in (*range(offset, builder.slots), *range(offset)):
         name = slot_lease_name(builder.name, slot)
         lease = known.get(name)
         now = client.server_now()
@@ -307,6 +314,11 @@ def try_acquire_slot(
         except (KubeConflict, KubeNotFound):
             continue  # someone else won this slot, or it vanished: try the next one
     return None
+
+
+def builder_left(reason: str) -> bool:
+    """Whether a lost slot's reason says its Lease was deleted: the builder pod went, taking it along."""
+    return LEASE_DELETED in reason
 
 
 def renew_interval(duration: float) -> float:
@@ -348,7 +360,7 @@ def renew_slot(
         try:
             lease = parse_lease(client.request("GET", path, timeout=left()).body)
         except KubeNotFound:
-            raise LeaseLost(f"slot lease {held.name} was deleted (its builder left the pool)") from None
+            raise LeaseLost(f"slot lease {held.name} {LEASE_DELETED}") from None
         if not lease.holder or lease.holder != held.holder or lease.transitions != held.transitions:
             raise LeaseLost(f"slot lease {held.name} is now held by {lease.holder or 'nobody'}")
         if token_hash is not None and not token_matches(lease, token_hash):
@@ -366,7 +378,7 @@ def renew_slot(
         except KubeConflict:
             continue  # changed between our read and write: read again and re-check the holder
         except KubeNotFound:
-            raise LeaseLost(f"slot lease {held.name} was deleted (its builder left the pool)") from None
+            raise LeaseLost(f"slot lease {held.name} {LEASE_DELETED}") from None
     raise ClusterError(f"could not renew slot lease {held.name}: it kept changing under us")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from .affinity import DEFAULT_LOAD_FACTOR, preference_order, rank_builders
 from .records import BuildRecord
@@ -30,6 +31,55 @@ RECENT = 10
 POLL_SECONDS = 0.5  # a waiting build looks at the pool again after 0.5–1.5 × this
 
 FALLBACKS = ("auto", "wait", "ephemeral", "fail")
+
+# A builder marked unhealthy (its solve failed for an infrastructure reason) is left out of placement
+# for this long after the mark; then it is tried again, and a build that succeeds there clears it.
+UNHEALTHY_COOLDOWN_SECONDS = 120.0
+# A mark dated later than the API server's now plus this is ignored: whoever can write Leases must
+# not keep a builder out longer than one cool-down per write.
+MARK_CLOCK_SKEW_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class HealthMark:
+    """A builder's unhealthy mark as read from its health Lease (kube/names: UNHEALTHY_*)."""
+
+    builder: str
+    reason: str
+    since: datetime  # API-server time of the mark
+    by: str = ""  # who marked it (holder identity, CI run URL)
+
+    def until(self, cooldown: float = UNHEALTHY_COOLDOWN_SECONDS) -> datetime:
+        return self.since + timedelta(seconds=cooldown)
+
+
+def cooling_down(mark: HealthMark, now: datetime, cooldown: float = UNHEALTHY_COOLDOWN_SECONDS) -> bool:
+    """Whether the mark keeps its builder out of placement at `now` (API-server time)."""
+    if mark.since > now + timedelta(seconds=MARK_CLOCK_SKEW_SECONDS):
+        return False  # dated in the future: not a mark warmbuild wrote, ignored
+    return now < mark.until(cooldown)
+
+
+def out_of_rotation(
+    builders: Iterable[str],
+    marks: Mapping[str, HealthMark],
+    avoid: Iterable[str],
+    now: datetime,
+    cooldown: float = UNHEALTHY_COOLDOWN_SECONDS,
+) -> dict[str, str]:
+    """The builders placement skips this round, each with why: those this build already lost
+    (`avoid`: a retry never goes back to the builder that failed it) and those cooling down after an
+    unhealthy mark. The rest are the rotation."""
+    avoided = set(avoid)
+    skipped: dict[str, str] = {}
+    for name in builders:
+        mark = marks.get(name)
+        if name in avoided:
+            skipped[name] = "lost by an earlier attempt of this build"
+        elif mark is not None and cooling_down(mark, now, cooldown):
+            left = (mark.until(cooldown) - now).total_seconds()
+            skipped[name] = f"unhealthy ({mark.reason}), back in {left:.0f}s"
+    return skipped
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""`warmbuild pool status`: builders, their slots, who holds them and for how long.
+"""`warmbuild pool status`: builders, their slots, who holds them and for how long, and which are
+out of the rotation as unhealthy (reason, since, until; who marked them).
 
 `without_holders` is the same status with who holds each slot left out (holder, run URL, workload
-key): what the scheduler shows callers that are not the pool's admins.
+key, who marked a builder): what the scheduler shows callers that are not the pool's admins.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from datetime import datetime
 
 from ..kube.client import KubeClient
 from ..kube.names import slot_lease_name
+from .health import mark_of
 from .leases import list_pool_leases
 from .membership import list_pool_pods
+from .policy import cooling_down
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,11 @@ class BuilderStatus:
     draining: bool
     terminating: bool
     slots: tuple[SlotStatus, ...]
+    # the builder's unhealthy mark (pool.health), while placement skips it; None when in the rotation
+    unhealthy: str | None = None
+    unhealthy_since: datetime | None = None
+    unhealthy_until: datetime | None = None
+    unhealthy_by: str | None = None
 
     @property
     def in_use(self) -> int:
@@ -74,6 +82,8 @@ def read_pool_status(client: KubeClient, namespace: str, pool: str) -> PoolStatu
                     busy=held,
                 )
             )
+        mark = mark_of(leases, pod.name, pod.uid)
+        cooling = mark is not None and cooling_down(mark, now)
         builders.append(
             BuilderStatus(
                 name=pod.name,
@@ -82,6 +92,10 @@ def read_pool_status(client: KubeClient, namespace: str, pool: str) -> PoolStatu
                 draining=pod.draining,
                 terminating=pod.terminating,
                 slots=tuple(slots),
+                unhealthy=mark.reason if cooling else None,
+                unhealthy_since=mark.since if cooling else None,
+                unhealthy_until=mark.until() if cooling else None,
+                unhealthy_by=(mark.by or None) if cooling else None,
             )
         )
     return PoolStatus(namespace, pool, now, tuple(builders))
@@ -90,7 +104,9 @@ def read_pool_status(client: KubeClient, namespace: str, pool: str) -> PoolStatu
 def without_holders(status: PoolStatus) -> PoolStatus:
     """The status with no holder identities, run URLs or workload keys: slots say only busy or free."""
     hidden = {"holder": None, "run_url": None, "workload_key": None}
-    builders = tuple(replace(b, slots=tuple(replace(s, **hidden) for s in b.slots)) for b in status.builders)
+    builders = tuple(
+        replace(b, slots=tuple(replace(s, **hidden) for s in b.slots), unhealthy_by=None) for b in status.builders
+    )
     return replace(status, builders=builders)
 
 
@@ -99,8 +115,25 @@ def status_to_dict(status: PoolStatus) -> dict:
         "namespace": status.namespace,
         "pool": status.pool,
         "server_time": status.server_time.isoformat(),
-        "builders": [dict(asdict(b), in_use=b.in_use) for b in status.builders],
+        "builders": [_builder_dict(b) for b in status.builders],
     }
+
+
+def _builder_dict(builder: BuilderStatus) -> dict:
+    document = dict(asdict(builder), in_use=builder.in_use)
+    for key in ("unhealthy_since", "unhealthy_until"):
+        document[key] = document[key].isoformat() if document[key] else None
+    return document
+
+
+def builder_state(b: BuilderStatus) -> str:
+    if b.terminating:
+        return "terminating"
+    if b.draining:
+        return "draining"
+    if not b.ready:
+        return "not-ready"
+    return "unhealthy" if b.unhealthy else "ready"
 
 
 def render_status_table(status: PoolStatus) -> str:
@@ -110,7 +143,7 @@ def render_status_table(status: PoolStatus) -> str:
     header = ("BUILDER", "STATE", "ADDRESS", "SLOT", "HOLDER", "HELD", "RUN")
     rows = []
     for b in status.builders:
-        state = "terminating" if b.terminating else "draining" if b.draining else "ready" if b.ready else "not-ready"
+        state = builder_state(b)
         for i, slot in enumerate(b.slots or (None,)):
             rows.append(
                 (
@@ -126,4 +159,12 @@ def render_status_table(status: PoolStatus) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         lines.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    for b in status.builders:
+        if b.unhealthy:
+            left = max(0.0, (b.unhealthy_until - status.server_time).total_seconds())
+            by = f" by {b.unhealthy_by}" if b.unhealthy_by else ""
+            lines.append(
+                f"{b.name}: unhealthy since {b.unhealthy_since:%H:%M:%S}Z{by}: {b.unhealthy}; "
+                f"skipped by placement for {left:.0f}s more, then tried again"
+            )
     return "\n".join(lines)

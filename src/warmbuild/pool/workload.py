@@ -13,6 +13,11 @@ The default key is repository + Dockerfile path. Targets of one Dockerfile share
 layers (a `--target deps` build computes the stages the full build starts from), so they share a
 builder unless the user asks to split them (`by_target`). Under `build --uv` the key names the
 Dockerfile the user wrote, not the rewritten copy in a temporary folder.
+
+Through the scheduler, a caller whose CI identity the API server verified (an OIDC token) does not
+choose the repository part: `scoped_key` puts its verified repository first and keeps only the part
+the job may choose (`path`: Dockerfile path and target, or its --cache-key). A key of repository A
+can never equal a key of repository B, whatever the job sends.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ class WorkloadKey:
     """A stable identity for 'builds that share a cache'."""
 
     value: str
-    source: str  # explicit | repository+dockerfile | repository+dockerfile+target
+    source: str  # explicit | repository+dockerfile | repository+dockerfile+target | verified-repository+…
+    path: str = ""  # the part a job may choose: Dockerfile path (and target), or the explicit key
 
     @property
     def hash(self) -> str:
@@ -45,7 +51,7 @@ class WorkloadKey:
 
 def explicit_key(value: str) -> WorkloadKey:
     """A key given as is (`--cache-key`, or by a scheduler caller)."""
-    return WorkloadKey(value=value, source="explicit")
+    return WorkloadKey(value=value, source="explicit", path=value)
 
 
 def derive_workload_key(
@@ -56,5 +62,13 @@ def derive_workload_key(
     if explicit:
         return explicit_key(explicit)
     if by_target and target:
-        return WorkloadKey(value=f"{repository}|{dockerfile}|{target}", source="repository+dockerfile+target")
-    return WorkloadKey(value=f"{repository}|{dockerfile}", source="repository+dockerfile")
+        path = f"{dockerfile}|{target}"
+        return WorkloadKey(value=f"{repository}|{path}", source="repository+dockerfile+target", path=path)
+    return WorkloadKey(value=f"{repository}|{dockerfile}", source="repository+dockerfile", path=dockerfile)
+
+
+def scoped_key(verified_repository: str, requested: str, path: str = "") -> WorkloadKey:
+    """The key of a caller whose repository was verified: that repository, then the part the job
+    chose (`path`; without it, `requested` less any repository part it claims)."""
+    chosen = path or (requested.split("|", 1)[1] if "|" in requested else requested)
+    return WorkloadKey(value=f"{verified_repository}|{chosen}", source="verified-repository+path", path=chosen)

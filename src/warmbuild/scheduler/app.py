@@ -7,11 +7,13 @@ Every error is `{"error": "one line"}` (and a `code` where a client acts on it: 
 
 Before any work a route checks, in order: the token (TokenReview, 401), the pool (grant, 403), the
 caller's concurrent requests (429 with Retry-After), and for acquire the caller's trust: an
-untrusted caller gets a 403 naming the way out (the scheduler starts no ephemeral builders, and a
-warm or spill slot is never for an untrusted build). With a gateway configured (`scheduler.gateway`),
-an acquire or renew that carries a `csr` is answered with a grant certificate for the granted
-builder (the answer's `gateway` object); a CSR that cannot be signed is a 400 before any slot is taken. `/status` shows holders, run URLs and
-workload keys to the pool's admins only; others see builders and which slots are busy.
+untrusted caller (its grant, its verified fork claims, or its own `untrusted: true`) never gets a
+warm or spill slot; it gets an ephemeral builder the scheduler starts (`/ephemeral` tells when it is
+Ready), or, from a scheduler without ephemeral settings, a 403 naming the way out. `/status` shows
+holders, run URLs and workload keys to the pool's admins only; others see builders and busy slots.
+With a gateway configured (`GatewayIssuer`), an acquire or renew that carries a `csr` is answered
+with a grant certificate for the granted builder (the answer's `gateway` object); a CSR that cannot
+be signed is a 400 before any slot is taken.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import signal
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
@@ -38,7 +40,7 @@ from .auth import AccessConfig, Caller, TokenReviewer, Unauthenticated
 from .gateway import GatewayIssuer, GatewayOptions
 from .limits import RequestLimiter, TooManyRequests
 from .metrics import SchedulerMetrics
-from .service import AcquireAsk, NotYours, OverLimit, SlotService
+from .service import AcquireAsk, NotYours, OverLimit, SlotService, workload_key_for
 
 POOL_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"  # a label value
 LEASE_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"  # an object name
@@ -61,6 +63,16 @@ class AcquireBody(_Strict):
     holder_hint: str = Field(default="", max_length=200)
     fallback: Literal["wait", "fail"] = "wait"
     csr: str | None = Field(default=None, max_length=8192)  # PEM: a grant certificate through the gateway
+    key_path: str = Field(default="", max_length=1024)  # the part of the key the job chose
+    untrusted: bool = False  # the caller asks to be treated as untrusted (never the other way)
+    # builders this caller's build already lost (a retry): never granted again
+    avoid_builders: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(default=[], max_length=16)
+
+
+class EphemeralBody(_Strict):
+    holder: str = Field(min_length=1, max_length=512)
+    release_token: str = Field(min_length=1, max_length=256)
+    wait_seconds: float = Field(default=20, ge=0, le=300)
 
 
 class RenewBody(_Strict):
@@ -113,6 +125,22 @@ def grant_to_dict(grant: Grant) -> dict:
         "path": grant.path,
         "affine": grant.affine,
         "affine_builder": grant.affine_builder,
+        **run_tls_to_dict(grant),
+    }
+
+
+def run_tls_to_dict(grant: Grant) -> dict:
+    """An ephemeral builder's per-run CA and client pair, for the one caller it was started for."""
+    if grant.run_tls is None:
+        return {}
+    tls = grant.run_tls
+    return {
+        "run_tls": {
+            "server_name": tls.server_name,
+            "ca": tls.ca_pem.decode(),
+            "cert": tls.cert_pem.decode(),
+            "key": tls.key_pem.decode(),
+        }
     }
 
 
@@ -123,10 +151,10 @@ def _error(status: int, message: str, headers: dict | None = None, code: str = "
     return JSONResponse(document, status_code=status, headers=headers)
 
 
-def untrusted_message(who: Caller) -> str:
+def untrusted_message(who: Caller, why: str = "its grant says trusted: false") -> str:
     return (
-        f"{who.username} is an untrusted caller (its grant says trusted: false): the scheduler never gives it "
-        "a warm or spill slot and starts no ephemeral builders; build with Kubernetes credentials and an "
+        f"{who.username} is an untrusted caller ({why}): the scheduler never gives it "
+        "a warm or spill slot and this one starts no ephemeral builders; build with Kubernetes credentials and an "
         "ephemeral builder instead (warmbuild build --pool P --fallback ephemeral, without --scheduler)"
     )
 
@@ -233,16 +261,17 @@ def _slot_routes(app: FastAPI, parts: AppParts, caller, allowed, limiter: Reques
     @app.post(f"/{API_VERSION}/pools/{{pool}}/acquire")
     def acquire(body: AcquireBody, pool: str = pool_param, who: Caller = Depends(caller)):
         allowed(who, pool)
-        if not parts.access.trusted(who):
+        untrusted = body.untrusted or not parts.access.trusted(who)
+        if untrusted and service.ephemeral is None:
             parts.metrics.auth_failures.labels("403").inc()
-            return _error(403, untrusted_message(who), code="untrusted")
+            return _error(403, untrusted_message(who, parts.access.untrusted_reason(who)), code="untrusted")
         refused = _check_csr(parts.gateway, body.csr)
         if refused is not None:
             return refused
-        ask = AcquireAsk(pool=pool, **body.model_dump(exclude={"csr"}))
+        ask = AcquireAsk(pool=pool, **body.model_dump(exclude={"untrusted", "csr"}))
         try:
             with limiter.hold(who.username, "long"):
-                answer = service.acquire(who, ask)
+                answer = service.start_ephemeral(who, ask) if untrusted else service.acquire(who, ask)
         except TooManyRequests as exc:
             return _over_limit(str(exc), exc.retry_after)
         except OverLimit as exc:
@@ -253,7 +282,21 @@ def _slot_routes(app: FastAPI, parts: AppParts, caller, allowed, limiter: Reques
         if answer.grant is not None:
             document.update(grant_to_dict(answer.grant))
             document.update(_gateway_part(parts.gateway, body.csr, answer.grant.builder.name, body.lease_seconds))
+        document.update(untrusted=untrusted, workload_key=workload_key_for(who, ask).value)
         return document
+
+    @app.post(f"/{API_VERSION}/slots/{{lease}}/ephemeral")
+    def ephemeral_status(body: EphemeralBody, lease: str = lease_param, who: Caller = Depends(caller)):
+        try:
+            with limiter.hold(who.username, "long"):
+                status = service.ephemeral_status(who, lease, body.holder, body.release_token, body.wait_seconds)
+        except TooManyRequests as exc:
+            return _over_limit(str(exc), exc.retry_after)
+        except NotYours as exc:
+            return _error(403, str(exc), code="not-your-slot")
+        except WarmbuildError as exc:
+            return _error(503, exc.message)
+        return {"ready": status.ready, "address": status.address, "failed": status.failed}
 
     @app.post(f"/{API_VERSION}/slots/{{lease}}/renew")
     def renew(body: RenewBody, lease: str = lease_param, who: Caller = Depends(caller)):
@@ -365,6 +408,7 @@ def serve(
     max_poll_seconds: float = 30.0,
     max_concurrent: int = 128,
     pool_watch: bool = True,
+    ephemeral_config: str | None = None,
     gateway: GatewayOptions = GatewayOptions(),
 ) -> None:
     """Run the scheduler until SIGTERM/SIGINT; long-polls answer "wait" at once when it comes."""
@@ -386,6 +430,11 @@ def serve(
     if not 0 < max_poll_seconds <= 300:
         raise InputError("--max-poll-seconds must be more than 0 and at most 300")
     access = load_access_config(auth_config)
+    ephemeral = None
+    if ephemeral_config:
+        from ..pool.ephemeral import load_ephemeral_settings
+
+        ephemeral = load_ephemeral_settings(ephemeral_config)
     issuer = GatewayIssuer.from_options(gateway)
     disable_created_metrics()  # no *_created series: they double the output and nothing here uses them
     client = connect(kubeconfig, kube_context)
@@ -393,7 +442,13 @@ def serve(
     metrics = SchedulerMetrics(access.pools, lambda pool: read_pool_status(client, namespace, pool))
     client.on_request = metrics.count_kube_request
     service = SlotService(
-        client, namespace, metrics, max_poll_seconds=max_poll_seconds, limits=access.limits, watch_pools=pool_watch
+        client,
+        namespace,
+        metrics,
+        max_poll_seconds=max_poll_seconds,
+        limits=access.limits,
+        watch_pools=pool_watch,
+        ephemeral=ephemeral,
     )
     app = create_app(
         AppParts(service, TokenReviewer(client, access.audiences), access, metrics, max_concurrent, gateway=issuer)

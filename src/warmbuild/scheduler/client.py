@@ -1,12 +1,28 @@
 """The scheduler's client: a `SlotBroker` over HTTPS, for runners without Lease permissions.
 
-Needs only `requests`. Several scheduler URLs (replicas) may be given; a request that cannot be
-answered (connection refused, timeout, 5xx, malformed JSON) goes to the next replica, with a short
-backoff after each round, for a bounded number of rounds: a dead scheduler is a clear error
-within seconds. 401/403 and other 4xx answers are not retried. A renewal has a budget instead
+Needs only `requests`. Several scheduler replicas may be given, as comma-separated URLs
+(`--scheduler https://a:8443,https://b:8443`), or as one name that resolves to several addresses
+(a headless Service: urllib3 tries each address of the name in turn when it connects). A request
+that cannot be answered (connection refused or reset, connect timeout, 5xx, malformed JSON) goes
+to the next replica at once, with a short backoff after each round over all of them, for a bounded
+number of rounds. So a replica killed while a caller waits on it costs that caller well under 2 s:
+the broken long-poll is re-sent to the next replica at once (a refused or reset connection fails
+within milliseconds; one that is gone without a reset within the 1.5 s connect timeout). A replica
+that hangs mid-poll (stopped, not dead) is noticed only at the poll's read timeout.
+A scheduler that never answered this client is a clear error within seconds (a wrong URL or CA);
+once one has answered — a scheduler's JSON error counts: a 503 while the API server behind it
+restarts is an answer from a live replica — every replica being unreachable or answering 5xx at once (a rollout, a restart) is waited
+through within --max-wait, with one line, then the same error. 401/403 and other 4xx answers are
+not retried. A renewal has a budget instead
 (under a third of the lease duration, `pool.leases.renew_timeout`): its attempts, timeouts and
 backoffs all end within it, and the keeper (`SchedulerKeeper`, the rule of `pool.leases.SlotKeeper`)
 retries an unreachable scheduler through an outage; only 409 (LeaseLost) aborts the build.
+
+An untrusted caller (its own --untrusted, or the scheduler's verdict on its grant or verified CI
+claims) gets an ephemeral builder the scheduler started: the grant says `untrusted`, carries the run
+Lease, the pod's name and its per-run certificates; `wait_ready` asks the scheduler until the pod is
+Ready; release deletes it. The key sent names the part the job chose (`key_path`) besides the whole
+key: a caller with a verified repository gets that repository's key, whatever it sends.
 
 Acquire is a long-poll loop: each request waits at most `poll_seconds` on the server; a "wait"
 answer means poll again, reporting how long we have waited, until "granted" or "fallback". A 429
@@ -26,8 +42,11 @@ with the release. A scheduler without a gateway ignores the CSR: the build conne
 
 The token sent is one minted for the scheduler's audience (default `warmbuild-scheduler`): in a pod,
 a projected service account token at PROJECTED_TOKEN (the chart's examples mount one there), else
---scheduler-token-file / WARMBUILD_SCHEDULER_TOKEN(_FILE); the pod's own API-server token is the last
-resort, accepted only by a scheduler configured with `audiences: []`.
+--scheduler-token-file / WARMBUILD_SCHEDULER_TOKEN(_FILE) (a GitLab job's `id_tokens` variable, a
+Jenkins credential file), else on GitHub Actions the job's own OIDC token for
+WARMBUILD_SCHEDULER_OIDC_AUDIENCE (`kube.oidc.GitHubOidcTokenSource`, re-minted before it expires, so a
+long build still renews); the pod's own API-server token is the last resort, accepted only by a
+scheduler configured with `audiences: []`.
 """
 
 from __future__ import annotations
@@ -45,16 +64,19 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from ..errors import ClusterError, InputError, LeaseLost, NoSlotAvailable
+from ..errors import BuilderStartFailed, ClusterError, ClusterUnavailable, InputError, LeaseLost, NoSlotAvailable
 from ..gateway.certs import ClientKey
 from ..kube.kubeconfig import IN_CLUSTER_TOKEN
+from ..kube.oidc import GitHubOidcTokenSource
 from ..pool.leases import SlotKeeper, SlotLease
 from ..pool.membership import Builder
 from ..pool.placement import GatewayRoute, Grant, PlacementRequest
+from ..pool.run_certs import RunTls
 from ..pool.state import private_state_dir
 
 PROJECTED_TOKEN = Path("/var/run/secrets/warmbuild.dev/scheduler/token")
-CONNECT_TIMEOUT_SECONDS = 3.0
+CONNECT_TIMEOUT_SECONDS = 1.5  # a replica that is gone (no RST) costs at most this before the next is asked
+OUTAGE_RETRY_SECONDS = 1.0
 READ_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 20.0
 ROUNDS = 3
@@ -66,7 +88,7 @@ class SchedulerError(ClusterError):
     """The scheduler refused or could not answer (exit 6, like other cluster access problems)."""
 
 
-class SchedulerUnavailable(SchedulerError):
+class SchedulerUnavailable(SchedulerError, ClusterUnavailable):
     """No replica answered within the retries."""
 
 
@@ -88,6 +110,7 @@ class SchedulerOptions:
     token: str
     ca_file: str | None = None  # None: the system's CA bundle
     token_file: str | None = None  # re-read for every request: kubelet rotates projected tokens
+    token_source: Callable[[], str] | None = None  # e.g. GitHub's OIDC token, re-minted before it expires
     poll_seconds: float = POLL_SECONDS
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS
     read_timeout: float = READ_TIMEOUT_SECONDS
@@ -119,8 +142,21 @@ def scheduler_token_file(token: str | None, token_file: str | None, environ: Map
     return token_file
 
 
+def oidc_token_source(
+    token: str | None, token_file: str | None, environ: Mapping[str, str]
+) -> Callable[[], str] | None:
+    """GitHub's OIDC token for WARMBUILD_SCHEDULER_OIDC_AUDIENCE, unless a token or file is given."""
+    audience = (environ.get("WARMBUILD_SCHEDULER_OIDC_AUDIENCE") or "").strip()
+    if not audience or token or token_file or environ.get("WARMBUILD_SCHEDULER_TOKEN"):
+        return None
+    if environ.get("WARMBUILD_SCHEDULER_TOKEN_FILE"):
+        return None
+    return GitHubOidcTokenSource.from_env(environ, audience).token
+
+
 def scheduler_token(token: str | None, token_file: str | None, environ: Mapping[str, str]) -> str:
-    """The bearer token: --scheduler-token / WARMBUILD_SCHEDULER_TOKEN, a token file, or the pod's SA token."""
+    """The bearer token: --scheduler-token / WARMBUILD_SCHEDULER_TOKEN, a token file, the job's OIDC
+    token, or the pod's SA token."""
     token = token or environ.get("WARMBUILD_SCHEDULER_TOKEN")
     if token:
         return token.strip()
@@ -128,7 +164,8 @@ def scheduler_token(token: str | None, token_file: str | None, environ: Mapping[
     if not token_file:
         raise InputError(
             "no token for the scheduler: pass --scheduler-token-file FILE, or set WARMBUILD_SCHEDULER_TOKEN "
-            "(a Kubernetes service account token), or run in a pod with a service account"
+            "(a GitLab id_tokens variable, or a Kubernetes service account token), or "
+            "WARMBUILD_SCHEDULER_OIDC_AUDIENCE on GitHub Actions, or run in a pod with a service account"
         )
     try:
         text = Path(token_file).read_text().strip()
@@ -145,8 +182,12 @@ def scheduler_options(
     environ = os.environ if environ is None else environ
     if ca_file and not Path(ca_file).is_file():
         raise InputError(f"--scheduler-ca {ca_file} does not exist")
+    parsed = parse_scheduler_urls(urls)
+    source = oidc_token_source(token, token_file, environ)
+    if source is not None:
+        return SchedulerOptions(urls=parsed, token=source(), ca_file=ca_file, token_source=source)
     return SchedulerOptions(
-        urls=parse_scheduler_urls(urls),
+        urls=parsed,
         token=scheduler_token(token, token_file, environ),
         ca_file=ca_file,
         token_file=scheduler_token_file(token, token_file, environ),
@@ -201,11 +242,24 @@ def grant_from_answer(answer: dict, waited_seconds: float) -> Grant:
             path=str(answer["path"]),
             waited_seconds=round(waited_seconds, 3),
             reason=str(answer.get("reason", "")),
+            run_tls=_run_tls(answer.get("run_tls")),
+            untrusted=answer.get("untrusted") is True,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SchedulerError(
             f"the scheduler's grant is incomplete ({type(exc).__name__}: {exc}); is it a warmbuild scheduler?"
         ) from None
+
+
+def _run_tls(document) -> RunTls | None:
+    if not document:
+        return None
+    return RunTls(
+        server_name=str(document["server_name"]),
+        ca_pem=str(document["ca"]).encode(),
+        cert_pem=str(document["cert"]).encode(),
+        key_pem=str(document["key"]).encode(),
+    )
 
 
 class SchedulerClient:
@@ -225,15 +279,11 @@ class SchedulerClient:
         self._current = random.randrange(len(options.urls))  # spread clients over replicas
         self._held: dict[str, tuple[str, float]] = {}  # lease name -> (pool, when acquired by self.clock)
         self._keys: dict[str, tuple[ClientKey, Path]] = {}  # lease name -> the runner's key, its directory
+        self._answered = False  # has any replica answered this client yet (any HTTP status)
 
     # -- SlotBroker -------------------------------------------------------------------------------
 
     def acquire(self, request: PlacementRequest, log: Callable[[str], None] = lambda _line: None) -> Grant:
-        if request.untrusted:
-            raise NoSlotAvailable(
-                "an untrusted build needs an ephemeral builder, which the scheduler does not start: "
-                "build with --pool and Kubernetes credentials instead of --scheduler"
-            )
         started = self.clock()
         give_up = (
             started + request.max_wait_seconds + 2 * self.options.poll_seconds + 60
@@ -249,7 +299,7 @@ class SchedulerClient:
 
     def _poll(self, request: PlacementRequest, log, started: float, give_up: float, key: ClientKey) -> Grant:
         announced = False
-        busy_said = False
+        busy_said = outage_said = False
         while True:
             waited = self.clock() - started
             body = {
@@ -263,7 +313,11 @@ class SchedulerClient:
                 # The scheduler waits then spills, or fails at once; auto/ephemeral need a Kubernetes client.
                 "fallback": "fail" if request.fallback == "fail" else "wait",
                 "csr": key.csr_pem,
+                "key_path": request.key.path,
+                "untrusted": request.untrusted,
             }
+            if request.avoid:  # sent only on a retry, so a scheduler older than the field serves every first try
+                body["avoid_builders"] = list(request.avoid)
             try:
                 answer = self._call(
                     "POST",
@@ -278,6 +332,19 @@ class SchedulerClient:
                     log(f"{busy.message}; waiting")
                     busy_said = True
                 self.sleep(max(0.5, min(busy.retry_after, 30.0)))
+                continue
+            except SchedulerUnavailable as down:
+                # Never answered: a wrong URL or CA, said within seconds. Answered before: every replica
+                # is restarting at once (a rollout, the API server behind them): wait within --max-wait.
+                if not self._answered or self.clock() - started >= request.max_wait_seconds:
+                    raise
+                if not outage_said:
+                    log(
+                        f"{down.message}; asking again every {OUTAGE_RETRY_SECONDS:g}s for up to "
+                        f"{request.max_wait_seconds - (self.clock() - started):.0f}s (--max-wait)"
+                    )
+                    outage_said = True
+                self.sleep(OUTAGE_RETRY_SECONDS)
                 continue
             decision = answer.get("decision")
             if decision == "granted":
@@ -307,16 +374,46 @@ class SchedulerClient:
                 )
 
     def start_ephemeral(self, request: PlacementRequest, grant: Grant, settings, on_created) -> Grant:
-        raise NoSlotAvailable(
-            "the scheduler does not start ephemeral builders: build with --pool and Kubernetes "
-            "credentials instead of --scheduler"
-        )
+        """Nothing to start: the scheduler made the pod with the grant (its release token, not the
+        pod, is what `warmbuild release` needs, so `on_created` is not called)."""
+        if grant.lease is None or grant.builder is None:
+            raise SchedulerError("the scheduler's ephemeral grant names no builder; is it a warmbuild scheduler?")
+        return grant
 
     def wait_ready(self, grant: Grant, settings) -> Grant:
-        return grant  # never an ephemeral grant (start_ephemeral refuses)
+        """Ask the scheduler until the ephemeral builder is Ready (BuilderStartFailed, exit 9, if it
+        fails or is not Ready within the settings' startup timeout)."""
+        deadline = self.clock() + settings.startup_timeout_seconds
+        lease = grant.lease
+        while True:
+            left = deadline - self.clock()
+            if left <= 0:
+                raise BuilderStartFailed(
+                    f"ephemeral builder {grant.builder.name} was not ready after "
+                    f"{settings.startup_timeout_seconds:.0f}s (the scheduler started it)"
+                )
+            wait = min(self.options.poll_seconds, left)
+            answer = self._call(
+                "POST",
+                f"/v1/slots/{quote(lease.name, safe='')}/ephemeral",
+                {"holder": lease.holder, "release_token": lease.release_token, "wait_seconds": round(wait, 3)},
+                read_timeout=wait + self.options.read_timeout,
+            )
+            if answer.get("failed"):
+                raise BuilderStartFailed(f"ephemeral builder {grant.builder.name}: {answer['failed']}")
+            if answer.get("ready") and answer.get("address"):
+                return replace(grant, builder=replace(grant.builder, address=str(answer["address"])))
 
     def record(self, request: PlacementRequest, grant: Grant, result) -> None:
         """Nothing: this runner has no access to the pool's history; the scheduler's placement reads it."""
+
+    def mark_unhealthy(self, request: PlacementRequest, grant: Grant, reason: str, log=lambda _line: None) -> bool:
+        """Nothing: this runner has no Lease rights, and the scheduler takes no caller's word about a
+        builder. A retry through the scheduler still avoids the builder (`avoid_builders`)."""
+        return False
+
+    def clear_unhealthy(self, request: PlacementRequest, grant: Grant) -> None:
+        """Nothing (see `mark_unhealthy`)."""
 
     def renew(self, lease: SlotLease, timeout: float | None = None) -> SlotLease:
         """Extend the hold, within `timeout` seconds if given; LeaseLost if the scheduler says another
@@ -431,6 +528,9 @@ class SchedulerClient:
                     problem = f"cannot connect to {url}: {_short(exc)}"
                 else:
                     document, problem = _decode(response, url)
+                    # A JSON answer, even a 503 (the API server behind it restarting), is a warmbuild
+                    # scheduler at a right URL with a verified certificate.
+                    self._answered = self._answered or problem is None or _json_error(response)
                     if problem is None:
                         return self._check_status(
                             response.status_code, document, url, lost_on_409, response.headers.get("Retry-After")
@@ -444,6 +544,8 @@ class SchedulerClient:
         )
 
     def _token(self) -> str:
+        if self.options.token_source is not None:
+            return self.options.token_source()
         if self.options.token_file:
             try:
                 return Path(self.options.token_file).read_text().strip() or self.options.token
@@ -482,6 +584,14 @@ def _decode(response: requests.Response, url: str) -> tuple[dict, str | None]:
     if not isinstance(document, dict):
         return {}, f"{url} answered {response.status_code} with malformed JSON: {_short(response.text) or 'empty body'}"
     return document, None
+
+
+def _json_error(response: requests.Response) -> bool:
+    try:
+        document = response.json()
+    except ValueError:
+        return False
+    return isinstance(document, dict) and "error" in document
 
 
 def _short(value, limit: int = 160) -> str:

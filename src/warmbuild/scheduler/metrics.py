@@ -143,6 +143,11 @@ class _PoolCollector:
             "ceil((slots in use + waiting acquirers on this replica) / slots per builder): scale builders on this",
             labels=["pool"],
         )
+        unhealthy = GaugeMetricFamily(
+            "warmbuild_pool_builder_unhealthy",
+            "1 while a builder is out of the rotation after an infrastructure failure (its cool-down), else 0",
+            labels=["pool", "builder"],
+        )
         for pool in self.metrics.pools:
             queued = self.metrics.waiting_now(pool)
             waiting.add_metric([pool], queued)
@@ -155,7 +160,8 @@ class _PoolCollector:
             for builder in status.builders:
                 slots.add_metric([pool, builder.name], len(builder.slots))
                 in_use.add_metric([pool, builder.name], builder.in_use)
+                unhealthy.add_metric([pool, builder.name], 1 if builder.unhealthy else 0)
             per = slots_per_builder(status)
             per_builder.add_metric([pool], per)
             desired.add_metric([pool], desired_builders(sum(b.in_use for b in status.builders), queued, per))
-        yield from (up, slots, in_use, per_builder, waiting, desired)
+        yield from (up, slots, in_use, per_builder, waiting, desired, unhealthy)

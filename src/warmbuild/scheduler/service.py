@@ -12,6 +12,16 @@ ownership: the default grant is one service account for every CI job. Each grant
 with a random release token that only its caller learns; the Lease keeps its SHA-256, and renew and
 release need the token (`leases.NotYourSlot` → 403 "not your slot" otherwise).
 
+Untrusted callers (a grant's `trusted: false`, or verified CI claims of a fork) never get a warm or
+spill slot: when the scheduler is given ephemeral settings it starts an ephemeral builder for them
+(`start_ephemeral`, the same pod, run certificate Secret and run Lease a runner with the CI Role
+would make, through `pool.broker.DirectLeases`; rootless and labelled untrusted), holds its run Lease
+with a release token like a slot, and deletes the pod on release. `ephemeral_status` tells the caller
+when the pod is Ready. Without ephemeral settings an untrusted caller is refused (HTTP 403).
+
+A caller with verified CI claims gets the workload key `pool.workload.scoped_key` makes: its verified
+repository, then the part the job chose; never a repository part the job names itself.
+
 Waiting callers read the pool from one shared watch per pool (`pool.watch.PoolWatch`) and wake
 when it changes, instead of each listing pods and Leases every round. Per identity, at most
 `limits.held_slots` slots at once (0: no cap) — checked before placement on the snapshot, so two
@@ -29,9 +39,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from ..errors import LeaseLost, NoSlotAvailable
-from ..kube.client import KubeClient
-from ..kube.names import leases_path
+from ..errors import BuilderStartFailed, ClusterError, LeaseLost, NoSlotAvailable
+from ..kube.client import KubeClient, KubeNotFound
+from ..kube.names import EPHEMERAL_LABEL, leases_path, pods_path
+from ..kube.views import parse_lease
+from ..pool.broker import DirectLeases
+from ..pool.ephemeral import EphemeralSettings, delete_ephemeral_pod, pod_event_summary, pod_readiness
 from ..pool.leases import (
     DEFAULT_LEASE_SECONDS,
     HolderInfo,
@@ -40,11 +53,12 @@ from ..pool.leases import (
     release_slot,
     renew_slot,
     renew_timeout,
+    token_matches,
 )
 from ..pool.placement import Grant, LivePool, PlacementRequest, acquire_build_slot
 from ..pool.status import PoolStatus, read_pool_status
 from ..pool.watch import PoolWatch
-from ..pool.workload import WorkloadKey
+from ..pool.workload import WorkloadKey, scoped_key
 from .auth import Caller, Limits
 from .metrics import SchedulerMetrics
 
@@ -64,6 +78,8 @@ class AcquireAsk:
     run_url: str = ""
     holder_hint: str = ""
     fallback: str = "wait"  # wait: wait, then spill | fail: spill at once or answer fallback
+    key_path: str = ""  # the part of the key the job chose (Dockerfile path and target, or --cache-key)
+    avoid_builders: tuple[str, ...] | list[str] = ()  # builders the caller's build already lost
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,21 @@ class OverLimit(Exception):
     def __init__(self, message: str, retry_after: int):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def workload_key_for(caller: Caller, ask: AcquireAsk) -> WorkloadKey:
+    """A caller with verified CI claims: its verified repository, then the part it chose. Others
+    (service accounts: in-cluster identities an operator granted) name their key as they send it."""
+    if caller.ci is not None:
+        return scoped_key(caller.ci.repository, ask.workload_key, ask.key_path)
+    return WorkloadKey(ask.workload_key, source="caller", path=ask.key_path)
+
+
+@dataclass(frozen=True)
+class EphemeralStatus:
+    ready: bool
+    address: str = ""
+    failed: str = ""  # why the pod will never be ready ("" while it may still become ready)
 
 
 def token_hash(release_token: str) -> str:
@@ -130,6 +161,7 @@ class SlotService:
         clock: Callable[[], float] = time.monotonic,
         limits: Limits = Limits(),
         watch_pools: bool = True,
+        ephemeral: EphemeralSettings | None = None,
     ):
         self.client = client
         self.namespace = namespace
@@ -138,6 +170,7 @@ class SlotService:
         self.clock = clock
         self.limits = limits
         self.watch_pools = watch_pools
+        self.ephemeral = ephemeral  # None: this scheduler starts no ephemeral builders
         self._stopping = threading.Event()
         self._watches: dict[str, PoolWatch] = {}
         self._watches_lock = threading.Lock()
@@ -170,7 +203,7 @@ class SlotService:
                 raise _PollEnded
             reader.wait(min(seconds, left), self._stopping)
 
-        key = WorkloadKey(ask.workload_key, source="caller")
+        key = workload_key_for(caller, ask)
         release_token = secrets.token_urlsafe(32)  # only this caller learns it; the Lease keeps its hash
         holder = HolderInfo(
             identity=holder_identity(caller.username, ask.holder_hint, uuid.uuid4().hex[:10]),
@@ -180,7 +213,14 @@ class SlotService:
             release_token_hash=token_hash(release_token),
         )
         request = PlacementRequest(
-            self.namespace, ask.pool, key, holder, remaining, ask.lease_seconds, fallback=ask.fallback
+            self.namespace,
+            ask.pool,
+            key,
+            holder,
+            remaining,
+            ask.lease_seconds,
+            fallback=ask.fallback,
+            avoid=tuple(ask.avoid_builders),
         )
 
         def note_wait(line: str) -> None:  # placement says it waits: count this acquirer as queued demand
@@ -212,6 +252,58 @@ class SlotService:
         return AcquireAnswer(
             "granted", round(waited, 3), grant.reason, replace(grant, lease=lease, waited_seconds=round(waited, 3))
         )
+
+    def start_ephemeral(self, caller: Caller, ask: AcquireAsk) -> AcquireAnswer:
+        """An ephemeral builder for an untrusted caller: pod (rootless, labelled untrusted), its run
+        certificate Secret and run Lease, held with a release token only this caller learns. The
+        answer comes at once; the caller asks `ephemeral_status` until the pod is Ready."""
+        if self.ephemeral is None:
+            raise ClusterError("this scheduler starts no ephemeral builders (no --ephemeral-config)")
+        key = workload_key_for(caller, ask)
+        release_token = secrets.token_urlsafe(32)
+        holder = HolderInfo(
+            identity=holder_identity(caller.username, ask.holder_hint, uuid.uuid4().hex[:10]),
+            run_url=ask.run_url,
+            workload_key=key.annotation,
+            workload_key_hash=key.hash,
+            release_token_hash=token_hash(release_token),
+        )
+        request = PlacementRequest(
+            self.namespace, ask.pool, key, holder, 0.0, ask.lease_seconds, fallback="ephemeral", untrusted=True
+        )
+        reason = "untrusted build: an ephemeral builder with registry cache import only"
+        placeholder = Grant("ephemeral", None, None, False, None, 0.0, reason)
+        grant = DirectLeases(self.client).start_ephemeral(request, placeholder, self.ephemeral, lambda _pod: None)
+        self.metrics.acquisitions.labels(ask.pool, "ephemeral").inc()
+        lease = replace(grant.lease, release_token=release_token)
+        return AcquireAnswer("granted", round(ask.waited_seconds, 3), reason, replace(grant, lease=lease))
+
+    def ephemeral_status(
+        self, caller: Caller, lease_name: str, holder: str, release_token: str, wait_seconds: float
+    ) -> EphemeralStatus:
+        """Whether the caller's ephemeral builder is Ready (its address), waiting up to `wait_seconds`."""
+        self._check_owner(caller, holder)
+        try:
+            lease = parse_lease(self.client.request("GET", leases_path(self.namespace, lease_name)).body)
+        except KubeNotFound:
+            return EphemeralStatus(False, failed=f"ephemeral builder {lease_name} is gone (its run Lease was deleted)")
+        if lease.holder != holder or not token_matches(lease, token_hash(release_token)):
+            raise self._not_yours(
+                NotYourSlot(f"not your builder: {lease_name} was not granted with this release token")
+            )
+        deadline = self.clock() + min(max(wait_seconds, 0.0), self.max_poll_seconds)
+        while True:
+            try:
+                address, failed = pod_readiness(self.client, self.namespace, lease_name)
+            except BuilderStartFailed as exc:
+                return EphemeralStatus(False, failed=exc.message)
+            if address or failed:
+                if failed:
+                    failed = f"{failed}; {pod_event_summary(self.client, self.namespace, lease_name)}"
+                return EphemeralStatus(bool(address), address or "", failed or "")
+            if self.clock() >= deadline or self._stopping.is_set():
+                return EphemeralStatus(False)
+            self._stopping.wait(0.25)
 
     def _check_held(self, caller: Caller, pool: str, reader: _Watched | _Polled) -> None:
         cap = self.limits.held_slots
@@ -274,9 +366,19 @@ class SlotService:
             released = release_slot(self.client, self.namespace, lease_name, holder, token_hash(release_token))
         except NotYourSlot as exc:
             raise self._not_yours(exc) from None
+        if released and self._is_ephemeral_builder(lease_name):
+            delete_ephemeral_pod(self.client, self.namespace, lease_name)  # its Secret and run Lease go with it
         if released and pool in self.metrics.pools and path and held_seconds is not None:
             self.metrics.build_seconds.labels(pool, path).observe(held_seconds)
         return released
+
+    def _is_ephemeral_builder(self, name: str) -> bool:
+        """A run Lease is named after its ephemeral builder pod, which carries the ephemeral label."""
+        try:
+            pod = self.client.request("GET", pods_path(self.namespace, name)).body
+        except KubeNotFound:
+            return False
+        return ((pod.get("metadata") or {}).get("labels") or {}).get(EPHEMERAL_LABEL) == "true"
 
     def pool_status(self, pool: str) -> PoolStatus:
         return read_pool_status(self.client, self.namespace, pool)

@@ -200,19 +200,7 @@ app.kubernetes.io/component: scheduler
 {{- define "warmbuild.ciRules" -}}
 {{ include "warmbuild.poolRules" . }}
 {{- if .Values.rbac.ci.ephemeralBuilders }}
-# Ephemeral fallback builders, admitted only in warmbuild's shape (ValidatingAdmissionPolicy).
-- apiGroups: [""]
-  resources: [pods]
-  verbs: [create, delete]
-# Ephemeral builders' run certificates (admitted only as <pod>-tls, type kubernetes.io/tls, owned by
-# the pod: ValidatingAdmissionPolicy). Create only: CI steps never read a Secret.
-- apiGroups: [""]
-  resources: [secrets]
-  verbs: [create]
-# Ephemeral builders: the pod's events when it fails to start.
-- apiGroups: [""]
-  resources: [events]
-  verbs: [get, list]
+{{ include "warmbuild.ephemeralRules" . }}
 {{- end }}
 {{- end }}
 
@@ -284,4 +272,32 @@ app.kubernetes.io/component: gateway
 {{/* Where the gateway passes scheduler connections through (TLS untouched): the scheduler's Service. */}}
 {{- define "warmbuild.gatewaySchedulerAddress" -}}
 {{- default (printf "%s.%s.svc:%d" (include "warmbuild.schedulerName" .) .Release.Namespace (int .Values.scheduler.port)) .Values.gateway.schedulerAddress }}
+{{- end }}
+
+{{/* pods create/delete, secrets create, events get/list: what starting ephemeral builders takes
+(the CI Role's, and the scheduler's when it starts them for untrusted callers). */}}
+{{- define "warmbuild.ephemeralRules" -}}
+# Ephemeral fallback builders, admitted only in warmbuild's shape (ValidatingAdmissionPolicy).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [create, delete]
+# Ephemeral builders' run certificates (admitted only as <pod>-tls, type kubernetes.io/tls, owned by
+# the pod: ValidatingAdmissionPolicy). Create only: CI steps never read a Secret.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
+# Ephemeral builders: the pod's events when it fails to start.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [get, list]
+{{- end }}
+
+{{/* Who the ephemeral builders' admission policies check: the CI Role's subjects, and the
+scheduler's ServiceAccount when it starts ephemeral builders (scheduler.ephemeralBuilders). */}}
+{{- define "warmbuild.ephemeralCreators" -}}
+{{- $names := include "warmbuild.ciUsernames" . | fromJsonArray }}
+{{- if .Values.scheduler.ephemeralBuilders }}
+{{- $names = append $names (printf "system:serviceaccount:%s:%s" .Release.Namespace (include "warmbuild.schedulerServiceAccountName" .)) }}
+{{- end }}
+{{- $names | toJson }}
 {{- end }}
