@@ -22,6 +22,14 @@ from the container's env) to a host copy of the Secret or projected-Secret volum
 (`items` honoured), written under the pod's directory at each container start. A Secret that does
 not exist yet keeps the container waiting (ContainerCreating), as the kubelet does.
 
+One other kind of pod is run for real: the chart's gateway (a pod labelled
+`app.kubernetes.io/component=gateway` with a container named `haproxy`). Its init containers run
+to completion on the host, then testbed/run-gateway starts Debian's haproxy with the configuration
+from the pod's ConfigMap volume and the `sync` container's command, on the pod's own loopback
+address; every container path in the configuration and in the commands is mapped to a host copy
+of the volume behind it (Secret, ConfigMap, emptyDir). Its log (HAProxy's connection lines) is the
+pod directory's buildkitd.log, like any container's.
+
 On SIGTERM/SIGINT it stops its buildkitd processes (by PID) and exits, leaving the pods as they are
 (as a stopped kubelet would). Started again, it adopts the pods already bound to the node: each gets
 a fresh buildkitd (restartCount + 1), on its previous address when that is free.
@@ -53,6 +61,8 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 RUN_BUILDKITD = Path(__file__).resolve().parent / "run-buildkitd"
+RUN_GATEWAY = Path(__file__).resolve().parent / "run-gateway"
+INIT_TIMEOUT_SECONDS = 60
 BUILDKITD_PORT = 1234
 HOST_IP = "127.0.0.1"
 NODE_LEASE_NAMESPACE = "kube-node-lease"
@@ -120,6 +130,24 @@ TLS_FLAGS = ("--tlscert", "--tlskey", "--tlscacert")
 def buildkitd_container(pod: dict) -> dict | None:
     containers = pod["spec"].get("containers") or []
     return next((c for c in containers if c.get("name") == "buildkitd"), containers[0] if containers else None)
+
+
+def is_gateway_pod(pod: dict) -> bool:
+    labels = pod["metadata"].get("labels") or {}
+    names = {c.get("name") for c in pod["spec"].get("containers") or []}
+    return labels.get("app.kubernetes.io/component") == "gateway" and "haproxy" in names
+
+
+def container_named(pod: dict, name: str) -> dict:
+    return next(c for c in pod["spec"].get("containers") or [] if c.get("name") == name)
+
+
+def container_port(pod: dict) -> int:
+    """The port readiness waits for: buildkitd's, or the gateway's first containerPort."""
+    if is_gateway_pod(pod):
+        for port in container_named(pod, "haproxy").get("ports") or []:
+            return int(port["containerPort"])
+    return BUILDKITD_PORT
 
 
 def tls_flags(args: list[str]) -> list[tuple[str, str]]:
@@ -496,7 +524,10 @@ class NodeEmulator:
 
     # ---- processes
 
-    def start_buildkitd(self, pod: dict, ip: str, extra_args: list[str] = ()) -> Buildkitd:
+    def start_buildkitd(
+        self, pod: dict, ip: str, extra_args: list[str] = (), argv: list[str] | None = None, env: dict | None = None
+    ) -> Buildkitd:
+        """The pod's process: a buildkitd, or `argv` (the gateway) with `env`."""
         pod_dir = self.state_dir / "pods" / pod_dir_name(pod)
         pod_dir.mkdir(parents=True, exist_ok=True)
         pid_file = pod_dir / "buildkitd.pid"
@@ -506,11 +537,12 @@ class NodeEmulator:
                 raise Shutdown("stopping")
             with open(pod_dir / "buildkitd.log", "ab") as log_file:
                 process = subprocess.Popen(
-                    [str(RUN_BUILDKITD), ip, str(pod_dir), *extra_args],
+                    argv or [str(RUN_BUILDKITD), ip, str(pod_dir), *extra_args],
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    env=env,
                 )
             self.processes[process.pid] = process
         pid_file.write_text(str(process.pid))
@@ -548,7 +580,7 @@ class NodeEmulator:
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS  # one grace period for all, not one each
         for process in processes:
             wait_or_kill(process, max(0.1, deadline - time.monotonic()))
-            what = "buildkitd" if process.args[0] == str(RUN_BUILDKITD) else "preStop"
+            what = {str(RUN_BUILDKITD): "buildkitd", str(RUN_GATEWAY): "gateway"}.get(process.args[0], "preStop")
             log.info("stopped %s pid %d", what, process.pid)
 
     # ---- API writes for pods
@@ -630,6 +662,7 @@ class PodWorker(threading.Thread):
         self.key = pod_key(pod)
         self.pod_dir = emulator.state_dir / "pods" / pod_dir_name(pod)
         self.owned_by_statefulset = is_owned_by_statefulset(pod)
+        self.port = container_port(pod)
         self.latest: dict | None = pod
         self.changed = threading.Event()
         self.buildkitd: Buildkitd | None = None
@@ -642,6 +675,7 @@ class PodWorker(threading.Thread):
         self.not_before = 0.0  # crash-loop back-off: no new start before this monotonic time
         self.quick_exits = 0
         self.finished = False  # the container ended for good (restartPolicy, deadline)
+        self.empty_dirs: set[str] = set()  # the gateway pod's emptyDir volumes (volume_dir)
 
     def update(self, pod: dict | None) -> None:
         self.latest = pod
@@ -711,13 +745,17 @@ class PodWorker(threading.Thread):
             )
         self.emulator.write_pod_status(pod, self.pod_status(pod, waiting_reason="ContainerCreating"))
         try:
-            extra_args = self.tls_args(pod)
+            if is_gateway_pod(pod):
+                argv, env = self.gateway_process(pod)
+                self.buildkitd = self.emulator.start_buildkitd(pod, self.ip, argv=argv, env=env)
+            else:
+                extra_args = self.tls_args(pod)
+                self.buildkitd = self.emulator.start_buildkitd(pod, self.ip, extra_args)
         except SecretMissing as missing:
             log.info("%s: waiting for Secret %s (a volume's source)", self.key, missing)
             self.not_before = time.monotonic() + 1
             return
-        self.buildkitd = self.emulator.start_buildkitd(pod, self.ip, extra_args)
-        log.info("%s: started buildkitd pid %d on %s:%d", self.key, self.buildkitd.pid, self.ip, BUILDKITD_PORT)
+        log.info("%s: started pid %d on %s:%d", self.key, self.buildkitd.pid, self.ip, self.port)
         if not self.wait_until_listening():
             return
         self.emulator.write_pod_status(pod, self.pod_status(pod))
@@ -733,14 +771,14 @@ class PodWorker(threading.Thread):
         while time.monotonic() < deadline:
             if self.buildkitd.exit_code() is not None:
                 return False  # the next sync records the exit
-            if tcp_accepts(self.buildkitd.ip, BUILDKITD_PORT):
+            if tcp_accepts(self.buildkitd.ip, self.port):
                 return True
             time.sleep(0.1)
         log.warning(
             "%s: buildkitd did not listen on %s:%d within %ds; stopping it",
             self.key,
             self.buildkitd.ip,
-            BUILDKITD_PORT,
+            self.port,
             LISTEN_TIMEOUT_SECONDS,
         )
         self.emulator.stop_buildkitd(self.buildkitd)
@@ -778,6 +816,81 @@ class PodWorker(threading.Thread):
                 raise RuntimeError(f"{flag} {path}: {host} is not in the volume")
             args.append(f"{flag}={host}")
         return args
+
+    # ---- the gateway pod: HAProxy and its sync sidecar, every container path mapped to the host
+
+    def volume_dir(self, name: str) -> Path:
+        """Where a volume lives on the host. emptyDirs under a short path: HAProxy takes unix socket
+        paths of at most 97 bytes, and the sockets of the gateway pod live in one."""
+        if name in self.empty_dirs:
+            return Path("/tmp") / f"wb-{self.uid[:8]}" / name
+        return self.pod_dir / "volumes" / name
+
+    def gateway_process(self, pod: dict) -> tuple[list[str], dict[str, str]]:
+        """(argv, env) of testbed/run-gateway for this pod, after its init containers ran."""
+        self.empty_dirs = {v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v}
+        for volume in pod["spec"].get("volumes") or []:
+            self.write_volume(pod, volume, self.volume_dir(volume["name"]))
+        kubeconfig = self.pod_dir / "kubeconfig"
+        self.emulator.write_service_account_kubeconfig(pod, kubeconfig)
+        for init in pod["spec"].get("initContainers") or []:
+            argv, env = self.host_command(pod, init, kubeconfig)
+            log.info("%s: init container %s: %s", self.key, init["name"], argv)
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=INIT_TIMEOUT_SECONDS)
+            if done.returncode != 0:
+                raise RuntimeError(f"init container {init['name']} exited {done.returncode}: {done.stderr[-500:]}")
+        proxy = container_named(pod, "haproxy")
+        args = list(proxy.get("args") or [])
+        config = self.host_path(proxy, args[args.index("-f") + 1])
+        text = config.read_text()
+        for mount in sorted(proxy.get("volumeMounts") or [], key=lambda m: -len(m["mountPath"])):  # longest first
+            text = text.replace(mount["mountPath"].rstrip("/"), str(self.volume_dir(mount["name"])))
+        host_config = self.pod_dir / "haproxy.cfg"
+        host_config.write_text(text)
+        sync_argv, env = self.host_command(pod, container_named(pod, "sync"), kubeconfig)
+        env.update(self.container_env(pod, proxy))  # one process group: both containers' variables
+        return [str(RUN_GATEWAY), str(host_config), "--", *sync_argv], env
+
+    def host_command(self, pod: dict, container: dict, kubeconfig: Path) -> tuple[list[str], dict[str, str]]:
+        """A container's command + args with $(VAR)s expanded and container paths mapped to the host."""
+        container_env = self.container_env(pod, container)
+        argv = [expand_env_references(part, container_env) for part in (container.get("command") or [])]
+        argv += [expand_env_references(part, container_env) for part in (container.get("args") or [])]
+        mounts = sorted(container.get("volumeMounts") or [], key=lambda m: -len(m["mountPath"]))
+        mapped = []
+        for part in argv:
+            for mount in mounts:
+                root = mount["mountPath"].rstrip("/")
+                if root in part:
+                    part = part.replace(root, str(self.volume_dir(mount["name"])))
+                    break
+            mapped.append(part)
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG" and not k.startswith("WARMBUILD_K8S_")}
+        env.update(container_env)
+        env["KUBECONFIG"] = str(kubeconfig)  # the pod's service account, as in the pod
+        return mapped, env
+
+    def host_path(self, container: dict, path: str) -> Path:
+        mount, rest = mount_for(container, path)
+        if mount is None:
+            raise RuntimeError(f"{path}: no volumeMount covers it")
+        return self.volume_dir(mount["name"]) / rest
+
+    def write_volume(self, pod: dict, volume: dict, directory: Path) -> None:
+        """Secret and projected-Secret volumes as below; a ConfigMap's keys as files; an emptyDir empty."""
+        if "configMap" in volume:
+            config_map = self.emulator.core.read_namespaced_config_map(
+                volume["configMap"]["name"], pod["metadata"]["namespace"]
+            )
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True, mode=0o755)
+            for key, value in (config_map.data or {}).items():
+                (directory / key).write_text(value)
+        elif "emptyDir" in volume:
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True, mode=0o700)
+        else:
+            self.write_secret_volume(pod, volume, directory)
 
     def write_secret_volume(self, pod: dict, volume: dict, directory: Path) -> None:
         """A host copy of a secret (or projected secrets) volume, as the kubelet lays it out."""
@@ -965,6 +1078,7 @@ class PodWorker(threading.Thread):
         """A StatefulSet pod keeps its buildkitd root (its "volume") for the next pod of that name."""
         (self.pod_dir / "kubeconfig").unlink(missing_ok=True)
         shutil.rmtree(self.pod_dir / "volumes", ignore_errors=True)  # Secrets never outlive the pod
+        shutil.rmtree(Path("/tmp") / f"wb-{self.uid[:8]}", ignore_errors=True)  # emptyDirs (volume_dir)
         if not keep_cache:
             shutil.rmtree(self.pod_dir, ignore_errors=True)
 

@@ -14,6 +14,7 @@ from .cache import CACHE_EXPORT_POLICIES
 from .config import COMPRESSION_LEVELS, PoolFlags, TlsFiles, build_request, check_pool_flags
 from .doctor.command import add_doctor_arguments, command_doctor, uv_dockerfile
 from .errors import InputError, ToolMissing, WarmbuildError
+from .gateway.names import DEFAULT_DOMAIN
 from .kube.client import connect
 from .pipeline import plan_direct_build, plan_pool_build, run_build, run_pool_build
 from .pool.broker import DirectLeases
@@ -277,6 +278,27 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="waiting acquirers list the pool every round instead of sharing one watch per pool",
     )
+    gateway = scheduler.add_argument_group("gateway (runners outside the cluster; docs/deploy.md)")
+    gateway.add_argument("--gateway-address", default="", help="HOST:PORT of the gateway, as runners reach it")
+    gateway.add_argument("--gateway-ca", default="", help="CA certificate that verifies the gateway (sent to runners)")
+    gateway.add_argument("--grant-ca-cert", default="", help="the grant CA's certificate (PEM)")
+    gateway.add_argument("--grant-ca-key", default="", help="the grant CA's key (PEM): signs grant certificates")
+    gateway.add_argument(
+        "--gateway-domain",
+        default="",
+        help="runners ask the gateway for BUILDER.DOMAIN (default builders.warmbuild.internal)",
+    )
+    sync = sub.add_parser(
+        "gateway-sync", help="keep the gateway's map of builder names to pod addresses current (a sidecar)"
+    )
+    sync.add_argument("--pool", default=os.environ.get("WARMBUILD_POOL", "default"), help="pool name")
+    sync.add_argument("--map-file", required=True, help="HAProxy map file to keep current (written atomically)")
+    sync.add_argument("--runtime-socket", default="", help="HAProxy's admin socket: updates the running map too")
+    sync.add_argument("--once", action="store_true", help="write the map once and exit (an init container)")
+    sync.add_argument(
+        "--gateway-domain", default="", help="map keys are BUILDER.DOMAIN (default builders.warmbuild.internal)"
+    )
+    _add_cluster_arguments(sync)
     scheduler.add_argument(
         "--ephemeral-config",
         default=None,
@@ -426,6 +448,7 @@ def command_pool_status(args: argparse.Namespace) -> int:
 def command_scheduler(args: argparse.Namespace) -> int:
     try:
         from .scheduler.app import serve
+        from .scheduler.gateway import GatewayOptions
     except ImportError as exc:
         raise ToolMissing(f"the scheduler needs its extra: pip install 'warmbuild[scheduler]' ({exc})") from None
     serve(
@@ -440,6 +463,31 @@ def command_scheduler(args: argparse.Namespace) -> int:
         args.max_concurrent,
         args.pool_watch,
         args.ephemeral_config,
+        gateway=GatewayOptions(
+            address=args.gateway_address,
+            ca_file=args.gateway_ca,
+            grant_ca_cert=args.grant_ca_cert,
+            grant_ca_key=args.grant_ca_key,
+            domain=args.gateway_domain,
+        ),
+    )
+    return 0
+
+
+def command_gateway_sync(args: argparse.Namespace) -> int:
+    from .gateway.sync import SyncOptions, run_sync
+
+    client = connect(args.kubeconfig, args.kube_context)
+    run_sync(
+        client,
+        SyncOptions(
+            namespace=args.namespace,
+            pool=args.pool,
+            map_file=Path(args.map_file),
+            runtime_socket=args.runtime_socket or None,
+            domain=args.gateway_domain or DEFAULT_DOMAIN,
+        ),
+        once=args.once,
     )
     return 0
 
@@ -462,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_pool_status(args)
         if args.command == "scheduler":
             return command_scheduler(args)
+        if args.command == "gateway-sync":
+            return command_gateway_sync(args)
         if args.command == "history":
             return command_history_export(args)
         if args.command in SIMULATION_COMMANDS:

@@ -444,7 +444,8 @@ def _place_and_build(
             say(f"ephemeral builder {grant.builder.name} ready at {grant.builder.address} after {startup_seconds:.1f}s")
         else:
             held(lease=grant.lease.name, holder=grant.lease.holder, release_token=grant.lease.release_token or None)
-            say(f"slot {grant.lease.name} on {grant.builder.name} ({grant.builder.address}); {grant.reason}")
+            via = f" through the gateway {grant.gateway.address}" if grant.gateway else ""
+            say(f"slot {grant.lease.name} on {grant.builder.name} ({grant.builder.address}){via}; {grant.reason}")
             keeper = broker.keep(grant, on_lost=_aborter(abort), log=say)
         built = grant
 
@@ -505,12 +506,21 @@ def _aborter(abort: SolveAbort) -> Callable[[str], None]:
 def builder_endpoint(grant: Grant, tls: TlsFiles | None) -> Iterator[BuilderEndpoint]:
     """How buildctl reaches the granted builder, and what it verifies there.
 
+    Through the gateway (a scheduler grant with a grant certificate): the gateway's address, asked
+    for `<builder>.<domain>`, verified with the gateway's CA, the grant certificate as the client's.
     An ephemeral builder: always mTLS with the run's own certificates (files in a private temporary
     directory for the build's duration). A warm or spill builder with TLS files configured: the
     leased builder's own stable DNS name is the server name buildctl verifies, so another pod's
     certificate is refused, and a builder without such a name is refused outright (never a
     plaintext fallback). Without TLS files: plaintext, for a pool that opted out of mTLS."""
     address = grant.builder.address
+    if grant.gateway is not None:  # outside the cluster: the gateway, with the grant certificate for this builder
+        route = grant.gateway
+        yield BuilderEndpoint(
+            address=route.address,
+            tls=TlsFiles(ca=route.ca, cert=route.cert, key=route.key, server_name=route.server_name),
+        )
+        return
     if grant.run_tls is not None:
         with tempfile.TemporaryDirectory(prefix="warmbuild-run-tls-") as directory:
             yield BuilderEndpoint(address=address, tls=write_run_tls(Path(directory), grant.run_tls))

@@ -367,8 +367,14 @@ def renew_slot(
             raise NotYourSlot(f"not your slot: {held.name} was not granted with this release token")
         try:
             body = _renewed_body(lease, client.server_now())
-            updated = client.request("PUT", path, body=body, timeout=left()).body
-            return replace(held, resource_version=parse_lease(updated).resource_version)
+            updated = parse_lease(client.request("PUT", path, body=body, timeout=left()).body)
+            # the builder and duration as the Lease says: the scheduler renews knowing only the name
+            return replace(
+                held,
+                resource_version=updated.resource_version,
+                builder=held.builder or updated.builder,
+                duration_seconds=updated.duration_seconds,
+            )
         except KubeConflict:
             continue  # changed between our read and write: read again and re-check the holder
         except KubeNotFound:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from ..errors import ClusterRefused, ClusterUnavailable, NoSlotAvailable
@@ -88,6 +89,20 @@ class Grant:
     run_tls: RunTls | None = None  # an ephemeral builder's per-run CA, client pair and server name
     untrusted: bool = False  # the scheduler found the caller untrusted (its grant or verified claims)
     marked: bool = False  # the builder carries an unhealthy mark past its cool-down: a success clears it
+    gateway: GatewayRoute | None = None  # through the gateway: its address and the grant certificate's files
+
+
+@dataclass(frozen=True)
+class GatewayRoute:
+    """How a runner outside the cluster reaches its granted builder: the gateway's address, the name
+    to ask it for, and files in the job's private directory (the gateway's CA, the grant certificate,
+    the runner's own key). The certificate file is replaced when a renewal brings a fresh one."""
+
+    address: str  # tcp://HOST:PORT
+    server_name: str
+    ca: Path
+    cert: Path
+    key: Path
 
 
 class PoolReader(Protocol):

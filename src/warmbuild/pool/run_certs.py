@@ -7,6 +7,11 @@ by it). The builder gets the server pair and the CA (to verify the client) throu
 for the run; the CI step keeps the client pair and the CA (to verify the server and its name) in a
 private temporary directory for buildctl. Nobody else holds a certificate that either side accepts.
 
+An ephemeral builder reached through the gateway (one the scheduler starts for a runner outside
+the cluster: `GatewayTrust`) must also accept the gateway, and the gateway must be able to verify
+it: its CA bundle adds the pool CA (which signed the gateway's client certificate), and its server
+certificate is signed by the grant CA (in the gateway's upstream bundle) instead of the run's CA.
+
 Decision: the `cryptography` package, imported only when an ephemeral builder starts. The standard
 library cannot make certificates, and the `openssl` command is not in the CI step image (nor
 reliably on Jenkins or GitLab hosts); `cryptography` ships wheels for every platform warmbuild runs
@@ -15,7 +20,7 @@ on. EC P-256 keys: fast to make (the CI step waits for them) and accepted by Go'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 CLOCK_SKEW = timedelta(minutes=10)  # the node's clock may be behind the runner's
@@ -35,6 +40,16 @@ class RunTls:
 
 
 @dataclass(frozen=True)
+class GatewayTrust:
+    """What an ephemeral builder behind the gateway needs besides its run's own CA (public parts,
+    and the grant CA's key, which only the scheduler holds)."""
+
+    client_ca_pem: bytes  # the pool CA: the builder accepts the gateway's client certificate
+    server_ca_cert_pem: bytes  # the grant CA: signs the builder's server certificate
+    server_ca_key_pem: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class RunCertificates:
     """Everything made for one run: the builder's pair, the client's pair, the CA that signed both."""
 
@@ -48,9 +63,12 @@ class RunCertificates:
         return f"RunCertificates(server_name={self.server_name!r})"
 
 
-def make_run_certificates(server_name: str, valid_seconds: int, now: datetime | None = None) -> RunCertificates:
+def make_run_certificates(
+    server_name: str, valid_seconds: int, now: datetime | None = None, gateway: GatewayTrust | None = None
+) -> RunCertificates:
     """A per-run CA (its key discarded on return), a server certificate for `server_name` only and
-    a client certificate, valid from a little before `now` for `valid_seconds`."""
+    a client certificate, valid from a little before `now` for `valid_seconds`. With `gateway`, the
+    server certificate is signed by its server CA and the builder also accepts its client CA."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -84,12 +102,13 @@ def make_run_certificates(server_name: str, valid_seconds: int, now: datetime | 
         .sign(ca_key, hashes.SHA256())
     )
 
-    def leaf(common_name: str, usage, sans: list[str]) -> tuple[bytes, bytes]:
+    def leaf(common_name: str, usage, sans: list[str], signer=None) -> tuple[bytes, bytes]:
+        issuer_name, issuer_key = signer or (ca_name, ca_key)
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
             x509.CertificateBuilder()
             .subject_name(name(common_name[:64]))
-            .issuer_name(ca_name)
+            .issuer_name(issuer_name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before)
@@ -104,16 +123,21 @@ def make_run_certificates(server_name: str, valid_seconds: int, now: datetime | 
             builder = builder.add_extension(
                 x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False
             )
-        certificate = builder.sign(ca_key, hashes.SHA256())
+        certificate = builder.sign(issuer_key, hashes.SHA256())
         return certificate.public_bytes(serialization.Encoding.PEM), key_pem(key)
 
     ca_pem = ca.public_bytes(serialization.Encoding.PEM)
-    server_cert, server_key = leaf(server_name, ExtendedKeyUsageOID.SERVER_AUTH, [server_name])
+    server_signer, server_ca_pem, builder_trusts = None, ca_pem, ca_pem
+    if gateway is not None:
+        server_ca = x509.load_pem_x509_certificate(gateway.server_ca_cert_pem)
+        server_signer = (server_ca.subject, serialization.load_pem_private_key(gateway.server_ca_key_pem, None))
+        server_ca_pem, builder_trusts = gateway.server_ca_cert_pem, ca_pem + gateway.client_ca_pem
+    server_cert, server_key = leaf(server_name, ExtendedKeyUsageOID.SERVER_AUTH, [server_name], server_signer)
     client_cert, client_key = leaf("warmbuild-ci-run", ExtendedKeyUsageOID.CLIENT_AUTH, [])
     return RunCertificates(
         server_name=server_name,
-        ca_pem=ca_pem,
+        ca_pem=builder_trusts,
         server_cert_pem=server_cert,
         server_key_pem=server_key,
-        client=RunTls(server_name=server_name, ca_pem=ca_pem, cert_pem=client_cert, key_pem=client_key),
+        client=RunTls(server_name=server_name, ca_pem=server_ca_pem, cert_pem=client_cert, key_pem=client_key),
     )

@@ -11,6 +11,9 @@ untrusted caller (its grant, its verified fork claims, or its own `untrusted: tr
 warm or spill slot; it gets an ephemeral builder the scheduler starts (`/ephemeral` tells when it is
 Ready), or, from a scheduler without ephemeral settings, a 403 naming the way out. `/status` shows
 holders, run URLs and workload keys to the pool's admins only; others see builders and busy slots.
+With a gateway configured (`GatewayIssuer`), an acquire or renew that carries a `csr` is answered
+with a grant certificate for the granted builder (the answer's `gateway` object); a CSR that cannot
+be signed is a 400 before any slot is taken.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InputError, LeaseLost, WarmbuildError
+from ..gateway.certs import BadCsr
 from ..kube.names import MAX_LEASE_SECONDS
 from ..pool.placement import Grant
 from ..pool.status import status_to_dict, without_holders
 from .auth import AccessConfig, Caller, TokenReviewer, Unauthenticated
+from .gateway import GatewayIssuer, GatewayOptions
 from .limits import RequestLimiter, TooManyRequests
 from .metrics import SchedulerMetrics
 from .service import AcquireAsk, NotYours, OverLimit, SlotService, workload_key_for
@@ -57,6 +62,7 @@ class AcquireBody(_Strict):
     run_url: str = Field(default="", max_length=2048)
     holder_hint: str = Field(default="", max_length=200)
     fallback: Literal["wait", "fail"] = "wait"
+    csr: str | None = Field(default=None, max_length=8192)  # PEM: a grant certificate through the gateway
     key_path: str = Field(default="", max_length=1024)  # the part of the key the job chose
     untrusted: bool = False  # the caller asks to be treated as untrusted (never the other way)
     # builders this caller's build already lost (a retry): never granted again
@@ -73,6 +79,7 @@ class RenewBody(_Strict):
     holder: str = Field(min_length=1, max_length=512)
     release_token: str = Field(min_length=1, max_length=256)
     transitions: int = Field(ge=0)
+    csr: str | None = Field(default=None, max_length=8192)  # a fresh grant certificate with the renewal
 
 
 class ReleaseBody(_Strict):
@@ -91,6 +98,7 @@ class AppParts:
     metrics: SchedulerMetrics
     max_concurrent: int = 128
     limiter: RequestLimiter | None = None  # default: access.limits.concurrent_requests per identity
+    gateway: GatewayIssuer | None = None  # signs grant certificates; None: CSRs are ignored (in-cluster only)
 
 
 def grant_to_dict(grant: Grant) -> dict:
@@ -257,7 +265,10 @@ def _slot_routes(app: FastAPI, parts: AppParts, caller, allowed, limiter: Reques
         if untrusted and service.ephemeral is None:
             parts.metrics.auth_failures.labels("403").inc()
             return _error(403, untrusted_message(who, parts.access.untrusted_reason(who)), code="untrusted")
-        ask = AcquireAsk(pool=pool, **body.model_dump(exclude={"untrusted"}))
+        refused = _check_csr(parts.gateway, body.csr)
+        if refused is not None:
+            return refused
+        ask = AcquireAsk(pool=pool, **body.model_dump(exclude={"untrusted", "csr"}))
         try:
             with limiter.hold(who.username, "long"):
                 answer = service.start_ephemeral(who, ask) if untrusted else service.acquire(who, ask)
@@ -270,6 +281,7 @@ def _slot_routes(app: FastAPI, parts: AppParts, caller, allowed, limiter: Reques
         document = {"decision": answer.decision, "waited_seconds": answer.waited_seconds, "reason": answer.reason}
         if answer.grant is not None:
             document.update(grant_to_dict(answer.grant))
+            document.update(_gateway_part(parts.gateway, body.csr, answer.grant.builder.name, body.lease_seconds))
         document.update(untrusted=untrusted, workload_key=workload_key_for(who, ask).value)
         return document
 
@@ -299,11 +311,14 @@ def _slot_routes(app: FastAPI, parts: AppParts, caller, allowed, limiter: Reques
             return _error(409, exc.message)
         except WarmbuildError as exc:
             return _error(503, exc.message)
-        return {
+        document = {
             "lease": renewed.name,
             "fencing_token": renewed.fencing_token,
             "resource_version": renewed.resource_version,
         }
+        if renewed.builder:
+            document.update(_gateway_part(parts.gateway, body.csr, renewed.builder, renewed.duration_seconds))
+        return document
 
     @app.post(f"/{API_VERSION}/slots/{{lease}}/release")
     def release(body: ReleaseBody, lease: str = lease_param, who: Caller = Depends(caller)):
@@ -331,6 +346,27 @@ def _slot_routes(app: FastAPI, parts: AppParts, caller, allowed, limiter: Reques
         except WarmbuildError as exc:
             return _error(503, exc.message)
         return status_to_dict(status if parts.access.is_admin(who, pool) else without_holders(status))
+
+
+def _check_csr(gateway: GatewayIssuer | None, csr: str | None) -> JSONResponse | None:
+    """A 400 for a CSR the gateway's CA cannot sign; None when it can, or when there is no gateway."""
+    if gateway is None or csr is None:
+        return None
+    try:
+        gateway.check(csr)
+    except BadCsr as exc:
+        return _error(400, f"invalid request: csr: {exc}")
+    return None
+
+
+def _gateway_part(gateway: GatewayIssuer | None, csr: str | None, builder: str, lease_seconds: int) -> dict:
+    """`{"gateway": ...}` with a grant certificate for `builder`, or nothing (no gateway or no CSR)."""
+    if gateway is None or not csr:
+        return {}
+    try:
+        return {"gateway": gateway.issue(csr, builder, lease_seconds)}
+    except BadCsr:  # checked before the slot was taken; a builder name the gateway cannot route
+        return {}
 
 
 def _probe_routes(app: FastAPI, parts: AppParts) -> None:
@@ -373,6 +409,7 @@ def serve(
     max_concurrent: int = 128,
     pool_watch: bool = True,
     ephemeral_config: str | None = None,
+    gateway: GatewayOptions = GatewayOptions(),
 ) -> None:
     """Run the scheduler until SIGTERM/SIGINT; long-polls answer "wait" at once when it comes."""
     import uvicorn
@@ -398,6 +435,7 @@ def serve(
         from ..pool.ephemeral import load_ephemeral_settings
 
         ephemeral = load_ephemeral_settings(ephemeral_config)
+    issuer = GatewayIssuer.from_options(gateway)
     disable_created_metrics()  # no *_created series: they double the output and nothing here uses them
     client = connect(kubeconfig, kube_context)
     client.allow_concurrent_requests(max_concurrent)
@@ -412,7 +450,9 @@ def serve(
         watch_pools=pool_watch,
         ephemeral=ephemeral,
     )
-    app = create_app(AppParts(service, TokenReviewer(client, access.audiences), access, metrics, max_concurrent))
+    app = create_app(
+        AppParts(service, TokenReviewer(client, access.audiences), access, metrics, max_concurrent, gateway=issuer)
+    )
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig, frame):

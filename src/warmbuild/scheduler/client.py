@@ -32,6 +32,14 @@ A grant carries a release token: the proof, to the scheduler, that this caller t
 lives in the grant's `SlotLease.release_token` (never in a repr) and in the 0600 state file for
 `warmbuild release`; it is sent only in renew and release bodies and never logged.
 
+Through the gateway (runners outside the cluster): every acquire carries a CSR for a key made in
+the job's private directory (`pool.state.private_state_dir`, 0700; the key never leaves it); a
+scheduler with a gateway answers a grant with a certificate for that builder alone, the gateway's
+address, the name to ask it for and its CA (`gateway` in the answer). The grant then carries a
+`GatewayRoute` to those files, and each renewal brings a fresh certificate (written over the old
+one atomically), so a connection opened late in a build still has a valid one. The directory goes
+with the release. A scheduler without a gateway ignores the CSR: the build connects to the pod.
+
 The token sent is one minted for the scheduler's audience (default `warmbuild-scheduler`): in a pod,
 a projected service account token at PROJECTED_TOKEN (the chart's examples mount one there), else
 --scheduler-token-file / WARMBUILD_SCHEDULER_TOKEN(_FILE) (a GitLab job's `id_tokens` variable, a
@@ -45,6 +53,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -55,12 +65,14 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from ..errors import BuilderStartFailed, ClusterError, ClusterUnavailable, InputError, LeaseLost, NoSlotAvailable
+from ..gateway.certs import ClientKey
 from ..kube.kubeconfig import IN_CLUSTER_TOKEN
 from ..kube.oidc import GitHubOidcTokenSource
 from ..pool.leases import SlotKeeper, SlotLease
 from ..pool.membership import Builder
-from ..pool.placement import Grant, PlacementRequest
+from ..pool.placement import GatewayRoute, Grant, PlacementRequest
 from ..pool.run_certs import RunTls
+from ..pool.state import private_state_dir
 
 PROJECTED_TOKEN = Path("/var/run/secrets/warmbuild.dev/scheduler/token")
 CONNECT_TIMEOUT_SECONDS = 1.5  # a replica that is gone (no RST) costs at most this before the next is asked
@@ -182,6 +194,26 @@ def scheduler_options(
     )
 
 
+def gateway_route(gateway: object, key: ClientKey) -> GatewayRoute | None:
+    """The grant's route through the gateway (None without one): the CA and certificate written next
+    to the key (certificate last and atomically, so a connection never reads half of one)."""
+    if gateway is None:
+        return None
+    try:
+        address, server_name = str(gateway["address"]), str(gateway["server_name"])
+        ca_pem, cert_pem = str(gateway["ca"]), str(gateway["certificate"])
+    except (KeyError, TypeError) as exc:
+        raise SchedulerError(f"the scheduler's gateway answer is incomplete ({type(exc).__name__}: {exc})") from None
+    directory = key.key_path.parent
+    ca, cert = directory / "gateway-ca.crt", directory / "grant.crt"
+    for path, text in ((ca, ca_pem), (cert, cert_pem)):
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    return GatewayRoute(address=f"tcp://{address}", server_name=server_name, ca=ca, cert=cert, key=key.key_path)
+
+
 def grant_from_answer(answer: dict, waited_seconds: float) -> Grant:
     """A `Grant` from a "granted" answer; SchedulerError if fields are missing."""
     try:
@@ -246,6 +278,7 @@ class SchedulerClient:
         self.clock = clock
         self._current = random.randrange(len(options.urls))  # spread clients over replicas
         self._held: dict[str, tuple[str, float]] = {}  # lease name -> (pool, when acquired by self.clock)
+        self._keys: dict[str, tuple[ClientKey, Path]] = {}  # lease name -> the runner's key, its directory
         self._answered = False  # has any replica answered this client yet (any HTTP status)
 
     # -- SlotBroker -------------------------------------------------------------------------------
@@ -255,6 +288,16 @@ class SchedulerClient:
         give_up = (
             started + request.max_wait_seconds + 2 * self.options.poll_seconds + 60
         )  # a server that only says "wait"
+        key, directory = self._new_client_key()
+        try:
+            grant = self._poll(request, log, started, give_up, key)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        self._keys[grant.lease.name] = (key, directory)
+        return grant
+
+    def _poll(self, request: PlacementRequest, log, started: float, give_up: float, key: ClientKey) -> Grant:
         announced = False
         busy_said = outage_said = False
         while True:
@@ -269,6 +312,7 @@ class SchedulerClient:
                 "holder_hint": request.holder.identity,
                 # The scheduler waits then spills, or fails at once; auto/ephemeral need a Kubernetes client.
                 "fallback": "fail" if request.fallback == "fail" else "wait",
+                "csr": key.csr_pem,
                 "key_path": request.key.path,
                 "untrusted": request.untrusted,
             }
@@ -305,6 +349,9 @@ class SchedulerClient:
             decision = answer.get("decision")
             if decision == "granted":
                 grant = grant_from_answer(answer, self.clock() - started)
+                route = gateway_route(answer.get("gateway"), key)
+                if route is not None:
+                    grant = replace(grant, gateway=route)
                 self._held[grant.lease.name] = (request.pool, self.clock())
                 return grant
             if decision == "fallback":
@@ -371,13 +418,15 @@ class SchedulerClient:
     def renew(self, lease: SlotLease, timeout: float | None = None) -> SlotLease:
         """Extend the hold, within `timeout` seconds if given; LeaseLost if the scheduler says another
         holder has the slot (fencing), SchedulerUnavailable if no replica answered in time."""
+        body = {"holder": lease.holder, "release_token": lease.release_token, "transitions": lease.transitions}
+        held_key = self._keys.get(lease.name)
+        if held_key is not None:
+            body["csr"] = held_key[0].csr_pem
         answer = self._call(
-            "POST",
-            f"/v1/slots/{quote(lease.name, safe='')}/renew",
-            {"holder": lease.holder, "release_token": lease.release_token, "transitions": lease.transitions},
-            lost_on_409=True,
-            budget=timeout,
+            "POST", f"/v1/slots/{quote(lease.name, safe='')}/renew", body, lost_on_409=True, budget=timeout
         )
+        if held_key is not None and isinstance(answer.get("gateway"), dict):
+            gateway_route(answer["gateway"], held_key[0])  # the fresh certificate over the old one
         return replace(lease, resource_version=str(answer.get("resource_version", lease.resource_version)))
 
     def keep(
@@ -398,6 +447,9 @@ class SchedulerClient:
             )
         body: dict = {"holder": holder, "release_token": release_token}
         pool, acquired = self._held.pop(name, ("", None))
+        _key, directory = self._keys.pop(name, (None, None))
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)  # the key and certificate end with the grant
         if pool and acquired is not None and path:
             body.update(pool=pool, path=path, held_seconds=round(max(0.0, self.clock() - acquired), 3))
         answer = self._call("POST", f"/v1/slots/{quote(name, safe='')}/release", body)
@@ -409,6 +461,16 @@ class SchedulerClient:
     def close(self) -> None:
         """Close kept-alive connections (a long-lived process with many clients should)."""
         self.session.close()
+
+    def _new_client_key(self) -> tuple[ClientKey, Path]:
+        from ..gateway.certs import make_client_key
+
+        directory = Path(tempfile.mkdtemp(prefix="grant-", dir=private_state_dir(os.environ)))
+        try:
+            return make_client_key(directory), directory
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
 
     # -- HTTP ---------------------------------------------------------------------------------------
 

@@ -240,6 +240,40 @@ app.kubernetes.io/component: scheduler
 {{- printf "%s-%s-ephemeral-builders" .Release.Namespace (include "warmbuild.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* Gateway ---------------------------------------------------------------------------------- */}}
+
+{{- define "warmbuild.gatewayName" -}}
+{{- printf "%s-gateway" (include "warmbuild.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "warmbuild.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "warmbuild.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{/* The grant CA's Secret: its key signs runners' grant certificates; only the scheduler mounts it. */}}
+{{- define "warmbuild.grantCaSecret" -}}
+{{- printf "%s-grant-ca" (include "warmbuild.schedulerName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "warmbuild.gatewayTlsSecret" -}}
+{{- printf "%s-tls" (include "warmbuild.gatewayName" .) }}
+{{- end }}
+
+{{/* HOST:PORT runners connect to: gateway.address, else the first of gateway.hosts on the gateway's port. */}}
+{{- define "warmbuild.gatewayAddress" -}}
+{{- if .Values.gateway.address }}{{ .Values.gateway.address }}
+{{- else if .Values.gateway.hosts }}{{ printf "%s:%d" (first .Values.gateway.hosts) (int .Values.gateway.port) }}
+{{- else }}{{ printf "%s.%s.svc:%d" (include "warmbuild.gatewayName" .) .Release.Namespace (int .Values.gateway.port) }}
+{{- end }}
+{{- end }}
+
+{{/* Where the gateway passes scheduler connections through (TLS untouched): the scheduler's Service. */}}
+{{- define "warmbuild.gatewaySchedulerAddress" -}}
+{{- default (printf "%s.%s.svc:%d" (include "warmbuild.schedulerName" .) .Release.Namespace (int .Values.scheduler.port)) .Values.gateway.schedulerAddress }}
+{{- end }}
+
 {{/* pods create/delete, secrets create, events get/list: what starting ephemeral builders takes
 (the CI Role's, and the scheduler's when it starts them for untrusted callers). */}}
 {{- define "warmbuild.ephemeralRules" -}}
