@@ -23,7 +23,9 @@ print("not reached")
 
 def test_a_signal_while_starting_is_one_line_and_128_plus_the_signal():
     for name in ("SIGTERM", "SIGINT", "SIGHUP"):
-        done = subprocess.run([sys.executable, "-c", EARLY.format(name=name)], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [sys.executable, "-c", EARLY.format(name=name)], capture_output=True, text=True, timeout=30
+        )
         assert done.returncode == 128 + signal.Signals[name].value
         assert done.stderr == f"warmbuild: error: cancelled by {name} while starting; nothing was placed or built\n"
         assert "not reached" not in done.stdout
