@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,8 +31,7 @@ def test_a_signal_while_starting_is_one_line_and_128_plus_the_signal():
 
 
 def test_the_console_script_is_the_early_entry_and_reaches_the_cli():
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["warmbuild"] == "warmbuild.entry.start:main"
+    assert 'warmbuild = "warmbuild.entry.start:main"' in (ROOT / "pyproject.toml").read_text()
     done = subprocess.run(
         [sys.executable, "-m", "warmbuild.entry.start", "--version"], capture_output=True, text=True, timeout=60
     )
