@@ -134,3 +134,11 @@ def test_a_registry_away_while_the_from_image_resolves_is_the_registrys_not_the_
     # A FROM that names no such image is the Dockerfile's fault.
     missing = classify(step("[internal] load metadata for 127.0.0.1:5000/nope:1", "127.0.0.1:5000/nope:1: not found"))
     assert type(missing) is BuildFailed
+
+
+def test_the_snapshotters_directory_gone_under_the_daemon_is_the_builders_fault():
+    text = (
+        "failed to solve: failed to walk: resolve : lstat /var/lib/buildkit/runc-overlayfs: no such file or directory"
+    )
+    assert infrastructure_cause(text) == "snapshotter error"
+    assert infrastructure_cause("failed to walk: lstat /src/app/missing.txt: no such file or directory") is None

@@ -82,6 +82,9 @@ SNAPSHOTTER_MARKERS = (
     "failed to commit snapshot",
     "snapshotter",
     "input/output error",
+    # The overlay snapshotter's own directory gone under a running daemon (its state volume
+    # replaced or wiped): seen by the soak as "failed to walk: … lstat …/runc-overlayfs: no such file".
+    "/runc-overlayfs: no such file or directory",
 )
 
 # Pauses before each further push of a registry failure (same builder, every step cached): they
