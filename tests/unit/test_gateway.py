@@ -386,3 +386,26 @@ def test_the_scheduler_gives_its_ephemeral_builders_the_gateways_trust(gateway_a
     x509.load_pem_x509_certificate(made.server_cert_pem).verify_directly_issued_by(
         x509.load_pem_x509_certificate(ca_cert.read_bytes())
     )
+
+
+def test_a_runner_waits_for_the_gateway_to_route_its_ephemeral_builder_then_says_why_it_gave_up(tmp_path):
+    """Before the sync maps a Ready pod, the gateway passes its name to the scheduler (wrong certificate)."""
+    from warmbuild.errors import BuilderStartFailed
+    from warmbuild.pool.placement import GatewayRoute
+    from warmbuild.scheduler.client import wait_routed
+
+    ca_cert, ca_key = make_ca(tmp_path)
+    key = make_client_key(tmp_path)
+    cert = tmp_path / "grant.crt"
+    cert.write_text(GrantSigner.from_files(str(ca_cert), str(ca_key)).sign(key.csr_pem, "b-1", 60).cert_pem)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there now
+    route = GatewayRoute(f"tcp://127.0.0.1:{port}", "b-1.d.internal", ca_cert, cert, key.key_path)
+    slept: list[float] = []
+    started = time.monotonic()
+    with pytest.raises(
+        BuilderStartFailed, match=r"the gateway tcp://127\.0\.0\.1:\d+ does not route b-1\.d\.internal yet"
+    ):
+        wait_routed(route, 1.0, lambda seconds: (slept.append(seconds), time.sleep(0.05)))
+    assert slept and time.monotonic() - started < 5
