@@ -441,7 +441,11 @@ def _place_and_build(
                 keeper = broker.keep(grant, on_lost=_aborter(abort), log=say)
                 grant = broker.wait_ready(grant, options.ephemeral)
                 startup_seconds = time.monotonic() - begun
-            say(f"ephemeral builder {grant.builder.name} ready at {grant.builder.address} after {startup_seconds:.1f}s")
+            via = f" (through the gateway {grant.gateway.address})" if grant.gateway else ""
+            say(
+                f"ephemeral builder {grant.builder.name} ready at {grant.builder.address}{via} "
+                f"after {startup_seconds:.1f}s"
+            )
         else:
             held(lease=grant.lease.name, holder=grant.lease.holder, release_token=grant.lease.release_token or None)
             via = f" through the gateway {grant.gateway.address}" if grant.gateway else ""

@@ -8,6 +8,8 @@ real buildkitd with the builders' own certificates), then runs `warmbuild schedu
 as the chart's scheduler identity, with the chart's grant CA, behind the gateway (which passes its
 TLS through). It yields a `GatewaySetup`: what a runner outside the cluster is given (the
 gateway's URL, the scheduler's CA, a token) and what tests look at (the gateway's log, the grant CA).
+The scheduler also starts ephemeral builders (on the private node) for untrusted callers: tokens of
+the testbed's OIDC issuer whose verified claims are a fork pull request of `OIDC_REPOSITORIES`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ NODE = "warmbuild-node-gw"
 FIRST_IP = "127.0.3.10"
 DOMAIN = "builders.warmbuild.internal"
 AUDIENCE = "warmbuild-scheduler"
+OIDC_REPOSITORIES = "octo-org/*"  # verified CI identities granted the pool (trust from their claims)
 
 
 def namespace_gone(core) -> bool:
@@ -204,7 +207,18 @@ def gateway_release(core, directory: Path):
             auth.write_text(
                 "grants:\n"
                 f"  - {{pools: [{POOL}], users: ['system:serviceaccount:{NAMESPACE}:{RELEASE}-ci']}}\n"
+                f"  - {{pools: [{POOL}], repositories: ['{OIDC_REPOSITORIES}']}}\n"
                 f"audiences: [{AUDIENCE}]\n"
+            )
+            ephemeral = directory / "ephemeral.yaml"  # untrusted callers' builders, on the private node
+            ephemeral.write_text(
+                json.dumps(
+                    {
+                        "nodeSelector": node_selector(NODE),
+                        "tolerations": [toleration(NODE)],
+                        "startupTimeoutSeconds": 120,
+                    }
+                )
             )
             env = {
                 **os.environ,
@@ -229,6 +243,7 @@ def gateway_release(core, directory: Path):
                     f"--gateway-ca={grant['gateway-ca.crt']}",
                     f"--grant-ca-cert={grant['tls.crt']}",
                     f"--grant-ca-key={grant['tls.key']}",
+                    f"--ephemeral-config={ephemeral}",
                 ],
                 env=env,
                 stdout=log,

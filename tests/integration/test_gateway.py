@@ -7,7 +7,9 @@ scheduler's CA and a token of the chart's CI ServiceAccount for the scheduler's 
 Attacks tried: the runner's grant certificate presented to the builder directly, through the
 gateway for another builder, and an expired one; each refused. Cancellation through the gateway
 path: SIGTERM mid-build frees the slot within 5 s; a killed build's slot is freed by the post step
-with the release token alone.
+with the release token alone. A fork pull request (a token of the testbed's OIDC issuer, verified by
+the API server) gets an ephemeral builder the scheduler starts, reached through the gateway with
+cache import only; no private key is in the scheduler's answer, and the pod is deleted on release.
 """
 
 from __future__ import annotations
@@ -31,7 +33,16 @@ if not os.environ.get("KUBECONFIG") or not os.environ.get("WARMBUILD_POOL"):
         raise RuntimeError('the testbed\'s control plane and pool are not up: eval "$(testbed/up)"')
     pytest.skip("the testbed's control plane and pool are not up", allow_module_level=True)
 
-from gateway_harness import BUILDERS, DOMAIN, NAMESPACE, POOL, RELEASE, gateway_release, secret_files  # noqa: E402
+from gateway_harness import (  # noqa: E402
+    AUDIENCE,
+    BUILDERS,
+    DOMAIN,
+    NAMESPACE,
+    POOL,
+    RELEASE,
+    gateway_release,
+    secret_files,
+)
 from gateway_harness import GatewaySetup as Setup  # noqa: E402
 from poolkit import wait_for  # noqa: E402
 
@@ -259,3 +270,114 @@ def test_the_post_step_releases_a_killed_builds_slot_with_the_release_token_alon
     done = subprocess.run(warmbuild("release"), env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "released" in done.stderr and not slots_held(admin)
+
+
+# -- an untrusted caller's ephemeral builder, through the gateway --------------------------------------
+
+MANIFEST_TYPES = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
+
+
+def oidc():
+    """The testbed's OIDC issuer stand-in (its own minting code), or a skip on a testbed without it."""
+    if not os.environ.get("WARMBUILD_OIDC_ISSUER"):
+        pytest.skip("no testbed OIDC issuer (testbed/up)")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "testbed"))
+    import oidc_issuer
+
+    return oidc_issuer
+
+
+def github_fork_job(claims: dict) -> dict[str, str]:
+    """A GitHub job's OIDC environment (the stand-in's token-request endpoint), and nothing else."""
+    issuer = f"{os.environ['WARMBUILD_OIDC_ISSUER']}/github"
+    job = requests.post(f"{issuer}/jobs", json=claims, verify=os.environ["WARMBUILD_OIDC_CA"], timeout=10).json()
+    return {
+        "ACTIONS_ID_TOKEN_REQUEST_URL": job["request_url"],
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN": job["request_token"],
+        "REQUESTS_CA_BUNDLE": os.environ["WARMBUILD_OIDC_CA"],  # the stand-in's CA, for the token request only
+        "WARMBUILD_SCHEDULER_OIDC_AUDIENCE": AUDIENCE,
+    }
+
+
+def pod_gone(core, name: str) -> bool:
+    return not core.list_namespaced_pod(NAMESPACE, field_selector=f"metadata.name={name}").items
+
+
+def test_a_fork_pull_requests_ephemeral_builder_is_granted_through_the_gateway_without_a_private_key(
+    gateway, core, tmp_path
+):
+    issuer = oidc()
+    token = issuer.mint("github", AUDIENCE, issuer.github_claims("octo-org/a", "pull_request"), 300)
+    key = make_client_key(tmp_path)
+    body = {"workload_key": "fork", "max_wait_seconds": 0, "lease_seconds": 30, "csr": key.csr_pem}
+    answer = requests.post(
+        f"{gateway.url}/v1/pools/{POOL}/acquire",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        verify=str(gateway.scheduler_ca),
+        timeout=60,
+    ).json()
+    assert answer["decision"] == "granted" and answer["path"] == "ephemeral" and answer["untrusted"] is True, answer
+    name = answer["builder"]["name"]
+    try:
+        assert "run_tls" not in answer and "PRIVATE KEY" not in json.dumps(answer)
+        assert answer["gateway"]["server_name"] == f"{name}.{DOMAIN}"
+        assert answer["gateway"]["address"] == f"{gateway.gateway_ip}:8443"
+        from warmbuild.gateway.certs import certificate_name
+
+        assert certificate_name(answer["gateway"]["certificate"].encode()) == name
+        pod = core.read_namespaced_pod(name, NAMESPACE)
+        assert pod.metadata.labels.get("warmbuild.dev/untrusted") == "true", pod.metadata.labels
+    finally:
+        lease = answer["lease"]
+        released = requests.post(
+            f"{gateway.url}/v1/slots/{lease['name']}/release",
+            json={"holder": lease["holder"], "release_token": lease["release_token"]},
+            headers={"Authorization": f"Bearer {token}"},
+            verify=str(gateway.scheduler_ca),
+            timeout=30,
+        ).json()
+    assert released == {"released": True}
+    wait_for(lambda: pod_gone(core, name), 30, f"ephemeral builder {name} deleted")
+
+
+def test_a_fork_pull_request_builds_through_the_gateway_on_its_ephemeral_builder_with_cache_import_only(
+    gateway, core, tiny_app, unique_repo, tmp_path
+):
+    issuer = oidc()
+    env = runner_env(gateway, tmp_path)
+    del env["WARMBUILD_SCHEDULER_TOKEN"]  # the job's own OIDC token, verified by the API server
+    env.update(github_fork_job(issuer.github_claims("octo-org/a", "pull_request")))
+    result_file = tmp_path / "result.json"
+    done = subprocess.run(
+        warmbuild(
+            "build", str(tiny_app), "--pool", POOL, "--tag", f"{unique_repo}:pr", "--push",
+            "--cache-to", f"type=registry,ref={unique_repo}:shared,mode=max",
+            "--build-arg", f"REGISTRY={os.environ['WARMBUILD_REGISTRY']}", "--result-file", str(result_file),
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "the scheduler found this build untrusted" in done.stderr
+    assert "--cache-to dropped (1 export(s)): an untrusted build never writes a cache" in done.stderr
+    result = json.loads(result_file.read_text())
+    assert result["placement"]["path"] == "ephemeral", result["placement"]
+    name = result["placement"]["builder_name"]
+    assert f"through the gateway tcp://{gateway.gateway_ip}:8443" in done.stderr
+    log = gateway.gateway_log.read_text()
+    assert any(f"builder={name} cn={name}" in line and f"upstream={name} " in line for line in log.splitlines()), log[
+        -2000:
+    ]
+    host, _, repo = unique_repo.partition("/")
+    for tag in ("shared", "buildcache"):  # the user's cache export, and warmbuild's own: both absent
+        manifest = requests.get(
+            f"http://{host}/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES}, timeout=10
+        )
+        assert manifest.status_code == 404, tag
+    assert requests.get(f"http://{host}/v2/{repo}/tags/list", timeout=10).json()["tags"] == ["pr"]
+    wait_for(lambda: pod_gone(core, name), 30, f"ephemeral builder {name} deleted on release")
+    assert list((tmp_path / "warmbuild").glob("grant-*")) == []  # the runner's key went with the grant

@@ -4,9 +4,11 @@ The real gateway (HAProxy) on the testbed: tests/integration/test_gateway.py."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -135,8 +137,23 @@ class Reviewer:
 
 
 class Service:
+    ephemeral = object()  # this scheduler starts ephemeral builders for untrusted callers
+
     def __init__(self):
         self.acquires = 0
+        self.ephemeral_trust = "not called"
+
+    def start_ephemeral(self, who, ask, gateway=None):
+        from warmbuild.pool.run_certs import make_run_certificates
+
+        self.ephemeral_trust = gateway
+        now = datetime.now(timezone.utc)
+        name = "warmbuild-default-ephemeral-0123abcd"
+        made = make_run_certificates(name, 600, gateway=gateway)
+        lease = SlotLease("ns", name, name, "h/1@ci", 1, "7", ask.lease_seconds, now, "token")
+        builder = Builder(name, "u9", "", 1, name)
+        grant = Grant("ephemeral", lease, builder, False, None, 0.0, "untrusted")
+        return AcquireAnswer("granted", 0.0, "untrusted", replace(grant, run_tls=None if gateway else made.client))
 
     def acquire(self, who, ask):
         self.acquires += 1
@@ -208,6 +225,23 @@ def test_a_bad_csr_is_refused_before_any_slot_is_taken(gateway_app):
     answer = post(base, "/v1/pools/default/acquire", {"workload_key": "k", "max_wait_seconds": 0, "csr": "nope"})
     assert answer.status_code == 400 and answer.json()["error"].startswith("invalid request: csr:")
     assert service.acquires == 0
+
+
+def test_an_untrusted_callers_ephemeral_builder_is_reached_through_the_gateway_with_no_key_sent(gateway_app):
+    base, service, tmp_path = gateway_app
+    key = make_client_key(tmp_path)
+    body = {"workload_key": "k", "max_wait_seconds": 0, "lease_seconds": 20, "csr": key.csr_pem, "untrusted": True}
+    answer = post(base, "/v1/pools/default/acquire", body).json()
+    assert answer["decision"] == "granted" and answer["path"] == "ephemeral" and answer["untrusted"] is True
+    assert service.ephemeral_trust is not None and service.acquires == 0  # started with the gateway's trust
+    assert "run_tls" not in answer and "PRIVATE KEY" not in json.dumps(answer)
+    gateway = answer["gateway"]
+    assert gateway["server_name"] == "warmbuild-default-ephemeral-0123abcd.builders.example.com"
+    assert certificate_name(gateway["certificate"].encode()) == "warmbuild-default-ephemeral-0123abcd"
+    # Without a CSR (no runner key to certify), the run's own client pair, as before a gateway.
+    del body["csr"]
+    answer = post(base, "/v1/pools/default/acquire", body).json()
+    assert service.ephemeral_trust is None and "gateway" not in answer and "PRIVATE KEY" in answer["run_tls"]["key"]
 
 
 def test_without_a_csr_a_grant_has_no_gateway_part(gateway_app):
@@ -352,3 +386,26 @@ def test_the_scheduler_gives_its_ephemeral_builders_the_gateways_trust(gateway_a
     x509.load_pem_x509_certificate(made.server_cert_pem).verify_directly_issued_by(
         x509.load_pem_x509_certificate(ca_cert.read_bytes())
     )
+
+
+def test_a_runner_waits_for_the_gateway_to_route_its_ephemeral_builder_then_says_why_it_gave_up(tmp_path):
+    """Before the sync maps a Ready pod, the gateway passes its name to the scheduler (wrong certificate)."""
+    from warmbuild.errors import BuilderStartFailed
+    from warmbuild.pool.placement import GatewayRoute
+    from warmbuild.scheduler.client import wait_routed
+
+    ca_cert, ca_key = make_ca(tmp_path)
+    key = make_client_key(tmp_path)
+    cert = tmp_path / "grant.crt"
+    cert.write_text(GrantSigner.from_files(str(ca_cert), str(ca_key)).sign(key.csr_pem, "b-1", 60).cert_pem)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there now
+    route = GatewayRoute(f"tcp://127.0.0.1:{port}", "b-1.d.internal", ca_cert, cert, key.key_path)
+    slept: list[float] = []
+    started = time.monotonic()
+    with pytest.raises(
+        BuilderStartFailed, match=r"the gateway tcp://127\.0\.0\.1:\d+ does not route b-1\.d\.internal yet"
+    ):
+        wait_routed(route, 1.0, lambda seconds: (slept.append(seconds), time.sleep(0.05)))
+    assert slept and time.monotonic() - started < 5

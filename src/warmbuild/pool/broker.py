@@ -8,7 +8,10 @@ then wait until it is ready), keep, release — so the pipeline has one code pat
 
 - warm and spill grants hold a slot Lease; `release` gives it back if it is still theirs;
 - an ephemeral grant holds the pod's run Lease and the run's client certificate (`Grant.run_tls`);
-  `release` deletes the pod (its Lease and its certificate Secret go with it).
+  `release` deletes the pod (its Lease and its certificate Secret go with it). One the scheduler
+  starts for a runner behind the gateway (`DirectLeases(..., gateway=GatewayTrust)`) has no client
+  pair: the builder accepts the gateway, and the runner proves itself to the gateway with a grant
+  certificate for its own key.
 
 `keep` renews the grant's Lease every duration/3 and calls `on_lost` once when it is actually lost
 (taken over, released by someone else, deleted); an unreachable API server or scheduler is retried
@@ -46,7 +49,7 @@ from .history import PoolHistory, record_of
 from .leases import LeaseKeeper, SlotLease, release_slot, renew_slot
 from .membership import Builder
 from .placement import Grant, PlacementRequest, acquire_build_slot
-from .run_certs import make_run_certificates
+from .run_certs import GatewayTrust, make_run_certificates
 
 
 class Keeper(Protocol):
@@ -94,8 +97,9 @@ class SlotBroker(Protocol):
 class DirectLeases:
     """The runner's own credentials on the pool's Leases and pods (needs the pool's CI Role)."""
 
-    def __init__(self, client: KubeClient):
+    def __init__(self, client: KubeClient, gateway: GatewayTrust | None = None):
         self.client = client
+        self.gateway = gateway  # the scheduler's, for an ephemeral builder reached through the gateway
         self._history: dict[tuple[str, str], PoolHistory] = {}
 
     def history(self, namespace: str, pool: str) -> PoolHistory:
@@ -112,7 +116,7 @@ class DirectLeases:
     ) -> Grant:
         name = new_pod_name(request.pool)
         # Made before the pod, so that a failure here leaves nothing behind; valid as long as the pod may run.
-        certificates = make_run_certificates(name, settings.active_deadline_seconds + 600)
+        certificates = make_run_certificates(name, settings.active_deadline_seconds + 600, gateway=self.gateway)
         manifest = ephemeral_pod_manifest(
             settings, request.namespace, request.pool, request.holder, name, untrusted=request.untrusted
         )
@@ -130,7 +134,9 @@ class DirectLeases:
             with signals_deferred():
                 delete_ephemeral_pod(self.client, request.namespace, name)
             raise
-        return replace(grant, lease=run_lease, builder=builder, run_tls=certificates.client)
+        # Behind the gateway the runner never holds a key of the run: its grant certificate is its proof.
+        run_tls = None if self.gateway is not None else certificates.client
+        return replace(grant, lease=run_lease, builder=builder, run_tls=run_tls)
 
     def wait_ready(self, grant: Grant, settings: EphemeralSettings) -> Grant:
         address = wait_until_ready(

@@ -13,7 +13,10 @@ Ready), or, from a scheduler without ephemeral settings, a 403 naming the way ou
 holders, run URLs and workload keys to the pool's admins only; others see builders and busy slots.
 With a gateway configured (`GatewayIssuer`), an acquire or renew that carries a `csr` is answered
 with a grant certificate for the granted builder (the answer's `gateway` object); a CSR that cannot
-be signed is a 400 before any slot is taken.
+be signed is a 400 before any slot is taken. An untrusted caller's ephemeral builder, started with
+a CSR and a gateway, is made to accept the gateway (`GatewayIssuer.run_trust`) and its answer
+carries the grant certificate and no private key (no `run_tls`); without a gateway the answer
+still carries the run's client pair (`run_tls`, key included: docs/security.md, known limits).
 """
 
 from __future__ import annotations
@@ -271,7 +274,11 @@ def _slot_routes(app: FastAPI, parts: AppParts, caller, allowed, limiter: Reques
         ask = AcquireAsk(pool=pool, **body.model_dump(exclude={"untrusted", "csr"}))
         try:
             with limiter.hold(who.username, "long"):
-                answer = service.start_ephemeral(who, ask) if untrusted else service.acquire(who, ask)
+                if untrusted:
+                    trust = parts.gateway.run_trust() if parts.gateway is not None and body.csr else None
+                    answer = service.start_ephemeral(who, ask, gateway=trust)
+                else:
+                    answer = service.acquire(who, ask)
         except TooManyRequests as exc:
             return _over_limit(str(exc), exc.retry_after)
         except OverLimit as exc:

@@ -21,7 +21,10 @@ retries an unreachable scheduler through an outage; only 409 (LeaseLost) aborts 
 An untrusted caller (its own --untrusted, or the scheduler's verdict on its grant or verified CI
 claims) gets an ephemeral builder the scheduler started: the grant says `untrusted`, carries the run
 Lease, the pod's name and its per-run certificates; `wait_ready` asks the scheduler until the pod is
-Ready; release deletes it. The key sent names the part the job chose (`key_path`) besides the whole
+Ready; release deletes it. Through the gateway (the acquire's CSR, a scheduler with a gateway) the
+grant carries no run certificates and no key of the scheduler's making: like a warm grant, the
+grant certificate for the pod's name and the runner's own key; `wait_ready` then also waits until
+the gateway routes the pod's name (its map follows Ready pods within a moment). The key sent names the part the job chose (`key_path`) besides the whole
 key: a caller with a verified repository gets that repository's key, whatever it sends.
 
 Acquire is a long-poll loop: each request waits at most `poll_seconds` on the server; a "wait"
@@ -54,6 +57,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import socket
+import ssl
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -212,6 +217,32 @@ def gateway_route(gateway: object, key: ClientKey) -> GatewayRoute | None:
             handle.write(text)
         os.replace(tmp, path)
     return GatewayRoute(address=f"tcp://{address}", server_name=server_name, ca=ca, cert=cert, key=key.key_path)
+
+
+ROUTE_PROBE_SECONDS = 0.25
+ROUTE_WAIT_SECONDS = 15.0
+
+
+def wait_routed(route: GatewayRoute, budget: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Until the gateway answers `route.server_name` with its own certificate for it (its map routes
+    the name; before that it passes the connection to the scheduler, whose certificate does not
+    match), within `budget` (at most ROUTE_WAIT_SECONDS); BuilderStartFailed after it."""
+    host, _, port = route.address.removeprefix("tcp://").rpartition(":")
+    context = ssl.create_default_context(cafile=str(route.ca))
+    context.load_cert_chain(str(route.cert), str(route.key))
+    context.set_alpn_protocols(["h2"])
+    deadline = time.monotonic() + min(max(budget, 1.0), ROUTE_WAIT_SECONDS)
+    last = ""
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_SECONDS) as raw:
+                with context.wrap_socket(raw, server_hostname=route.server_name):
+                    return
+        except (OSError, ValueError) as exc:
+            last = _short(exc)
+        if time.monotonic() >= deadline:
+            raise BuilderStartFailed(f"the gateway {route.address} does not route {route.server_name} yet ({last})")
+        sleep(ROUTE_PROBE_SECONDS)
 
 
 def grant_from_answer(answer: dict, waited_seconds: float) -> Grant:
@@ -402,6 +433,8 @@ class SchedulerClient:
             if answer.get("failed"):
                 raise BuilderStartFailed(f"ephemeral builder {grant.builder.name}: {answer['failed']}")
             if answer.get("ready") and answer.get("address"):
+                if grant.gateway is not None:
+                    wait_routed(grant.gateway, deadline - self.clock(), self.sleep)
                 return replace(grant, builder=replace(grant.builder, address=str(answer["address"])))
 
     def record(self, request: PlacementRequest, grant: Grant, result) -> None:

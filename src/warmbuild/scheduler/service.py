@@ -17,7 +17,9 @@ spill slot: when the scheduler is given ephemeral settings it starts an ephemera
 (`start_ephemeral`, the same pod, run certificate Secret and run Lease a runner with the CI Role
 would make, through `pool.broker.DirectLeases`; rootless and labelled untrusted), holds its run Lease
 with a release token like a slot, and deletes the pod on release. `ephemeral_status` tells the caller
-when the pod is Ready. Without ephemeral settings an untrusted caller is refused (HTTP 403).
+when the pod is Ready. For a caller behind the gateway (`start_ephemeral(..., gateway=GatewayTrust)`)
+the builder's certificates carry the gateway's trust and the grant has no run client pair: no
+private key ever leaves the scheduler; the caller's own key and grant certificate reach the pod. Without ephemeral settings an untrusted caller is refused (HTTP 403).
 
 A caller with verified CI claims gets the workload key `pool.workload.scoped_key` makes: its verified
 repository, then the part the job chose; never a repository part the job names itself.
@@ -56,6 +58,7 @@ from ..pool.leases import (
     token_matches,
 )
 from ..pool.placement import Grant, LivePool, PlacementRequest, acquire_build_slot
+from ..pool.run_certs import GatewayTrust
 from ..pool.status import PoolStatus, read_pool_status
 from ..pool.watch import PoolWatch
 from ..pool.workload import WorkloadKey, scoped_key
@@ -253,10 +256,12 @@ class SlotService:
             "granted", round(waited, 3), grant.reason, replace(grant, lease=lease, waited_seconds=round(waited, 3))
         )
 
-    def start_ephemeral(self, caller: Caller, ask: AcquireAsk) -> AcquireAnswer:
+    def start_ephemeral(self, caller: Caller, ask: AcquireAsk, gateway: GatewayTrust | None = None) -> AcquireAnswer:
         """An ephemeral builder for an untrusted caller: pod (rootless, labelled untrusted), its run
         certificate Secret and run Lease, held with a release token only this caller learns. The
-        answer comes at once; the caller asks `ephemeral_status` until the pod is Ready."""
+        answer comes at once; the caller asks `ephemeral_status` until the pod is Ready. With
+        `gateway` (a caller behind the gateway): the builder accepts the gateway and is verifiable by
+        it, and the grant carries no run client pair (`run_tls` None)."""
         if self.ephemeral is None:
             raise ClusterError("this scheduler starts no ephemeral builders (no --ephemeral-config)")
         key = workload_key_for(caller, ask)
@@ -273,7 +278,9 @@ class SlotService:
         )
         reason = "untrusted build: an ephemeral builder with registry cache import only"
         placeholder = Grant("ephemeral", None, None, False, None, 0.0, reason)
-        grant = DirectLeases(self.client).start_ephemeral(request, placeholder, self.ephemeral, lambda _pod: None)
+        grant = DirectLeases(self.client, gateway=gateway).start_ephemeral(
+            request, placeholder, self.ephemeral, lambda _pod: None
+        )
         self.metrics.acquisitions.labels(ask.pool, "ephemeral").inc()
         lease = replace(grant.lease, release_token=release_token)
         return AcquireAnswer("granted", round(ask.waited_seconds, 3), reason, replace(grant, lease=lease))
@@ -349,6 +356,8 @@ class SlotService:
             # Not who holds it now: that is for admins (/status), not for whoever names the slot.
             raise LeaseLost(f"slot lease {lease_name} is no longer held by {holder}") from None
         self.metrics.renewals.labels("renewed").inc()
+        if not renewed.builder and self._is_ephemeral_builder(lease_name):
+            renewed = replace(renewed, builder=lease_name)  # a run Lease is named after its pod
         return renewed
 
     def release(
