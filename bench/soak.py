@@ -168,7 +168,7 @@ class Soak:
         argv = [
             sys.executable,
             "-m",
-            "warmbuild.cli",
+            "warmbuild.entry.start",  # the `warmbuild` executable a CI step runs
             "build",
             str(directory),
             "--pool",
@@ -241,7 +241,7 @@ class Soak:
         release = [
             sys.executable,
             "-m",
-            "warmbuild.cli",
+            "warmbuild.entry.start",
             "release",
             "--state-file",
             str(build.directory / "state.json"),
