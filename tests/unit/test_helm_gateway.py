@@ -97,7 +97,7 @@ def test_keys_on_the_gateways_paths_are_ec_and_the_builders_keep_theirs():
     assert isinstance(load_pem_private_key(builders["warmbuild-builder-0.key"], password=None), rsa.RSAPrivateKey)
 
 
-def test_the_gateway_resumes_its_tls_sessions_with_builders_and_logs_it():
+def test_the_gateway_offers_tls_session_reuse_to_builders_and_logs_whether_it_resumed():
     config = one(render(sets=GATEWAY), "ConfigMap", "warmbuild-gateway")["data"]["haproxy.cfg"]
     server = next(line for line in config.splitlines() if line.strip().startswith("server builder "))
     assert "ssl-reuse" in server.split() and "no-ssl-reuse" not in server
