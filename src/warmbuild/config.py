@@ -92,6 +92,7 @@ class TlsFiles:
 class BuilderEndpoint:
     address: str  # tcp://host:port or unix:///path
     tls: TlsFiles | None = None
+    via_gateway: bool = False  # `address` is the gateway's (mode 3); the builder is tls.server_name
 
     @property
     def host_port(self) -> tuple[str, int] | None:

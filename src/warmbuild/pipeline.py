@@ -114,7 +114,8 @@ def run_build(
     try:
         with log_section(log, environ, "warmbuild_build", f"Build on {builder.address}"):
             buildctl_path = find_buildctl(buildctl)
-            check_reachable(builder)
+            if not builder.via_gateway:  # through the gateway, `debug workers` alone proves the path
+                check_reachable(builder)
             check_buildkit_answers(buildctl_path, builder)
             outcome = run_solve(buildctl_path, builder, request, progress_out=log, abort=abort)
             while (
@@ -523,6 +524,7 @@ def builder_endpoint(grant: Grant, tls: TlsFiles | None) -> Iterator[BuilderEndp
         yield BuilderEndpoint(
             address=route.address,
             tls=TlsFiles(ca=route.ca, cert=route.cert, key=route.key, server_name=route.server_name),
+            via_gateway=True,
         )
         return
     if grant.run_tls is not None:

@@ -78,3 +78,27 @@ def test_the_gateway_needs_the_charts_generated_certificates():
         for d in render(sets=("scheduler.enabled=true", "scheduler.tls.existingSecret=s"))
         if "gateway" in d["metadata"]["name"]
     ]
+
+
+def test_keys_on_the_gateways_paths_are_ec_and_the_builders_keep_theirs():
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    docs = render(sets=GATEWAY)
+    grant = secret_data(docs, "warmbuild-scheduler-grant-ca")
+    gateway_tls = secret_data(docs, "warmbuild-gateway-tls")
+    scheduler = secret_data(docs, "warmbuild-scheduler-tls")
+    for pem in (grant["tls.key"], gateway_tls["front.pem"], gateway_tls["client.pem"], scheduler["tls.key"]):
+        assert isinstance(load_pem_private_key(pem, password=None), ec.EllipticCurvePrivateKey)
+    front = x509.load_pem_x509_certificate(gateway_tls["front.pem"])
+    assert isinstance(front.public_key(), ec.EllipticCurvePublicKey) and front.public_key().curve.name == "secp256r1"
+    builders = secret_data(docs, "warmbuild-builder-tls")
+    assert isinstance(load_pem_private_key(builders["warmbuild-builder-0.key"], password=None), rsa.RSAPrivateKey)
+
+
+def test_the_gateway_offers_tls_session_reuse_to_builders_and_logs_whether_it_resumed():
+    config = one(render(sets=GATEWAY), "ConfigMap", "warmbuild-gateway")["data"]["haproxy.cfg"]
+    server = next(line for line in config.splitlines() if line.strip().startswith("server builder "))
+    assert "ssl-reuse" in server.split() and "no-ssl-reuse" not in server
+    assert "resumed=%[ssl_bc_is_resumed]" in config

@@ -108,21 +108,27 @@ def check_reachable(builder: BuilderEndpoint, timeout: float = CONNECT_TIMEOUT_S
 
 
 def check_buildkit_answers(buildctl: str, builder: BuilderEndpoint, timeout: float = 5.0) -> None:
-    """A TCP listener is not proof of buildkitd (or of matching TLS): ask it for its workers."""
+    """A TCP listener is not proof of buildkitd (or of matching TLS): ask it for its workers.
+
+    Through the gateway this is the only check before the solve (no separate TCP probe: one
+    connection fewer per build), so its failure names both the builder and the gateway."""
     argv = connection_args(buildctl, builder) + ["--timeout", str(int(timeout)), "debug", "workers"]
+    what = f"builder {builder.address}"
+    if builder.via_gateway and builder.tls is not None:
+        what = f"builder {builder.tls.server_name} through the gateway {builder.address}"
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 2, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise BuilderLost(
-            f"builder {builder.address} accepted a connection but did not answer as buildkitd within {timeout:.0f}s",
+            f"{what} accepted a connection but did not answer as buildkitd within {timeout:.0f}s",
             cause="not answering",
         ) from None
     if done.returncode != 0:
         detail = _last_line(done.stderr) or f"exit status {done.returncode}"
         if builder.tls is not None and ("x509:" in detail or "tls:" in detail):
             name = builder.tls.server_name or builder.address
-            raise BuilderUnreachable(f"builder {builder.address} failed the TLS check as {name}: {detail}")
-        raise BuilderLost(f"builder {builder.address} did not answer as buildkitd: {detail}", cause="not answering")
+            raise BuilderUnreachable(f"{what} failed the TLS check as {name}: {detail}")
+        raise BuilderLost(f"{what} did not answer as buildkitd: {detail}", cause="not answering")
 
 
 def run_solve(
